@@ -1,0 +1,289 @@
+//! Policy engine benches: decision latency, routing, compile and load time,
+//! and the compiled set's memory, at three scales (see `portcullis::synth`).
+//!
+//! ```text
+//! cargo bench --bench policy                       # all scales
+//! PORTCULLIS_BENCH_SCALES=small,medium cargo bench --bench policy
+//! ```
+//!
+//! Decision benches cycle through 4096 pre-built requests spread over many
+//! deployments, so caches see a realistic spread rather than one hot entry.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use ipnet::IpNet;
+use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
+use portcullis::policy::{
+    PolicyOptions, PolicySet, RequestFacts, Rules, Snapshot, Target, decide, parse_snapshot,
+};
+use portcullis::route::{RouteInput, Router};
+use portcullis::synth::{MISS_V4, MISS_V6, Rng, Scale, generate};
+
+/// Counts live heap bytes so the bench can report what the compiled set
+/// holds. The only `unsafe` in the repository, and only in this bench
+/// binary: `GlobalAlloc` cannot be implemented without it; each method
+/// forwards unchanged to `System`.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const ZONE: &str = "es.example.com";
+const REQUESTS: usize = 4096;
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    let scales =
+        std::env::var("PORTCULLIS_BENCH_SCALES").unwrap_or_else(|_| "small,medium,large".into());
+    for name in scales.split(',').map(str::trim) {
+        let Some(scale) = Scale::named(name) else {
+            eprintln!("unknown scale {name:?}");
+            continue;
+        };
+        bench_scale(&mut c, name, scale);
+    }
+    c.final_summary();
+}
+
+fn bench_scale(c: &mut Criterion, name: &str, scale: Scale) {
+    let snapshot = generate(scale, 1);
+    let json = serde_json::to_vec(&snapshot).expect("serialisable");
+
+    // Memory and one-shot timings, reported before the criterion groups.
+    let before = LIVE.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let set = PolicySet::compile(&snapshot, PolicyOptions::default());
+    let compile_once = t.elapsed();
+    let held = LIVE.load(Ordering::Relaxed) - before;
+    let t = Instant::now();
+    let reparsed = parse_snapshot(&json).expect("generated snapshots are valid");
+    let load_once = t.elapsed();
+    drop(reparsed);
+    let s = set.stats();
+    eprintln!(
+        "[{name}] {} deployments, {} policies, {} policy sets, {} ip rules ({} ranges), {} endpoint ids; \
+         JSON {:.1} MB; parse+validate {:.0} ms; compile {:.0} ms; compiled set holds {:.1} MB",
+        s.deployments,
+        s.policies,
+        s.policy_sets,
+        s.ip_rules,
+        s.ip_ranges,
+        s.endpoint_ids,
+        json.len() as f64 / 1e6,
+        load_once.as_secs_f64() * 1e3,
+        compile_once.as_secs_f64() * 1e3,
+        held as f64 / (1024.0 * 1024.0),
+    );
+
+    let router = Router::new(&[ZONE]);
+    let mut g = c.benchmark_group(format!("decide/{name}"));
+    g.throughput(Throughput::Elements(1));
+    let cases = cases(&snapshot, &set, &router);
+    for (case, requests) in &cases {
+        if requests.is_empty() {
+            continue;
+        }
+        let mut i = 0usize;
+        g.bench_function(*case, |b| {
+            b.iter(|| {
+                i = (i + 1) % requests.len();
+                black_box(decide(black_box(&set), black_box(&requests[i])))
+            })
+        });
+    }
+    // The same decisions with one request repeated: the evaluation's own
+    // cost once its data is in L1/L2, without the cache misses of the
+    // spread-out cases above.
+    for (case, requests) in &cases {
+        let Some(first) = requests.first() else {
+            continue;
+        };
+        g.bench_function(format!("hot/{case}"), |b| {
+            b.iter(|| black_box(decide(black_box(&set), black_box(first))))
+        });
+    }
+    // Host routing plus decision: the whole per-request policy cost.
+    let hosts = hosts(&snapshot);
+    let mut i = 0usize;
+    g.bench_function("route+decide", |b| {
+        b.iter(|| {
+            i = (i + 1) % hosts.len();
+            let input = RouteInput {
+                host: Some(&hosts[i]),
+                ..RouteInput::default()
+            };
+            let target = router.route(&set, black_box(&input)).expect("routable");
+            let facts = RequestFacts {
+                target,
+                client: ClientIdentity {
+                    source: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+                    endpoint: None,
+                },
+            };
+            black_box(decide(&set, &facts))
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group(format!("build/{name}"));
+    let slow = scale.ip_rules >= 100_000;
+    if slow {
+        g.sample_size(10).measurement_time(Duration::from_secs(20));
+    }
+    g.bench_function("compile", |b| {
+        b.iter(|| PolicySet::compile(black_box(&snapshot), PolicyOptions::default()))
+    });
+    g.bench_function("parse+validate", |b| {
+        b.iter(|| parse_snapshot(black_box(&json)).map(|s| s.version))
+    });
+    g.finish();
+}
+
+type Case = (&'static str, Vec<RequestFacts>);
+
+/// Requests that hit and miss, public v4 / v6 and private.
+fn cases(snapshot: &Snapshot, set: &PolicySet, router: &Router) -> Vec<Case> {
+    let mut rng = Rng::new(7);
+    let mut out: Vec<Case> = [
+        "public-v4-hit",
+        "public-v4-miss",
+        "public-v6-hit",
+        "public-v6-miss",
+        "private-hit",
+        "private-miss",
+    ]
+    .into_iter()
+    .map(|n| (n, Vec::new()))
+    .collect();
+    let by_id: std::collections::HashMap<&str, usize> = snapshot
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.as_str(), i))
+        .collect();
+    for _ in 0..REQUESTS * 64 {
+        if out.iter().all(|(_, v)| v.len() >= REQUESTS) {
+            break;
+        }
+        let d = &snapshot.deployments[rng.below(snapshot.deployments.len())];
+        let Some((deployment, product)) = router.host_target(set, &format!("{}.{ZONE}", d.id))
+        else {
+            continue;
+        };
+        let target = Target {
+            deployment,
+            product,
+        };
+        let mut push = |case: usize, source: IpAddr, endpoint: Option<PrivateEndpoint>| {
+            if out[case].1.len() < REQUESTS {
+                out[case].1.push(RequestFacts {
+                    target,
+                    client: ClientIdentity { source, endpoint },
+                });
+            }
+        };
+        for p in d.policies.iter().filter_map(|id| by_id.get(id.as_str())) {
+            match &snapshot.policies[*p].rules {
+                Rules::Ip(rules) if !rules.is_empty() => {
+                    let rule = &rules[rng.below(rules.len())];
+                    match rule.source {
+                        IpNet::V4(n) => {
+                            let host = u32::from(n.network())
+                                | (rng.next_u64() as u32 & !u32::from(n.netmask()));
+                            push(0, IpAddr::V4(Ipv4Addr::from(host)), None);
+                            push(1, IpAddr::V4(MISS_V4.network()), None);
+                        }
+                        IpNet::V6(n) => {
+                            let low = u128::from(rng.next_u64()) & !u128::from(n.netmask());
+                            push(
+                                2,
+                                IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | low)),
+                                None,
+                            );
+                            push(3, IpAddr::V6(MISS_V6.network()), None);
+                        }
+                    }
+                }
+                Rules::Vpce(rules) if !rules.is_empty() => {
+                    let id = VpceId::parse(rules[rng.below(rules.len())].source.as_bytes()).ok();
+                    let src = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
+                    if let Some(id) = id {
+                        push(4, src, Some(PrivateEndpoint::AwsVpce(id)));
+                    }
+                    push(
+                        5,
+                        src,
+                        VpceId::parse(b"vpce-00000000000000000")
+                            .ok()
+                            .map(PrivateEndpoint::AwsVpce),
+                    );
+                }
+                Rules::Azure(rules) if !rules.is_empty() => {
+                    let src = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
+                    push(
+                        4,
+                        src,
+                        Some(PrivateEndpoint::AzureLinkId(
+                            rules[rng.below(rules.len())].link_id,
+                        )),
+                    );
+                    push(5, src, Some(PrivateEndpoint::AzureLinkId(7)));
+                }
+                Rules::Gcp(rules) if !rules.is_empty() => {
+                    let src = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
+                    push(
+                        4,
+                        src,
+                        Some(PrivateEndpoint::GcpPscConnectionId(
+                            rules[rng.below(rules.len())].source,
+                        )),
+                    );
+                    push(5, src, Some(PrivateEndpoint::GcpPscConnectionId(7)));
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn hosts(snapshot: &Snapshot) -> Vec<String> {
+    let mut rng = Rng::new(11);
+    (0..REQUESTS)
+        .map(|_| {
+            let d = &snapshot.deployments[rng.below(snapshot.deployments.len())];
+            match &d.alias {
+                Some(alias) => format!("{alias}.es.{ZONE}:9243"),
+                None => format!("{}.{ZONE}", d.id),
+            }
+        })
+        .collect()
+}

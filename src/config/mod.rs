@@ -1,0 +1,525 @@
+//! Static configuration (SPEC §4): serde types, defaults, loading.
+//!
+//! A TOML file, then environment overrides `PORTCULLIS__SECTION__KEY`
+//! (e.g. `PORTCULLIS__PROXY_PROTOCOL__MODE=lenient`; lists comma-separated).
+//! Unknown keys and bad values are refused at start with the offending key
+//! named. Every timeout and limit has a named default below; relative paths
+//! are relative to the working directory.
+
+pub mod duration;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::policy::{PolicyOptions, UnassociatedPrivateTraffic};
+use crate::proxy_protocol;
+use crate::tls;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9243";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Connections beyond this are accepted and closed at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// From the first byte of a request to its last header byte (slowloris).
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection (no request in flight) is closed after this.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request line plus headers, HTTP/1.1; header list, HTTP/2.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 128;
+pub const DEFAULT_MAX_URI_BYTES: usize = 16 * 1024;
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may reset before the server has accepted them; bounds
+/// HTTP/2 "rapid reset" floods (CVE-2023-44487).
+pub const DEFAULT_H2_MAX_PENDING_ACCEPT_RESETS: usize = 32;
+/// In-flight requests get this long to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Until the response headers arrive. Long: Elasticsearch searches and
+/// bulk requests can legitimately take minutes.
+pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_UPSTREAM_MAX_IDLE_PER_BACKEND: usize = 256;
+/// Consecutive connect failures that eject a backend node.
+pub const DEFAULT_EJECT_AFTER_FAILURES: u32 = 3;
+/// First ejection period; doubles with each ejection in a row.
+pub const DEFAULT_EJECT_BASE: Duration = Duration::from_secs(1);
+pub const DEFAULT_EJECT_MAX: Duration = Duration::from_secs(30);
+pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_SNAPSHOT_POLL_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_SNAPSHOT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A snapshot file or download larger than this is refused.
+pub const DEFAULT_SNAPSHOT_MAX_BYTES: usize = 512 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocolConfig,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Zone suffixes deployment host names live under (SPEC §2).
+    pub zones: Vec<String>,
+    pub max_connections: usize,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub request_header_timeout: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub http2_max_concurrent_streams: u32,
+    pub http2_max_pending_accept_reset_streams: usize,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                DEFAULT_LISTEN
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 9243))),
+            ],
+            zones: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            request_header_timeout: DEFAULT_REQUEST_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            http2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            http2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESETS,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocolConfig {
+    pub mode: proxy_protocol::Mode,
+    /// Load balancers allowed to send a PROXY header.
+    pub trusted_sources: Vec<IpNet>,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub read_timeout: Duration,
+    /// Cap on the v2 header's payload length (addresses + TLVs).
+    pub max_v2_payload: usize,
+}
+
+impl Default for ProxyProtocolConfig {
+    fn default() -> Self {
+        Self {
+            mode: proxy_protocol::Mode::Required,
+            trusted_sources: Vec::new(),
+            read_timeout: proxy_protocol::DEFAULT_READ_TIMEOUT,
+            max_v2_payload: proxy_protocol::DEFAULT_V2_MAX_PAYLOAD,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub certificates: Vec<CertificateConfig>,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub handshake_timeout: Duration,
+    pub session_cache_size: usize,
+    pub session_tickets: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            certificates: Vec::new(),
+            handshake_timeout: tls::DEFAULT_HANDSHAKE_TIMEOUT,
+            session_cache_size: tls::DEFAULT_SESSION_CACHE_SIZE,
+            session_tickets: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub response_timeout: Duration,
+    /// Pooled keep-alive connections to backends idle longer are closed.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+    pub max_idle_per_backend: usize,
+    pub eject_after_failures: u32,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub eject_base: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub eject_max: Duration,
+    /// Active health checks every this long; off when unset.
+    #[serde(deserialize_with = "duration::deserialize_opt")]
+    pub health_check_interval: Option<Duration>,
+    pub health_check_path: String,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub health_check_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+            idle_timeout: DEFAULT_UPSTREAM_IDLE_TIMEOUT,
+            max_idle_per_backend: DEFAULT_UPSTREAM_MAX_IDLE_PER_BACKEND,
+            eject_after_failures: DEFAULT_EJECT_AFTER_FAILURES,
+            eject_base: DEFAULT_EJECT_BASE,
+            eject_max: DEFAULT_EJECT_MAX,
+            health_check_interval: None,
+            health_check_path: "/".to_owned(),
+            health_check_timeout: DEFAULT_HEALTH_CHECK_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    pub path: Option<PathBuf>,
+    pub url: Option<String>,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub poll_interval: Duration,
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub fetch_timeout: Duration,
+    pub max_bytes: usize,
+    /// Extra PEM CA bundle trusted for an https `url` (the system store is
+    /// trusted too).
+    pub ca_file: Option<PathBuf>,
+    /// Where the last applied snapshot is kept, to start from when the
+    /// source is unavailable at boot.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            url: None,
+            poll_interval: DEFAULT_SNAPSHOT_POLL_INTERVAL,
+            fetch_timeout: DEFAULT_SNAPSHOT_FETCH_TIMEOUT,
+            max_bytes: DEFAULT_SNAPSHOT_MAX_BYTES,
+            ca_file: None,
+            state_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin API's own listener; loopback by default, because it
+    /// exposes snapshot contents and (with a token) accepts new ones.
+    pub listen: SocketAddr,
+    /// Bearer token for `PUT /snapshot`; without it, `PUT` is refused.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_ADMIN_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9901))),
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub unassociated_private_traffic: UnassociatedPrivateTraffic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// One access-log line per request (SPEC §9).
+    pub access: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { access: true }
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Load {
+        path: String,
+        #[source]
+        source: Box<config::ConfigError>,
+    },
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// Keys whose environment override is a comma-separated list.
+const LIST_KEYS: [&str; 3] = [
+    "server.listen",
+    "server.zones",
+    "proxy_protocol.trusted_sources",
+];
+
+impl Config {
+    /// Loads `path` (TOML), applies `PORTCULLIS__*` environment overrides,
+    /// and checks the result.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let env = LIST_KEYS.iter().fold(
+            config::Environment::with_prefix("PORTCULLIS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(","),
+            |env, key| env.with_list_parse_key(key),
+        );
+        let loaded = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(env)
+            .build()
+            .and_then(config::Config::try_deserialize::<Config>)
+            .map_err(|source| ConfigError::Load {
+                path: path.display().to_string(),
+                source: Box::new(source),
+            })?;
+        loaded.check()?;
+        Ok(loaded)
+    }
+
+    /// Parses TOML text (no environment), for tests and the demo.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let loaded = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .and_then(config::Config::try_deserialize::<Config>)
+            .map_err(|source| ConfigError::Load {
+                path: "<inline>".into(),
+                source: Box::new(source),
+            })?;
+        loaded.check()?;
+        Ok(loaded)
+    }
+
+    /// Cross-field checks serde cannot express.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.server.listen.is_empty() {
+            errors.push("server.listen: at least one address is needed".to_owned());
+        }
+        if self
+            .server
+            .zones
+            .iter()
+            .all(|z| z.trim_matches('.').is_empty())
+        {
+            errors.push(
+                "server.zones: at least one zone is needed (deployment host names are {id}.{zone})"
+                    .to_owned(),
+            );
+        }
+        if self.server.max_connections == 0 {
+            errors.push("server.max_connections must be at least 1".to_owned());
+        }
+        if !self.upstream.health_check_path.starts_with('/') {
+            errors.push("upstream.health_check_path must start with '/'".to_owned());
+        }
+        if self
+            .upstream
+            .health_check_interval
+            .is_some_and(|d| d.is_zero())
+        {
+            errors.push("upstream.health_check_interval must be greater than zero".to_owned());
+        }
+        if self.server.max_header_bytes < 8192 {
+            errors.push("server.max_header_bytes must be at least 8192".to_owned());
+        }
+        for (key, d) in [
+            (
+                "server.request_header_timeout",
+                self.server.request_header_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            (
+                "proxy_protocol.read_timeout",
+                self.proxy_protocol.read_timeout,
+            ),
+            ("tls.handshake_timeout", self.tls.handshake_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.response_timeout", self.upstream.response_timeout),
+            ("snapshot.poll_interval", self.snapshot.poll_interval),
+            ("snapshot.fetch_timeout", self.snapshot.fetch_timeout),
+        ] {
+            if d.is_zero() {
+                errors.push(format!("{key} must be greater than zero"));
+            }
+        }
+        if self.proxy_protocol.mode == proxy_protocol::Mode::Required
+            && self.proxy_protocol.trusted_sources.is_empty()
+        {
+            errors.push(
+                "proxy_protocol.trusted_sources is empty: in required mode no connection could be accepted; list the load balancers' addresses".to_owned(),
+            );
+        }
+        if self.tls.certificates.is_empty() {
+            errors.push("tls.certificates: at least one certificate is needed".to_owned());
+        }
+        if self.snapshot.path.is_some() == self.snapshot.url.is_some() {
+            errors.push("snapshot: set exactly one of path or url".to_owned());
+        }
+        if let Some(url) = &self.snapshot.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "snapshot.url: \"{url}\" is not an http:// or https:// URL"
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    pub fn policy_options(&self) -> PolicyOptions {
+        PolicyOptions {
+            unassociated_private_traffic: self.policy.unassociated_private_traffic,
+        }
+    }
+
+    pub fn tls_settings(&self) -> tls::Settings {
+        tls::Settings {
+            certificates: self
+                .tls
+                .certificates
+                .iter()
+                .map(|c| tls::CertificateFiles {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                })
+                .collect(),
+            handshake_timeout: self.tls.handshake_timeout,
+            session_cache_size: self.tls.session_cache_size,
+            session_tickets: self.tls.session_tickets,
+        }
+    }
+
+    pub fn proxy_protocol_settings(&self) -> proxy_protocol::Settings {
+        proxy_protocol::Settings {
+            mode: self.proxy_protocol.mode,
+            trusted_sources: self.proxy_protocol.trusted_sources.clone(),
+            read_timeout: self.proxy_protocol.read_timeout,
+            limits: proxy_protocol::Limits {
+                v2_max_payload: self.proxy_protocol.max_v2_payload,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/portcullis.toml"
+        ));
+        let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.server.zones.len(), 2);
+        assert_eq!(c.proxy_protocol.mode, proxy_protocol::Mode::Required);
+        assert_eq!(
+            c.upstream.eject_after_failures,
+            DEFAULT_EJECT_AFTER_FAILURES
+        );
+        assert_eq!(c.upstream.health_check_interval, None);
+    }
+
+    const MINIMAL: &str = r#"
+        [server]
+        zones = ["es.example.com"]
+        [proxy_protocol]
+        trusted_sources = ["10.0.0.0/8"]
+        [[tls.certificates]]
+        cert = "c.pem"
+        key = "k.pem"
+        [snapshot]
+        path = "s.json"
+    "#;
+
+    #[test]
+    fn defaults_fill_everything_else() {
+        let c = Config::from_toml(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.server.listen,
+            [DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.server.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert!(c.log.access);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let typo = format!("{MINIMAL}\n[upstream]\nconect_timeout = \"1s\"\n");
+        let e = Config::from_toml(&typo).unwrap_err().to_string();
+        assert!(e.contains("conect_timeout"), "{e}");
+        let bad = format!("{MINIMAL}\n[upstream]\nconnect_timeout = \"1 fortnight\"\n");
+        let e = Config::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains("unknown duration unit"), "{e}");
+        let zero = MINIMAL.replace("[server]", "[server]\nmax_connections = 0");
+        let e = Config::from_toml(&zero).unwrap_err().to_string();
+        assert!(e.contains("server.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn required_mode_needs_trusted_sources_and_one_snapshot_source() {
+        let untrusted = MINIMAL.replace("trusted_sources = [\"10.0.0.0/8\"]", "");
+        let e = Config::from_toml(&untrusted).unwrap_err().to_string();
+        assert!(e.contains("proxy_protocol.trusted_sources"), "{e}");
+        let both = MINIMAL.replace(
+            "path = \"s.json\"",
+            "path = \"s.json\"\nurl = \"https://cp/s\"",
+        );
+        let e = Config::from_toml(&both).unwrap_err().to_string();
+        assert!(e.contains("exactly one of path or url"), "{e}");
+    }
+}

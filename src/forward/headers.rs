@@ -1,0 +1,210 @@
+//! Header rewriting between client and backend (SPEC §6). Pure functions
+//! over `http` types.
+//!
+//! Towards the backend: hop-by-hop headers and any header the client named
+//! in `Connection` are removed; `X-Forwarded-For` is replaced by the client
+//! address portcullis established (never appended to: the client's own
+//! value is untrusted), `X-Forwarded-Proto: https` is set, and
+//! `X-Found-Cluster` (a routing hint for us) is removed. The request goes
+//! upstream as HTTP/1.1 in origin form with a `Host` header.
+//!
+//! Towards the client: hop-by-hop headers from the backend are removed.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Version};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FOUND_CLUSTER: HeaderName = HeaderName::from_static("x-found-cluster");
+
+/// RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies
+/// still see in the wild.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// Removes hop-by-hop headers, including those listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection go first, while Connection is still there.
+    // Collected only when present: the common request has no Connection
+    // header (HTTP/2) or `keep-alive` (HTTP/1.1), which allocates nothing.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// What the request rewrite needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    /// The client address (from the PROXY header, or the TCP peer).
+    pub client: IpAddr,
+    /// The host the client asked for (`Host` / `:authority`), sent on as
+    /// `Host`.
+    pub host: Option<&'a str>,
+}
+
+/// Rewrites a client request's head for the backend.
+pub fn rewrite_request(parts: &mut http::request::Parts, fwd: Forwarded<'_>) {
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(&X_FOUND_CLUSTER);
+    parts.headers.remove(&X_FORWARDED_FOR);
+    parts
+        .headers
+        .insert(X_FORWARDED_FOR.clone(), ip_header_value(fwd.client));
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
+    if let Some(host) = fwd.host
+        && !parts.headers.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    parts.version = Version::HTTP_11;
+    parts.uri = origin_form(&parts.uri, &parts.method);
+}
+
+/// Rewrites a backend response's head for the client.
+pub fn rewrite_response(parts: &mut http::response::Parts) {
+    strip_hop_by_hop(&mut parts.headers);
+}
+
+/// The request target as an HTTP/1.1 origin-form URI (`/path?query`).
+fn origin_form(uri: &Uri, method: &Method) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    let pq = uri.path_and_query().cloned().unwrap_or_else(|| {
+        PathAndQuery::from_static(if method == Method::OPTIONS { "*" } else { "/" })
+    });
+    Uri::from(pq)
+}
+
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    // Formatted into a stack buffer: an IP address is at most 45 bytes.
+    let mut buf = [0u8; 64];
+    let len = {
+        let mut w = &mut buf[..];
+        let before = w.len();
+        let _ = std::io::Write::write_fmt(&mut w, format_args!("{ip}"));
+        before - w.len()
+    };
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(build: http::request::Builder) -> http::request::Parts {
+        build.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn replaces_forwarding_headers_and_strips_hop_by_hop() {
+        let mut parts = request(
+            http::Request::get("/_search?q=1")
+                .header("host", "abc.es.example.com")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("x-forwarded-for", "7.7.7.7")
+                .header("x-forwarded-proto", "http")
+                .header("x-found-cluster", "other")
+                .header("connection", "keep-alive, x-secret")
+                .header("x-secret", "s")
+                .header("keep-alive", "timeout=5")
+                .header("te", "trailers")
+                .header("upgrade", "websocket")
+                .header("proxy-authorization", "Basic x")
+                .header("authorization", "ApiKey y"),
+        );
+        rewrite_request(
+            &mut parts,
+            Forwarded {
+                client: "2001:db8::7".parse().unwrap(),
+                host: Some("abc.es.example.com"),
+            },
+        );
+        let h = &parts.headers;
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["2001:db8::7"]
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        for gone in [
+            "x-found-cluster",
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(h["authorization"], "ApiKey y");
+        assert_eq!(h["host"], "abc.es.example.com");
+        assert_eq!(parts.uri, "/_search?q=1");
+        assert_eq!(parts.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn http2_requests_get_origin_form_and_a_host_header() {
+        let mut parts = request(
+            http::Request::post("https://abc.es.example.com:9243/_bulk")
+                .version(Version::HTTP_2)
+                .header("content-length", "10"),
+        );
+        rewrite_request(
+            &mut parts,
+            Forwarded {
+                client: "192.0.2.1".parse().unwrap(),
+                host: Some("abc.es.example.com:9243"),
+            },
+        );
+        assert_eq!(parts.uri, "/_bulk");
+        assert_eq!(parts.headers["host"], "abc.es.example.com:9243");
+        assert_eq!(parts.headers["content-length"], "10");
+        assert_eq!(parts.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_are_removed() {
+        let mut parts = http::Response::builder()
+            .header("connection", "close")
+            .header("transfer-encoding", "chunked")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        rewrite_response(&mut parts);
+        assert!(!parts.headers.contains_key("connection"));
+        assert!(!parts.headers.contains_key("transfer-encoding"));
+        assert_eq!(parts.headers["content-type"], "application/json");
+    }
+}

@@ -1,0 +1,158 @@
+//! Forwarding: an allowed request goes to one of its resource's backend
+//! nodes over a pooled HTTP/1.1 connection, and the response streams back.
+//!
+//! - [`headers`]: the pure header rewrite (SPEC §6).
+//! - [`pool`]: keep-alive connections per node, round-robin with failover
+//!   to the next node when a connect fails.
+//! - [`body`]: streaming request and response bodies.
+//!
+//! Timeouts: connecting (per node, then the next node is tried) and the
+//! response. The response timeout runs from the request body's last
+//! progress: after the body has been sent, the backend has that long to
+//! answer; while it is being sent, each frame restarts the clock, so a long
+//! upload is fine but a backend that stops reading it is a 504, and a
+//! client that stops sending it a 408. A connect failure on every node is
+//! 502.
+
+pub mod body;
+pub mod headers;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+pub use body::{Progress, ResponseBody, UpstreamBody};
+pub use headers::Forwarded;
+pub use health::{ActiveChecks, Ejection};
+pub use pool::{Pool, PoolSettings};
+
+use crate::policy::Backends;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no healthy backend node: every node of the resource is ejected")]
+    NoHealthyBackend,
+    #[error("connecting to backend {0} failed")]
+    Connect(SocketAddr, #[source] io::Error),
+    #[error("connecting to backend {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("HTTP handshake with backend {0} failed")]
+    Handshake(SocketAddr),
+    #[error("the request body could not be read from the client")]
+    RequestBody(#[source] hyper::Error),
+    #[error("the client sent no request body data for {0:?}")]
+    RequestBodyTimeout(Duration),
+    #[error("the backend failed before answering")]
+    Backend(#[source] hyper::Error),
+    #[error("the backend did not answer within {0:?}")]
+    ResponseTimeout(Duration),
+}
+
+impl ForwardError {
+    /// The `upstream_errors_total{kind}` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoHealthyBackend => "no_healthy_backend",
+            Self::Connect(..) => "connect",
+            Self::ConnectTimeout(_) => "connect_timeout",
+            Self::Handshake(_) => "handshake",
+            Self::RequestBody(_) => "request_body",
+            Self::RequestBodyTimeout(_) => "request_body_timeout",
+            Self::Backend(_) => "backend",
+            Self::ResponseTimeout(_) => "timeout",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            // The client stopped sending; it will likely never read this.
+            Self::RequestBody(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// Sends allowed requests to backends.
+#[derive(Debug)]
+pub struct Forwarder {
+    pool: Pool,
+    response_timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(pool: PoolSettings, response_timeout: Duration) -> Self {
+        Self {
+            pool: Pool::new(pool),
+            response_timeout,
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Forwards `req` to `backends` and returns the backend's response,
+    /// rewritten for the client, with its body still streaming.
+    pub async fn forward(
+        &self,
+        backends: &Backends,
+        req: Request<Incoming>,
+        fwd: Forwarded<'_>,
+    ) -> Result<Response<ResponseBody>, ForwardError> {
+        let (mut parts, body) = req.into_parts();
+        headers::rewrite_request(&mut parts, fwd);
+        let (body, progress) = UpstreamBody::new(body);
+        let req = Request::from_parts(parts, body);
+
+        let nodes = backends.nodes();
+        let dispatched = self
+            .pool
+            .dispatch(nodes, backends.next_start(), req)
+            .await?;
+        let (response, lease) = dispatched.into_parts();
+        let response = self.await_response(response, &progress).await?;
+        let (mut parts, body) = response.into_parts();
+        headers::rewrite_response(&mut parts);
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::upstream(body, lease),
+        ))
+    }
+
+    /// Waits for the response head, giving up when the request body has
+    /// made no progress for `response_timeout` (see the module docs).
+    async fn await_response(
+        &self,
+        mut response: pool::ResponseFuture,
+        progress: &Progress,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let timeout = self.response_timeout;
+        loop {
+            tokio::select! {
+                r = &mut response => {
+                    return r.map_err(|e| if e.is_user() { ForwardError::RequestBody(e) } else { ForwardError::Backend(e) });
+                }
+                () = tokio::time::sleep_until(progress.last() + timeout) => {
+                    if progress.last().elapsed() < timeout {
+                        continue; // the body moved while we slept
+                    }
+                    return Err(if progress.waiting_on_client() {
+                        ForwardError::RequestBodyTimeout(timeout)
+                    } else {
+                        ForwardError::ResponseTimeout(timeout)
+                    });
+                }
+            }
+        }
+    }
+}

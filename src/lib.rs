@@ -1,0 +1,143 @@
+//! portcullis: the data-plane ingress filter in front of hosted
+//! Elasticsearch deployments.
+//!
+//! Modules follow a connection through the proxy:
+//! [`server`] accepts it, [`proxy_protocol`] learns who the client is
+//! ([`endpoint`]), [`tls`] terminates TLS, [`route`] finds the deployment,
+//! [`policy`] decides, [`forward`] carries allowed requests to the backend
+//! and [`response`] answers the rest. [`reload`] keeps the policy snapshot
+//! current, [`metrics`] and [`explain`] make it observable.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod endpoint;
+pub mod error;
+pub mod explain;
+pub mod forward;
+pub mod metrics;
+pub mod policy;
+pub mod proxy_protocol;
+pub mod reload;
+pub mod response;
+pub mod route;
+pub mod server;
+pub mod shutdown;
+pub mod synth;
+pub mod tls;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::Error;
+pub use shutdown::Shutdown;
+
+use admin::{Admin, Readiness};
+use reload::fetch::{FetchSettings, Fetcher};
+use reload::{Reloader, SnapshotMetrics, Source, StateDir, Store};
+use route::Router;
+use server::Server;
+use shutdown::Phase;
+
+/// Runs the proxy described by `config` until `shutdown` completes.
+///
+/// Start-up order: the admin API first (so `/healthz` answers during
+/// boot), then the data-plane listeners; the snapshot is loaded in the
+/// background, and until one is in force requests get 503 and `/readyz`
+/// says not ready.
+pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let registry = metrics::registry();
+    let store = Arc::new(Store::new());
+    let max_bytes = config.snapshot.max_bytes;
+    let reloader = Arc::new(Reloader::new(
+        store.clone(),
+        config.policy_options(),
+        config.snapshot.state_dir.clone().map(StateDir::new),
+        max_bytes,
+        SnapshotMetrics::register(&registry).map_err(server::ServerError::from)?,
+    ));
+    let source = match (&config.snapshot.path, &config.snapshot.url) {
+        (Some(path), _) => Source::file(path.clone(), max_bytes),
+        (None, Some(url)) => Source::Url(Box::new(Fetcher::new(
+            url,
+            FetchSettings {
+                timeout: config.snapshot.fetch_timeout,
+                max_bytes,
+                ca_file: config.snapshot.ca_file.clone(),
+            },
+        )?)),
+        (None, None) => return Err(Error::Other("snapshot: set path or url".into())),
+    };
+
+    let readiness = Arc::new(Readiness::default());
+    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| Error::Admin {
+            addr: config.admin.listen,
+            source,
+        })?;
+    let tls = tls::server_config(&config.tls_settings())?;
+    let server = Server::bind(&config, tls, store, &registry)?;
+    let admin = Admin::new(
+        reloader.clone(),
+        registry,
+        Router::new(&config.server.zones),
+        readiness.clone(),
+        config.admin.token_file.as_deref(),
+        max_bytes,
+    )?;
+    tracing::info!(addr = %config.admin.listen, "admin API listening");
+    tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(admin),
+        shutdown.clone(),
+    ));
+    for addr in server.local_addrs() {
+        tracing::info!(%addr, "listening");
+    }
+    readiness.set_listening();
+
+    let reload_now = Arc::new(tokio::sync::Notify::new());
+    spawn_sighup(reload_now.clone());
+    let poll = config.snapshot.poll_interval;
+    let watcher = {
+        let reloader = reloader.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut source = source;
+            reloader.initial(&mut source).await;
+            reloader.watch(source, poll, reload_now, shutdown).await;
+        })
+    };
+    let draining = {
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.reached(Phase::Draining).await;
+            readiness.set_draining();
+        })
+    };
+    server.run(shutdown).await;
+    watcher.abort();
+    draining.abort();
+    Ok(())
+}
+
+/// SIGHUP: read the snapshot source now.
+fn spawn_sighup(now: Arc<tokio::sync::Notify>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reading the snapshot source now");
+                    now.notify_one();
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; snapshots reload on the poll interval only")
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The `portcullis` command: CLI parsing, logging, signals. The work lives
+//! in the library; this file only wires it to the process.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::endpoint::{PrivateEndpoint, VpceId};
+use portcullis::explain;
+use portcullis::policy::{
+    PolicyOptions, PolicySet, Snapshot, UnassociatedPrivateTraffic, parse_snapshot,
+};
+use portcullis::route::Router;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Ingress filter for hosted Elasticsearch deployments"
+)]
+struct Cli {
+    /// Log format for operational and access logs
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve, as configured.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run out of the box on loopback: self-signed certificate, sample
+    /// snapshot and backend, and curl lines to try.
+    Demo {
+        #[arg(long, default_value_t = 9243)]
+        port: u16,
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+    },
+    /// Validate a snapshot: print a summary, or every error (exit 1).
+    Check {
+        #[arg(long)]
+        snapshot: PathBuf,
+    },
+    /// Decide a described request against a snapshot and say why.
+    Explain(Box<ExplainArgs>),
+}
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("endpoint").multiple(false))]
+struct ExplainArgs {
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// Request host (HTTP Host / :authority), e.g. my-alias.es.example.com
+    #[arg(long)]
+    host: String,
+    /// Client source address (as the PROXY header would carry it)
+    #[arg(long)]
+    source: IpAddr,
+    /// The request arrived through this AWS VPC endpoint
+    #[arg(long, group = "endpoint", value_parser = parse_vpce)]
+    aws_vpce: Option<VpceId>,
+    /// The request arrived through this Azure private endpoint LinkID
+    #[arg(long, group = "endpoint")]
+    azure_link_id: Option<u32>,
+    /// The request arrived through this GCP PSC connection id
+    #[arg(long, group = "endpoint")]
+    gcp_psc_id: Option<u64>,
+    /// TLS server name, to check for misdirected requests
+    #[arg(long)]
+    sni: Option<String>,
+    /// X-Found-Cluster header value
+    #[arg(long)]
+    found_cluster: Option<String>,
+    /// Zone suffix (repeatable). Without one, any zone is accepted.
+    #[arg(long = "zone")]
+    zones: Vec<String>,
+    /// The static `policy.unassociated_private_traffic` setting
+    #[arg(long, value_enum, default_value_t = PrivateDefault::Allow)]
+    unassociated_private_traffic: PrivateDefault,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrivateDefault {
+    Allow,
+    Deny,
+}
+
+fn parse_vpce(s: &str) -> Result<VpceId, String> {
+    VpceId::parse(s.as_bytes()).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors
+            // to stderr (exit 2, SPEC §5).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Check { snapshot } => check(&snapshot),
+        Command::Explain(args) => explain_cmd(&args),
+        Command::Run { config } => {
+            let _logs = init_logging(cli.log_format);
+            let config = match portcullis::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            serve_until_signalled(|shutdown| portcullis::serve(config, shutdown))
+        }
+        Command::Demo { port, admin_port } => {
+            let _logs = init_logging(cli.log_format);
+            let ports = portcullis::demo::DemoPorts {
+                proxy: port,
+                admin: admin_port,
+            };
+            serve_until_signalled(|shutdown| portcullis::demo::run(ports, shutdown))
+        }
+    }
+}
+
+/// Logs go to stdout through a background writer; keep the returned guard
+/// alive so buffered lines are flushed at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+    guard
+}
+
+/// Builds the runtime, runs `serve`, and turns SIGINT/SIGTERM into a drain
+/// (the second one into an immediate stop).
+fn serve_until_signalled<F, Fut>(serve: F) -> ExitCode
+where
+    F: FnOnce(portcullis::Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<(), portcullis::Error>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let (trigger, shutdown) = portcullis::shutdown::channel();
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                if wait_for_signal().await.is_err() {
+                    return;
+                }
+                if matches!(
+                    trigger.subscribe().phase(),
+                    portcullis::shutdown::Phase::Running
+                ) {
+                    tracing::info!("signal received: draining (send again to stop at once)");
+                    trigger.drain();
+                } else {
+                    tracing::warn!("second signal: stopping now");
+                    trigger.abort();
+                }
+            }
+        });
+        match serve(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{}", error_chain(&e));
+                eprintln!("error: {}", error_chain(&e));
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// "outer: cause: root cause"
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Reads and validates a snapshot file; on failure prints why and returns
+/// exit code 1.
+fn load(path: &Path) -> Result<Snapshot, ExitCode> {
+    let bytes = match std::fs::read(path).with_context(|| format!("reading {}", path.display())) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Err(ExitCode::from(1));
+        }
+    };
+    parse_snapshot(&bytes).map_err(|errors| {
+        eprintln!("{}: {errors}", path.display());
+        ExitCode::from(1)
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    let snapshot = match load(path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let set = PolicySet::compile(&snapshot, PolicyOptions::default());
+    let s = set.stats();
+    println!(
+        "{}: valid snapshot version {}: {} deployments, {} policies ({} distinct policy sets), {} ip rules in {} ranges, {} private endpoint ids",
+        path.display(),
+        set.version(),
+        s.deployments,
+        s.policies,
+        s.policy_sets,
+        s.ip_rules,
+        s.ip_ranges,
+        s.endpoint_ids
+    );
+    ExitCode::SUCCESS
+}
+
+fn explain_cmd(args: &ExplainArgs) -> ExitCode {
+    let snapshot = match load(&args.snapshot) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let options = PolicyOptions {
+        unassociated_private_traffic: match args.unassociated_private_traffic {
+            PrivateDefault::Allow => UnassociatedPrivateTraffic::Allow,
+            PrivateDefault::Deny => UnassociatedPrivateTraffic::Deny,
+        },
+    };
+    let set = PolicySet::compile(&snapshot, options);
+    let router = if args.zones.is_empty() {
+        Router::any_zone()
+    } else {
+        Router::new(&args.zones)
+    };
+    let endpoint = args
+        .aws_vpce
+        .map(PrivateEndpoint::AwsVpce)
+        .or(args.azure_link_id.map(PrivateEndpoint::AzureLinkId))
+        .or(args.gcp_psc_id.map(PrivateEndpoint::GcpPscConnectionId));
+    let query = explain::Query {
+        host: &args.host,
+        sni: args.sni.as_deref(),
+        found_cluster: args.found_cluster.as_deref(),
+        client: explain::client(args.source, endpoint),
+    };
+    let decision = explain::explain(&set, &router, &query);
+    match args.format {
+        Format::Text => print!(
+            "{}",
+            explain::to_text(&set, Some(&snapshot), &query, &decision)
+        ),
+        Format::Json => match serde_json::to_string(&explain::to_json(&set, &decision)) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,504 @@
+//! Compile: a validated [`Snapshot`] → an immutable [`PolicySet`].
+//!
+//! Built once per snapshot, then only read (from any number of threads).
+//! Memory grows with the number of rules, not deployments × rules:
+//! - each `ip` policy is compiled once into ranges in the snapshot's flat
+//!   [`IpTables`];
+//! - deployments that associate the same set of policies share one
+//!   [`AssociatedSet`]; a set with one `ip` policy uses that policy's
+//!   ranges, only a set with several gets a merged matcher of its own;
+//! - private endpoint ids go into one hash map per provider, mapping an id
+//!   to the (policy, rule) pairs that list it.
+//!
+//! The decision path is laid out for few dependent memory reads: each
+//! deployment has a small [`Hot`] record holding its set, its flags and its
+//! IP matcher's position in the tables, so a public-address decision reads
+//! that record, then searches one dense slice. Names, backends and other
+//! cold data live elsewhere.
+//!
+//! Host names resolve through one hash map from cluster id / alias to the
+//! deployment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Deserialize;
+
+use super::ipset::{IpTables, Spans};
+use super::model::{Enforcement, PolicyType, Product, Rules, Snapshot};
+use crate::endpoint::VpceId;
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Static (config-file) policy behaviour that is not part of a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyOptions {
+    pub unassociated_private_traffic: UnassociatedPrivateTraffic,
+}
+
+/// SPEC §1.6: what happens to private-endpoint traffic for a deployment
+/// with no filtering policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnassociatedPrivateTraffic {
+    /// Allowed, like public traffic (current Elastic Cloud behaviour).
+    #[default]
+    Allow,
+    /// Allowed only when an associated private connection policy lists the
+    /// endpoint (the older behaviour).
+    Deny,
+}
+
+/// Index of a deployment within one [`PolicySet`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeploymentIndex(pub(crate) u32);
+
+/// Index of a policy within one [`PolicySet`] (its position in the
+/// snapshot's `policies` array).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyIndex(pub(crate) u32);
+
+impl PolicyIndex {
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// The compiled form of a snapshot: everything a request decision needs.
+#[derive(Debug)]
+pub struct PolicySet {
+    version: u64,
+    pub(crate) options: PolicyOptions,
+    /// Per deployment, what a decision reads.
+    pub(crate) hot: Box<[Hot]>,
+    pub(crate) deployments: Box<[CompiledDeployment]>,
+    pub(crate) policies: Box<[CompiledPolicy]>,
+    pub(crate) sets: Box<[AssociatedSet]>,
+    pub(crate) ip: IpTables,
+    /// Global IP rule id → (policy, rule index within the policy).
+    pub(crate) ip_rules: Box<[(u32, u32)]>,
+    /// Cluster id or alias → deployment.
+    names: FastMap<Box<str>, NameEntry>,
+    pub(crate) vpce: FastMap<VpceId, Hits>,
+    pub(crate) azure: FastMap<u32, Hits>,
+    pub(crate) gcp: FastMap<u64, Hits>,
+}
+
+/// The (policy, rule) pairs listing one endpoint id, sorted, so the first
+/// one that belongs to a deployment's set is the one to report. Almost
+/// every id is listed once; that pair is stored inline.
+#[derive(Debug)]
+pub(crate) struct Hits {
+    first: (u32, u32),
+    more: Box<[(u32, u32)]>,
+}
+
+impl Hits {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(u32, u32)> {
+        std::iter::once(&self.first).chain(self.more.iter())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NameEntry {
+    deployment: u32,
+    is_alias: bool,
+}
+
+/// What a decision reads about a deployment, in one small record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hot {
+    /// The deployment's IP matcher (its set's).
+    pub(crate) ip: Spans,
+    pub(crate) set: u32,
+    /// At least one associated policy filters (SPEC §1.3).
+    pub(crate) filters: bool,
+    pub(crate) dry_run: bool,
+    /// Bit `Product::index()` set for each resource the deployment has, so
+    /// routing can check a resource exists without reading cold data.
+    pub(crate) products: u8,
+}
+
+/// A deployment as routing, forwarding and logging see it.
+#[derive(Debug)]
+pub struct CompiledDeployment {
+    pub id: Box<str>,
+    pub alias: Option<Box<str>>,
+    pub enforcement: Enforcement,
+    resources: [Option<Box<Backends>>; Product::ALL.len()],
+}
+
+impl CompiledDeployment {
+    /// The backend nodes of a resource, if the deployment has it.
+    pub fn backends(&self, product: Product) -> Option<&Backends> {
+        self.resources.get(product.index())?.as_deref()
+    }
+}
+
+/// The nodes of one deployment resource, with a round-robin cursor.
+#[derive(Debug)]
+pub struct Backends {
+    nodes: Box<[SocketAddr]>,
+    next: AtomicUsize,
+}
+
+impl Backends {
+    pub fn nodes(&self) -> &[SocketAddr] {
+        &self.nodes
+    }
+
+    /// Where this request's round-robin walk over the nodes starts.
+    pub fn next_start(&self) -> usize {
+        // Relaxed: only spreading load, no ordering with other memory.
+        self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len().max(1)
+    }
+}
+
+/// One policy, compiled.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    pub id: Box<str>,
+    pub kind: PolicyType,
+    pub rule_count: u32,
+    /// SPEC §1.2.
+    pub filters: bool,
+    /// For `ip` policies: the compiled ranges and the global id of rule 0.
+    pub(crate) ip: Option<(Spans, u32)>,
+}
+
+/// The distinct set of policies some deployments associate.
+#[derive(Debug)]
+pub(crate) struct AssociatedSet {
+    /// Policy indices, ascending.
+    pub(crate) policies: Members,
+    /// The union of its `ip` policies' rules.
+    pub(crate) ip: Spans,
+    /// At least one of them filters: deny by default (SPEC §1.3).
+    pub(crate) filters: bool,
+}
+
+impl AssociatedSet {
+    pub(crate) fn contains(&self, policy: u32) -> bool {
+        self.policies.as_slice().binary_search(&policy).is_ok()
+    }
+}
+
+/// Policy indices of a set; up to [`Members::INLINE`] stored inline, so
+/// checking membership for a private endpoint reads no extra memory.
+#[derive(Debug)]
+pub(crate) enum Members {
+    Inline {
+        len: u8,
+        ids: [u32; Members::INLINE],
+    },
+    Heap(Box<[u32]>),
+}
+
+impl Members {
+    const INLINE: usize = 4;
+
+    fn new(ids: &[u32]) -> Self {
+        let mut inline = [0; Self::INLINE];
+        match inline.get_mut(..ids.len()) {
+            Some(prefix) => {
+                prefix.copy_from_slice(ids);
+                Self::Inline {
+                    // At most INLINE, so it fits.
+                    len: ids.len() as u8,
+                    ids: inline,
+                }
+            }
+            None => Self::Heap(ids.into()),
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u32] {
+        match self {
+            Self::Inline { len, ids } => ids.get(..usize::from(*len)).unwrap_or_default(),
+            Self::Heap(ids) => ids,
+        }
+    }
+}
+
+/// Counts for summaries and the admin API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub deployments: usize,
+    pub policies: usize,
+    pub policy_sets: usize,
+    pub ip_rules: usize,
+    pub ip_ranges: usize,
+    pub endpoint_ids: usize,
+}
+
+impl PolicySet {
+    /// Compiles a validated snapshot. Infallible: validation has already
+    /// checked every reference.
+    pub fn compile(snapshot: &Snapshot, options: PolicyOptions) -> Self {
+        let policy_index: FastMap<&str, u32> = snapshot
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.as_str(), index_u32(i)))
+            .collect();
+
+        let mut vpce: FastMap<VpceId, Vec<(u32, u32)>> = FastMap::default();
+        let mut azure: FastMap<u32, Vec<(u32, u32)>> = FastMap::default();
+        let mut gcp: FastMap<u64, Vec<(u32, u32)>> = FastMap::default();
+        let mut tables = IpTables::default();
+        let mut ip_rules: Vec<(u32, u32)> = Vec::new();
+        let policies = snapshot
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(pi, p)| {
+                let pi = index_u32(pi);
+                let mut ip = None;
+                match &p.rules {
+                    Rules::Ip(rules) => {
+                        let first = index_u32(ip_rules.len());
+                        ip_rules.extend((0..rules.len()).map(|ri| (pi, index_u32(ri))));
+                        let nets = rules
+                            .iter()
+                            .enumerate()
+                            .map(|(ri, r)| (r.source, first.saturating_add(index_u32(ri))));
+                        ip = Some((tables.add(nets), first));
+                    }
+                    Rules::Vpce(rules) => {
+                        for (ri, r) in rules.iter().enumerate() {
+                            // Validation admits only ids VpceId accepts.
+                            if let Ok(key) = VpceId::parse(r.source.as_bytes()) {
+                                vpce.entry(key).or_default().push((pi, index_u32(ri)));
+                            }
+                        }
+                    }
+                    Rules::Azure(rules) => {
+                        for (ri, r) in rules.iter().enumerate() {
+                            azure
+                                .entry(r.link_id)
+                                .or_default()
+                                .push((pi, index_u32(ri)));
+                        }
+                    }
+                    Rules::Gcp(rules) => {
+                        for (ri, r) in rules.iter().enumerate() {
+                            gcp.entry(r.source).or_default().push((pi, index_u32(ri)));
+                        }
+                    }
+                }
+                CompiledPolicy {
+                    id: p.id.as_str().into(),
+                    kind: p.rules.policy_type(),
+                    rule_count: index_u32(p.rules.len()),
+                    filters: p.rules.filters(),
+                    ip,
+                }
+            })
+            .collect::<Box<[_]>>();
+
+        let mut set_index: FastMap<Box<[u32]>, u32> = FastMap::default();
+        let mut sets: Vec<AssociatedSet> = Vec::new();
+        let mut hot = Vec::with_capacity(snapshot.deployments.len());
+        let mut names = FastMap::default();
+        names.reserve(snapshot.deployments.len() * 2);
+        let deployments = snapshot
+            .deployments
+            .iter()
+            .enumerate()
+            .map(|(di, d)| {
+                let mut members: Vec<u32> = d
+                    .policies
+                    .iter()
+                    .filter_map(|id| policy_index.get(id.as_str()).copied())
+                    .collect();
+                members.sort_unstable();
+                members.dedup();
+                let members = members.into_boxed_slice();
+                let set = match set_index.get(&members) {
+                    Some(&s) => s,
+                    None => {
+                        let s = index_u32(sets.len());
+                        sets.push(associated_set(&members, &policies, snapshot, &mut tables));
+                        set_index.insert(members, s);
+                        s
+                    }
+                };
+                if let Some(assoc) = sets.get(set as usize) {
+                    hot.push(Hot {
+                        ip: assoc.ip,
+                        set,
+                        filters: assoc.filters,
+                        dry_run: d.enforcement == Enforcement::DryRun,
+                        products: d.resources.keys().fold(0, |bits, p| bits | 1 << p.index()),
+                    });
+                }
+                let di = index_u32(di);
+                names.insert(
+                    d.id.as_str().into(),
+                    NameEntry {
+                        deployment: di,
+                        is_alias: false,
+                    },
+                );
+                if let Some(alias) = &d.alias {
+                    names.insert(
+                        alias.as_str().into(),
+                        NameEntry {
+                            deployment: di,
+                            is_alias: true,
+                        },
+                    );
+                }
+                let mut resources: [Option<Box<Backends>>; Product::ALL.len()] = Default::default();
+                for (product, r) in &d.resources {
+                    resources[product.index()] = Some(Box::new(Backends {
+                        nodes: r.backends.as_slice().into(),
+                        next: AtomicUsize::new(0),
+                    }));
+                }
+                CompiledDeployment {
+                    id: d.id.as_str().into(),
+                    alias: d.alias.as_deref().map(Into::into),
+                    enforcement: d.enforcement,
+                    resources,
+                }
+            })
+            .collect();
+        tables.shrink();
+
+        Self {
+            version: snapshot.version,
+            options,
+            hot: hot.into_boxed_slice(),
+            deployments,
+            policies,
+            sets: sets.into_boxed_slice(),
+            ip: tables,
+            ip_rules: ip_rules.into_boxed_slice(),
+            names,
+            vpce: finish(vpce),
+            azure: finish(azure),
+            gcp: finish(gcp),
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn options(&self) -> PolicyOptions {
+        self.options
+    }
+
+    pub fn deployment(&self, i: DeploymentIndex) -> Option<&CompiledDeployment> {
+        self.deployments.get(i.0 as usize)
+    }
+
+    /// Whether the deployment has the resource (reads only the hot record).
+    pub fn has_resource(&self, i: DeploymentIndex, product: Product) -> bool {
+        self.hot
+            .get(i.0 as usize)
+            .is_some_and(|h| h.products & (1 << product.index()) != 0)
+    }
+
+    pub fn policy(&self, i: PolicyIndex) -> Option<&CompiledPolicy> {
+        self.policies.get(i.get())
+    }
+
+    /// The policies a deployment associates, in snapshot order.
+    pub fn associated(
+        &self,
+        i: DeploymentIndex,
+    ) -> impl Iterator<Item = (PolicyIndex, &CompiledPolicy)> {
+        let members = self
+            .hot
+            .get(i.0 as usize)
+            .and_then(|h| self.sets.get(h.set as usize))
+            .map_or(&[][..], |s| s.policies.as_slice());
+        members
+            .iter()
+            .filter_map(|&p| Some((PolicyIndex(p), self.policies.get(p as usize)?)))
+    }
+
+    /// Resolves a lowercase cluster id or alias. `alias_ok` is false for the
+    /// `{cluster_id}.{Z}` host form, which only takes cluster ids.
+    pub fn find_deployment(&self, name: &str, alias_ok: bool) -> Option<DeploymentIndex> {
+        let e = self.names.get(name)?;
+        (alias_ok || !e.is_alias).then_some(DeploymentIndex(e.deployment))
+    }
+
+    pub fn stats(&self) -> Stats {
+        let (mut ip_rules, mut ip_ranges) = (0, 0);
+        for p in self.policies.iter() {
+            if let Some((spans, _)) = p.ip {
+                ip_rules += p.rule_count as usize;
+                ip_ranges += self.ip.covered(spans);
+            }
+        }
+        Stats {
+            deployments: self.deployments.len(),
+            policies: self.policies.len(),
+            policy_sets: self.sets.len(),
+            ip_rules,
+            ip_ranges,
+            endpoint_ids: self.vpce.len() + self.azure.len() + self.gcp.len(),
+        }
+    }
+}
+
+fn associated_set(
+    members: &[u32],
+    policies: &[CompiledPolicy],
+    snapshot: &Snapshot,
+    tables: &mut IpTables,
+) -> AssociatedSet {
+    let policy = |p: &u32| policies.get(*p as usize);
+    let ip: Vec<(u32, Spans, u32)> = members
+        .iter()
+        .filter_map(|&p| policy(&p)?.ip.map(|(spans, first)| (p, spans, first)))
+        .collect();
+    let spans = match ip.as_slice() {
+        [] => Spans::default(),
+        [(_, spans, _)] => *spans,
+        // Several `ip` policies: one merged matcher, so a decision is one
+        // search whatever the number of policies. Global rule ids keep
+        // "first policy, first rule" as the lowest label.
+        several => tables.add(several.iter().flat_map(|&(p, _, first)| {
+            let rules = match snapshot.policies.get(p as usize).map(|p| &p.rules) {
+                Some(Rules::Ip(rules)) => rules.as_slice(),
+                _ => &[],
+            };
+            rules
+                .iter()
+                .enumerate()
+                .map(move |(ri, r)| (r.source, first.saturating_add(index_u32(ri))))
+        })),
+    };
+    AssociatedSet {
+        policies: Members::new(members),
+        ip: spans,
+        filters: members.iter().any(|p| policy(p).is_some_and(|c| c.filters)),
+    }
+}
+
+fn finish<K: Eq + std::hash::Hash>(map: FastMap<K, Vec<(u32, u32)>>) -> FastMap<K, Hits> {
+    map.into_iter()
+        .filter_map(|(k, v)| {
+            let (&first, more) = v.split_first()?;
+            Some((
+                k,
+                Hits {
+                    first,
+                    more: more.into(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Snapshot sizes are far below 2^32 entries (a JSON document that large
+/// could not be loaded); saturate rather than wrap if that ever changes.
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}

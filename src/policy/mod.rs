@@ -1,0 +1,26 @@
+//! Network security policies: snapshot model → validation → compiled set →
+//! per-request decision.
+//!
+//! - [`model`]: the typed snapshot (SPEC §3).
+//! - [`validate`]: JSON → model, reporting every error with its path.
+//! - [`compile`]: model → immutable [`PolicySet`].
+//! - [`eval`]: the pure, allocation-free [`decide`].
+
+pub mod compile;
+pub mod eval;
+mod ipset;
+mod json;
+pub mod model;
+pub mod validate;
+
+pub use compile::{
+    Backends, CompiledDeployment, CompiledPolicy, DeploymentIndex, PolicyIndex, PolicyOptions,
+    PolicySet, Stats, UnassociatedPrivateTraffic,
+};
+pub use eval::{Decision, Reason, RequestFacts, RuleRef, Target, Verdict, decide};
+
+pub use model::{
+    AzureRule, Deployment, Enforcement, GcpRule, IpRule, Policy, PolicyType, Product, Provider,
+    Region, Resource, Rules, Snapshot, VpceRule,
+};
+pub use validate::{SnapshotError, SnapshotErrors, parse_snapshot, validate_value};

@@ -1,0 +1,46 @@
+//! Snapshot metrics, observed by the reloader.
+
+use prometheus::{Gauge, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Debug, Clone)]
+pub struct SnapshotMetrics {
+    version: IntGauge,
+    loaded_at: Gauge,
+    reloads: IntCounterVec,
+}
+
+impl SnapshotMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            version: IntGauge::new(
+                "snapshot_version",
+                "Version of the snapshot in force (0: none)",
+            )?,
+            loaded_at: Gauge::new(
+                "snapshot_loaded_timestamp_seconds",
+                "Unix time the snapshot in force was applied",
+            )?,
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "snapshot_reloads_total",
+                    "Snapshot loads by result: applied, restored (from the state directory), invalid, stale, unreadable",
+                ),
+                &["result"],
+            )?,
+        };
+        registry.register(Box::new(m.version.clone()))?;
+        registry.register(Box::new(m.loaded_at.clone()))?;
+        registry.register(Box::new(m.reloads.clone()))?;
+        Ok(m)
+    }
+
+    pub fn applied(&self, result: &'static str, version: u64, loaded_at: f64) {
+        self.reloads.with_label_values(&[result]).inc();
+        self.version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        self.loaded_at.set(loaded_at);
+    }
+
+    pub fn refused(&self, result: &'static str) {
+        self.reloads.with_label_values(&[result]).inc();
+    }
+}

@@ -1,0 +1,137 @@
+//! The current snapshot: one atomically swapped pointer to everything that
+//! changes together (policies, host names, backends), so a request never
+//! sees half of one snapshot and half of another.
+//!
+//! Requests load it once, after their headers are read (SPEC §1.8), and
+//! keep what they loaded until they finish; a swap affects the next request
+//! on every connection. A snapshot is applied only after it parsed,
+//! validated and compiled, and only if its version is newer.
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwapOption, Guard};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::policy::{PolicyOptions, PolicySet, SnapshotErrors, Stats, parse_snapshot};
+
+/// A compiled snapshot and what is known about it.
+#[derive(Debug)]
+pub struct Loaded {
+    pub set: PolicySet,
+    pub meta: Meta,
+}
+
+/// Shown by `GET /snapshot` and logged on every reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub version: u64,
+    /// SHA-256 of the snapshot bytes, hex: compare with `sha256sum` to see
+    /// which file a fleet member runs.
+    pub sha256: String,
+    /// Unix seconds.
+    pub loaded_at: f64,
+    /// Where it came from: `file:/path`, `url:https://...`, `admin`, `state`.
+    pub source: String,
+    pub bytes: usize,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+/// Why a snapshot was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Invalid(#[from] SnapshotErrors),
+    #[error("stale snapshot: version {offered} is not newer than the running version {running}")]
+    Stale { offered: u64, running: u64 },
+    #[error("snapshot is {bytes} bytes, over the {limit}-byte limit (snapshot.max_bytes)")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("internal error while compiling the snapshot: {0}")]
+    Internal(String),
+}
+
+impl ApplyError {
+    /// The `snapshot_reloads_total{result}` label.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) | Self::TooLarge { .. } | Self::Internal(_) => "invalid",
+            Self::Stale { .. } => "stale",
+        }
+    }
+}
+
+/// Parses, validates and compiles snapshot bytes. CPU-heavy for large
+/// snapshots: call it off the async workers (`spawn_blocking`).
+pub fn prepare(
+    bytes: &[u8],
+    source: &str,
+    options: PolicyOptions,
+) -> Result<Loaded, SnapshotErrors> {
+    let snapshot = parse_snapshot(bytes)?;
+    let set = PolicySet::compile(&snapshot, options);
+    let meta = Meta {
+        version: set.version(),
+        sha256: hex(&Sha256::digest(bytes)),
+        loaded_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        source: source.to_owned(),
+        bytes: bytes.len(),
+        stats: set.stats(),
+    };
+    Ok(Loaded { set, meta })
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Holds the current snapshot.
+#[derive(Debug, Default)]
+pub struct Store {
+    current: ArcSwapOption<Loaded>,
+    /// Serialises appliers so the version check and the swap are one step.
+    apply: Mutex<()>,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot, cheaply, for one request.
+    pub fn load(&self) -> Guard<Option<Arc<Loaded>>> {
+        self.current.load()
+    }
+
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.current.load_full()
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Installs `next` if its version is newer than the running one (any
+    /// version, for the first). Returns the snapshot it replaced.
+    pub fn apply(&self, next: Loaded) -> Result<Option<Arc<Loaded>>, ApplyError> {
+        let _serial = self.apply.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = self.current.load().as_ref()
+            && next.meta.version <= running.meta.version
+        {
+            return Err(ApplyError::Stale {
+                offered: next.meta.version,
+                running: running.meta.version,
+            });
+        }
+        Ok(self.current.swap(Some(Arc::new(next))))
+    }
+}

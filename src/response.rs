@@ -1,0 +1,116 @@
+//! Responses portcullis answers itself (SPEC §6). Bodies are static bytes:
+//! answering a rejected request allocates nothing but the response head.
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::forward::ResponseBody;
+
+/// A request answered here instead of by a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// Denied by policy.
+    Forbidden,
+    /// No such deployment or resource.
+    UnknownResource,
+    /// SNI and host name different deployments.
+    Misdirected,
+    /// No snapshot loaded yet: we cannot decide, so we do not forward.
+    NotReady,
+    /// Every backend node refused or failed.
+    BadGateway,
+    /// The backend did not answer in time.
+    GatewayTimeout,
+    /// The request cannot be routed (e.g. an absolute-form target naming a
+    /// different host than `Host`).
+    BadRequest,
+    /// The request target is longer than `server.max_uri_bytes`.
+    UriTooLong,
+    /// The client stopped sending its request body.
+    RequestTimeout,
+    /// Every node of the resource is ejected.
+    NoHealthyBackend,
+}
+
+const FORBIDDEN: &[u8] = br#"{"ok":false,"message":"Forbidden due to traffic filtering. Please see the Elastic documentation on Traffic Filtering for more information."}"#;
+const UNKNOWN: &[u8] = br#"{"ok":false,"message":"Unknown resource."}"#;
+const MISDIRECTED: &[u8] = br#"{"ok":false,"message":"Misdirected request."}"#;
+const NOT_READY: &[u8] =
+    br#"{"ok":false,"message":"The proxy has no policy snapshot loaded yet."}"#;
+const BAD_GATEWAY: &[u8] =
+    br#"{"ok":false,"message":"The deployment's nodes could not be reached."}"#;
+const GATEWAY_TIMEOUT: &[u8] =
+    br#"{"ok":false,"message":"The deployment's node did not answer in time."}"#;
+const BAD_REQUEST: &[u8] = br#"{"ok":false,"message":"Bad request."}"#;
+const URI_TOO_LONG: &[u8] = br#"{"ok":false,"message":"Request target too long."}"#;
+const NO_HEALTHY_BACKEND: &[u8] =
+    br#"{"ok":false,"message":"No healthy node is available for this deployment resource."}"#;
+const REQUEST_TIMEOUT: &[u8] = br#"{"ok":false,"message":"The request body stopped arriving."}"#;
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+impl Local {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::UnknownResource => StatusCode::NOT_FOUND,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn body(self) -> &'static [u8] {
+        match self {
+            Self::Forbidden => FORBIDDEN,
+            Self::UnknownResource => UNKNOWN,
+            Self::Misdirected => MISDIRECTED,
+            Self::NotReady => NOT_READY,
+            Self::BadGateway => BAD_GATEWAY,
+            Self::GatewayTimeout => GATEWAY_TIMEOUT,
+            Self::BadRequest => BAD_REQUEST,
+            Self::UriTooLong => URI_TOO_LONG,
+            Self::RequestTimeout => REQUEST_TIMEOUT,
+            Self::NoHealthyBackend => NO_HEALTHY_BACKEND,
+        }
+    }
+
+    pub fn response(self) -> Response<ResponseBody> {
+        let mut r = Response::new(ResponseBody::local(Bytes::from_static(self.body())));
+        *r.status_mut() = self.status();
+        r.headers_mut().insert(CONTENT_TYPE, JSON.clone());
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_json_with_ok_false() {
+        for l in [
+            Local::Forbidden,
+            Local::UnknownResource,
+            Local::Misdirected,
+            Local::NotReady,
+            Local::BadGateway,
+            Local::GatewayTimeout,
+            Local::BadRequest,
+            Local::UriTooLong,
+            Local::RequestTimeout,
+            Local::NoHealthyBackend,
+        ] {
+            let v: serde_json::Value = serde_json::from_slice(l.body()).unwrap();
+            assert_eq!(v["ok"], false);
+            assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+            assert_eq!(l.response().headers()[CONTENT_TYPE], "application/json");
+        }
+    }
+}

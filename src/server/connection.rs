@@ -1,0 +1,163 @@
+//! One client connection: PROXY header → TLS → HTTP/1.1 or HTTP/2 (by
+//! ALPN), with the idle and request-header watchdog and graceful shutdown.
+//!
+//! A failure before HTTP (untrusted sender, bad header, slow header, failed
+//! handshake) closes the connection and is counted; nothing is ever sent to
+//! a backend for such a connection.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tracing::Instrument as _;
+
+use super::Proxy;
+use super::activity::{Activity, ActivityIo, Expired};
+use super::service;
+use crate::endpoint::ClientIdentity;
+use crate::proxy_protocol::{self, Prefixed};
+use crate::shutdown::{Phase, Shutdown};
+use crate::tls;
+
+/// What every request on a connection shares.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub client: ClientIdentity,
+    pub peer: SocketAddr,
+    pub sni: Option<Box<str>>,
+    pub h2: bool,
+    pub activity: Arc<Activity>,
+}
+
+/// Serves one accepted TCP connection to the end.
+pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
+    let span = tracing::debug_span!("conn", %peer, client_ip = tracing::field::Empty);
+    let result = async {
+        let _ = tcp.set_nodelay(true);
+        let accepted =
+            match proxy_protocol::read_header(&mut tcp, peer, &proxy.proxy_protocol).await {
+                Ok(a) => a,
+                Err(e) => {
+                    proxy.metrics.proxy_protocol_error(e.kind());
+                    tracing::debug!(error = %e, kind = e.kind(), "PROXY header refused");
+                    return "proxy_protocol";
+                }
+            };
+        tracing::Span::current()
+            .record("client_ip", tracing::field::display(accepted.client.source));
+        let io = Prefixed::new(accepted.prefix, tcp);
+        let stream = match tls::handshake(&proxy.tls, io, proxy.tls_handshake_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                proxy.metrics.tls_handshake_error(e.kind());
+                tracing::debug!(error = %e, kind = e.kind(), "TLS handshake failed");
+                return "tls";
+            }
+        };
+        let h2 = tls::alpn_is_h2(&stream);
+        let activity = Arc::new(Activity::new(!h2));
+        let info = Arc::new(ConnInfo {
+            client: accepted.client,
+            peer,
+            sni: tls::sni_of(&stream).map(Into::into),
+            h2,
+            activity: activity.clone(),
+        });
+        let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));
+        let svc = {
+            let proxy = proxy.clone();
+            service_fn(move |req| service::handle(proxy.clone(), info.clone(), req))
+        };
+        let h = &proxy.http;
+        if h2 {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(h.h2_max_concurrent_streams)
+                .max_pending_accept_reset_streams(h.h2_max_pending_accept_resets)
+                .max_header_list_size(u32::try_from(h.max_header_bytes).unwrap_or(u32::MAX))
+                .serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), &activity, &proxy, shutdown).await
+        } else {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // The watchdog enforces header and idle timeouts separately.
+                .header_read_timeout(None)
+                // A request head over the limit gets 431; the buffer must
+                // hold a full head plus some body.
+                .max_header_size(h.max_header_bytes)
+                .max_buf_size((h.max_header_bytes * 2).max(16 * 1024))
+                .max_headers(h.max_headers)
+                .keep_alive(true)
+                .serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), &activity, &proxy, shutdown).await
+        }
+    }
+    .instrument(span)
+    .await;
+    proxy.metrics.connection_ended(result);
+}
+
+/// Runs the connection until it ends, enforcing the watchdog timeouts and
+/// reacting to shutdown. Returns the `connections_total{result}` label.
+///
+/// `shut_down` asks the connection to finish politely (hyper's
+/// `graceful_shutdown`, which has different bounds per protocol).
+async fn drive<C>(
+    conn: C,
+    shut_down: fn(Pin<&mut C>),
+    activity: &Activity,
+    proxy: &Proxy,
+    shutdown: Shutdown,
+) -> &'static str
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut drain = shutdown.clone();
+    let mut abort = shutdown;
+    let timeouts = proxy.http.timeouts;
+    let mut closing = false;
+    loop {
+        let (deadline, _) = activity.next_deadline(timeouts);
+        tokio::select! {
+            r = conn.as_mut() => {
+                return match r {
+                    Ok(()) => "closed",
+                    Err(e) if e.is_timeout() => "timeout",
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                        "http_error"
+                    }
+                };
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                match activity.expired(timeouts, tokio::time::Instant::now()) {
+                    Some(Expired::RequestHeader) => {
+                        tracing::debug!("request header timeout");
+                        return "header_timeout";
+                    }
+                    Some(Expired::Idle) if !closing => {
+                        closing = true;
+                        shut_down(conn.as_mut());
+                    }
+                    // Already closing politely; if it takes longer than
+                    // another idle period, stop waiting.
+                    Some(Expired::Idle) => return "idle_timeout",
+                    None => {}
+                }
+            }
+            () = activity.changed() => {}
+            () = drain.reached(Phase::Draining), if !closing => {
+                closing = true;
+                shut_down(conn.as_mut());
+            }
+            () = abort.reached(Phase::Abort), if closing => {
+                return "aborted";
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Connection and request metrics, observed by the server.
+
+use std::sync::OnceLock;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::policy::{Decision, Product, Reason, Verdict};
+
+const VERDICTS: [Verdict; 3] = [Verdict::Allowed, Verdict::Denied, Verdict::WouldDeny];
+/// Products plus "none" for requests that named no deployment.
+const PRODUCTS: usize = Product::ALL.len() + 1;
+const SLOTS: usize = VERDICTS.len() * Reason::ALL.len() * PRODUCTS;
+
+#[derive(Debug)]
+pub struct ServerMetrics {
+    pub connections_active: IntGauge,
+    connections_total: IntCounterVec,
+    proxy_protocol_errors: IntCounterVec,
+    tls_handshake_errors: IntCounterVec,
+    requests_total: IntCounterVec,
+    /// `requests_total` children, created on first use, then one atomic
+    /// add per request.
+    request_slots: Box<[OnceLock<IntCounter>]>,
+}
+
+impl ServerMetrics {
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self {
+            connections_active: IntGauge::new("connections_active", "Client connections open now")?,
+            connections_total: IntCounterVec::new(
+                Opts::new("connections_total", "Client connections by how they ended"),
+                &["result"],
+            )?,
+            proxy_protocol_errors: IntCounterVec::new(
+                Opts::new(
+                    "proxy_protocol_errors_total",
+                    "Connections refused at the PROXY header",
+                ),
+                &["kind"],
+            )?,
+            tls_handshake_errors: IntCounterVec::new(
+                Opts::new("tls_handshake_errors_total", "Failed TLS handshakes"),
+                &["kind"],
+            )?,
+            requests_total: IntCounterVec::new(
+                Opts::new("requests_total", "Requests by policy decision"),
+                &["decision", "reason", "product"],
+            )?,
+            request_slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+        };
+        registry.register(Box::new(m.connections_active.clone()))?;
+        registry.register(Box::new(m.connections_total.clone()))?;
+        registry.register(Box::new(m.proxy_protocol_errors.clone()))?;
+        registry.register(Box::new(m.tls_handshake_errors.clone()))?;
+        registry.register(Box::new(m.requests_total.clone()))?;
+        Ok(m)
+    }
+
+    /// A connection ended: `result` is one of a fixed set of labels.
+    pub fn connection_ended(&self, result: &'static str) {
+        self.connections_total.with_label_values(&[result]).inc();
+    }
+
+    pub fn proxy_protocol_error(&self, kind: &'static str) {
+        self.proxy_protocol_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn tls_handshake_error(&self, kind: &'static str) {
+        self.tls_handshake_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn request(&self, d: &Decision) {
+        let v = VERDICTS.iter().position(|v| *v == d.verdict).unwrap_or(0);
+        let r = Reason::ALL.iter().position(|r| *r == d.reason).unwrap_or(0);
+        let p = d.target.map_or(Product::ALL.len(), |t| t.product.index());
+        let slot = (v * Reason::ALL.len() + r) * PRODUCTS + p;
+        let Some(cell) = self.request_slots.get(slot) else {
+            return;
+        };
+        cell.get_or_init(|| {
+            let product = d.target.map_or("none", |t| t.product.as_str());
+            self.requests_total
+                .with_label_values(&[d.verdict.as_str(), d.reason.as_str(), product])
+        })
+        .inc();
+    }
+}

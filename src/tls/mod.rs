@@ -1,0 +1,228 @@
+//! TLS termination for hosted Elasticsearch endpoints.
+//!
+//! This stage turns configured PEM files into one immutable
+//! [`rustls::ServerConfig`] and runs the server side of each handshake.
+//!
+//! What it guarantees:
+//! - **Fail at start, not per connection.** Every certificate chain and key is
+//!   parsed, and every key is checked against its certificate, before a
+//!   config exists. Errors name the offending file(s).
+//! - **Protocol floor.** TLS 1.2 and 1.3 only, the crypto provider's default
+//!   cipher suites, ALPN `h2` then `http/1.1`, no client authentication and
+//!   no 0-RTT (early data is replayable and the proxy forwards writes).
+//! - **Certificate choice** by SNI: exact name, then a one-label wildcard,
+//!   then the first configured certificate (see [`SniResolver`]). Lookup is a
+//!   hash probe that does not allocate.
+//! - **Bounded handshakes.** [`handshake()`] enforces a deadline and reports
+//!   failures as a [`HandshakeError`] whose [`kind`](HandshakeError::kind) is
+//!   a fixed, low-cardinality metric label.
+//! - **Resumption** through a bounded in-memory session cache (TLS 1.2
+//!   session ids, TLS 1.3 stateful tickets) and, when enabled, stateless
+//!   tickets encrypted under keys that rotate automatically.
+
+mod certs;
+mod handshake;
+mod resolver;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_load;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
+
+pub use certs::{LoadedCertificate, SelfSigned, load_certified_key, self_signed};
+pub use handshake::{HandshakeError, alpn_is_h2, handshake, sni_of};
+pub use resolver::SniResolver;
+
+/// How long a client may take to complete the handshake. Long enough for a
+/// slow mobile link, short enough that idle sockets do not pile up.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sessions kept for stateful resumption. Each entry is a few hundred
+/// bytes, so the default bounds the cache to a handful of megabytes.
+pub const DEFAULT_SESSION_CACHE_SIZE: usize = 20_000;
+
+/// ALPN protocols in server preference order: HTTP/2 first, because
+/// multiplexing saves the upstream connections the proxy would otherwise
+/// open per concurrent request.
+const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A certificate chain and its private key, as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1
+    /// (`RSA PRIVATE KEY`).
+    pub key: PathBuf,
+}
+
+/// TLS settings for the listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Certificates to serve. The first one is the default, served to clients
+    /// that send no SNI or an SNI no certificate names.
+    pub certificates: Vec<CertificateFiles>,
+    /// Deadline for a client to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// Number of sessions kept for stateful resumption; 0 disables the cache.
+    pub session_cache_size: usize,
+    /// Issue stateless session tickets (RFC 5077 / TLS 1.3 tickets).
+    pub session_tickets: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            certificates: Vec::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            session_cache_size: DEFAULT_SESSION_CACHE_SIZE,
+            session_tickets: true,
+        }
+    }
+}
+
+/// Why a TLS configuration could not be built.
+///
+/// `origin` fields name the file (or, for in-memory PEM, the caller's label)
+/// the problem was found in.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("malformed PEM in {origin}")]
+    Pem {
+        origin: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no CERTIFICATE found in {origin}")]
+    NoCertificate { origin: String },
+    #[error("leaf certificate in {origin} is not a valid X.509 certificate")]
+    Certificate {
+        origin: String,
+        #[source]
+        source: webpki::Error,
+    },
+    #[error("no private key (PKCS#8, SEC1 or PKCS#1) found in {origin}")]
+    NoPrivateKey { origin: String },
+    #[error("more than one private key in {origin}; expected exactly one")]
+    MultiplePrivateKeys { origin: String },
+    #[error("private key in {origin} is not a supported ECDSA P-256/P-384, RSA or Ed25519 key")]
+    UnsupportedKey {
+        origin: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("private key in {key} does not match the certificate in {cert}")]
+    KeyMismatch { cert: String, key: String },
+    #[error("cannot check that the private key in {key} matches the certificate in {cert}")]
+    KeyCheck {
+        cert: String,
+        key: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("no certificates configured")]
+    NoCertificates,
+    #[error("cannot build the TLS server configuration")]
+    Config(#[source] rustls::Error),
+    #[error("cannot generate a self-signed certificate")]
+    SelfSigned(#[source] rcgen::Error),
+}
+
+/// Reads every configured certificate and key, then builds the server config.
+///
+/// # Errors
+///
+/// Any [`TlsError`] from reading or checking the files (naming them), or
+/// [`TlsError::NoCertificates`] if none are configured.
+pub fn server_config(settings: &Settings) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = crypto_provider();
+    let certificates = settings
+        .certificates
+        .iter()
+        .map(|files| certs::load_files(files, &provider))
+        .collect::<Result<Vec<_>, _>>()?;
+    build(&certificates, settings, provider)
+}
+
+/// Builds the server config from in-memory `(certificate chain, key)` PEM
+/// pairs, in priority order; `settings.certificates` is ignored. Errors name
+/// the pair by its index (`pems[0]`, ...).
+///
+/// # Errors
+///
+/// As [`server_config`], with `pems[i]` in place of file names.
+pub fn server_config_from_pems(
+    pairs: &[(Vec<u8>, Vec<u8>)],
+    settings: &Settings,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = crypto_provider();
+    let certificates = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (cert, key))| {
+            certs::load_with_provider(cert, key, &format!("pems[{i}]"), &provider)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    build(&certificates, settings, provider)
+}
+
+fn build(
+    certificates: &[LoadedCertificate],
+    settings: &Settings,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let resolver = SniResolver::new(certificates)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+
+    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    // Honour the client's cipher suite order: clients without AES hardware
+    // put ChaCha20 first, and every suite the provider offers is acceptable.
+    config.ignore_client_order = false;
+
+    config.session_storage = if settings.session_cache_size == 0 {
+        Arc::new(NoServerSessionStorage {})
+    } else {
+        ServerSessionMemoryCache::new(settings.session_cache_size)
+    };
+    if settings.session_tickets {
+        // The ticketer rotates its key every 6 hours and accepts the previous
+        // one, so tickets live up to 12 hours and a leaked key has a bounded
+        // window.
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(TlsError::Config)?;
+    } else if settings.session_cache_size == 0 {
+        // Without a ticketer, TLS 1.3 tickets are stateful cache keys; with no
+        // cache either, they could never be redeemed, so don't send them.
+        config.send_tls13_tickets = 0;
+    }
+
+    Ok(Arc::new(config))
+}
+
+/// The process-wide provider if the binary installed one (e.g. a FIPS
+/// build), otherwise aws-lc-rs. Passing it explicitly, rather than relying on
+/// rustls' implicit default, means config construction cannot panic when
+/// more than one provider is compiled in.
+fn crypto_provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}

@@ -1,0 +1,292 @@
+//! Choosing the certificate for a connection from its SNI.
+//!
+//! Guarantees:
+//! - Matching is ASCII case-insensitive and ignores one trailing dot.
+//! - An exact name beats a wildcard; a wildcard `*.rest` stands for exactly
+//!   one left-most label (`a.rest`, never `b.a.rest` or `rest` itself),
+//!   as RFC 6125 §6.4.3 has clients check it.
+//! - When several certificates list the same name, the first one configured
+//!   serves it (and the shadowing is logged at start).
+//! - Anything else, including no SNI at all, gets the first certificate, so
+//!   a handshake never fails for want of a certificate.
+//! - A lookup is at most two hash probes on a stack copy of the name: no
+//!   allocation, no scan over certificates.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::sync::Arc;
+
+use foldhash::fast::RandomState;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::{LoadedCertificate, TlsError};
+
+/// RFC 1035 limit on a DNS name in text form (without the trailing dot).
+/// Nothing longer can equal, or be one label below, an indexed name.
+const MAX_DNS_NAME_LEN: usize = 253;
+
+/// Lowercased name bytes → certificate. Keys are bytes rather than `str` so
+/// a lookup needs no UTF-8 re-validation of the lowercased copy. Hash
+/// flooding is no concern: only configured names are ever inserted.
+type NameIndex = HashMap<Box<[u8]>, Indexed, RandomState>;
+
+struct Indexed {
+    key: Arc<CertifiedKey>,
+    /// Position in the configuration, to tell shadowing from repetition.
+    position: usize,
+}
+
+/// A [`ResolvesServerCert`] that picks a certificate by SNI; see the module
+/// documentation for the rules.
+pub struct SniResolver {
+    default: Arc<CertifiedKey>,
+    /// Full names, e.g. `abc123.es.example.com`.
+    exact: NameIndex,
+    /// Wildcards by the part after `*.`: `*.es.example.com` is stored as
+    /// `es.example.com`.
+    wildcard: NameIndex,
+}
+
+impl SniResolver {
+    /// Indexes `certificates` by their DNS names; the first is the default.
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError::NoCertificates`] if `certificates` is empty.
+    pub fn new(certificates: &[LoadedCertificate]) -> Result<Self, TlsError> {
+        let default = match certificates.first() {
+            Some(first) => Arc::clone(&first.certified_key),
+            None => return Err(TlsError::NoCertificates),
+        };
+        let mut resolver = Self {
+            default,
+            exact: NameIndex::default(),
+            wildcard: NameIndex::default(),
+        };
+        for (position, certificate) in certificates.iter().enumerate() {
+            for name in &certificate.dns_names {
+                let shadowed_by = resolver.insert(name, position, certificate);
+                if let Some(kept) = shadowed_by.and_then(|kept| certificates.get(kept)) {
+                    tracing::warn!(
+                        name,
+                        kept = %kept.origin,
+                        ignored = %certificate.origin,
+                        "two certificates claim the same name; the first configured one serves it"
+                    );
+                }
+            }
+        }
+        Ok(resolver)
+    }
+
+    /// Indexes `name` for the certificate at `position` unless an earlier
+    /// certificate has it; returns that earlier certificate's position.
+    fn insert(
+        &mut self,
+        name: &str,
+        position: usize,
+        certificate: &LoadedCertificate,
+    ) -> Option<usize> {
+        // `LoadedCertificate`'s fields are public, so normalise again rather
+        // than trust that the names came from `load_certified_key`.
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        if name.is_empty() || name.len() > MAX_DNS_NAME_LEN {
+            return None;
+        }
+        let (index, key) = match name.strip_prefix("*.") {
+            Some(rest) => (&mut self.wildcard, rest),
+            None => (&mut self.exact, name.as_str()),
+        };
+        match index.entry(key.as_bytes().into()) {
+            Entry::Vacant(slot) => {
+                slot.insert(Indexed {
+                    key: Arc::clone(&certificate.certified_key),
+                    position,
+                });
+                None
+            }
+            // A name repeated within one certificate is not shadowing.
+            Entry::Occupied(kept) => Some(kept.get().position).filter(|&kept| kept != position),
+        }
+    }
+
+    /// The certificate for `server_name` (the client's SNI, if any).
+    #[must_use]
+    pub fn resolve_name(&self, server_name: Option<&str>) -> &Arc<CertifiedKey> {
+        server_name
+            .and_then(|name| self.lookup(name))
+            .unwrap_or(&self.default)
+    }
+
+    fn lookup(&self, server_name: &str) -> Option<&Arc<CertifiedKey>> {
+        let name = server_name.strip_suffix('.').unwrap_or(server_name);
+        let mut buf = [0u8; MAX_DNS_NAME_LEN];
+        // A longer name is not a hostname and cannot match; serve the default.
+        let name = buf.get_mut(..name.len()).map(|lowered| {
+            lowered.copy_from_slice(name.as_bytes());
+            lowered.make_ascii_lowercase();
+            &*lowered
+        })?;
+
+        if let Some(entry) = self.exact.get(name) {
+            return Some(&entry.key);
+        }
+        // Strip exactly one non-empty left-most label; the wildcard index
+        // holds the parents `*` may sit under.
+        let mut labels = name.splitn(2, |&b| b == b'.');
+        match (labels.next(), labels.next()) {
+            (Some(first), Some(parent)) if !first.is_empty() => {
+                self.wildcard.get(parent).map(|entry| &entry.key)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(self.resolve_name(client_hello.server_name())))
+    }
+}
+
+impl fmt::Debug for SniResolver {
+    // Names only: the derived form would dump every certificate's DER.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |index: &NameIndex, prefix: &'static str| {
+            let mut names: Vec<String> = index
+                .keys()
+                .map(|k| format!("{prefix}{}", String::from_utf8_lossy(k)))
+                .collect();
+            names.sort_unstable();
+            names
+        };
+        f.debug_struct("SniResolver")
+            .field("exact", &names(&self.exact, ""))
+            .field("wildcard", &names(&self.wildcard, "*."))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::self_signed;
+
+    fn cert(names: &[&str]) -> LoadedCertificate {
+        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+        let pair = self_signed(&names).expect("self-signed");
+        crate::tls::load_certified_key(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes(), "test")
+            .expect("loads")
+    }
+
+    /// Resolves `sni` and returns the index of the certificate chosen.
+    fn pick(resolver: &SniResolver, certs: &[LoadedCertificate], sni: Option<&str>) -> usize {
+        let chosen = resolver.resolve_name(sni);
+        certs
+            .iter()
+            .position(|c| Arc::ptr_eq(&c.certified_key, chosen))
+            .expect("resolver returns a configured certificate")
+    }
+
+    fn fixture() -> (SniResolver, Vec<LoadedCertificate>) {
+        let certs = vec![
+            cert(&["default.example.com"]),
+            cert(&["*.es.example.com"]),
+            cert(&["abc123.es.example.com", "Mixed.Example.COM"]),
+        ];
+        (SniResolver::new(&certs).expect("resolver"), certs)
+    }
+
+    #[test]
+    fn exact_name_wins_over_wildcard() {
+        let (r, c) = fixture();
+        assert_eq!(pick(&r, &c, Some("abc123.es.example.com")), 2);
+        assert_eq!(pick(&r, &c, Some("default.example.com")), 0);
+    }
+
+    #[test]
+    fn wildcard_matches_exactly_one_label() {
+        let (r, c) = fixture();
+        assert_eq!(pick(&r, &c, Some("a.es.example.com")), 1);
+        assert_eq!(pick(&r, &c, Some("b.a.es.example.com")), 0);
+        assert_eq!(pick(&r, &c, Some("es.example.com")), 0);
+        assert_eq!(pick(&r, &c, Some(".es.example.com")), 0);
+    }
+
+    #[test]
+    fn unknown_or_missing_sni_gets_the_first_certificate() {
+        let (r, c) = fixture();
+        assert_eq!(pick(&r, &c, None), 0);
+        assert_eq!(pick(&r, &c, Some("elsewhere.example.org")), 0);
+        assert_eq!(pick(&r, &c, Some("")), 0);
+    }
+
+    #[test]
+    fn matching_ignores_case_and_one_trailing_dot() {
+        let (r, c) = fixture();
+        assert_eq!(pick(&r, &c, Some("ABC123.ES.Example.com")), 2);
+        assert_eq!(pick(&r, &c, Some("abc123.es.example.com.")), 2);
+        assert_eq!(pick(&r, &c, Some("XYZ.Es.Example.Com.")), 1);
+        assert_eq!(pick(&r, &c, Some("mixed.example.com")), 2);
+    }
+
+    #[test]
+    fn names_are_lowercased_at_load() {
+        let (_, c) = fixture();
+        assert_eq!(
+            c[2].dns_names,
+            ["abc123.es.example.com", "mixed.example.com"]
+        );
+        assert_eq!(c[1].dns_names, ["*.es.example.com"]);
+    }
+
+    #[test]
+    fn overlong_names_get_the_default_without_panicking() {
+        let (r, c) = fixture();
+        let long = format!("{}.es.example.com", "a".repeat(300));
+        assert_eq!(pick(&r, &c, Some(&long)), 0);
+        let exactly_max = format!("{}.es.example.com", "a".repeat(MAX_DNS_NAME_LEN - 15));
+        assert_eq!(exactly_max.len(), MAX_DNS_NAME_LEN);
+        assert_eq!(pick(&r, &c, Some(&exactly_max)), 1);
+    }
+
+    #[test]
+    fn first_certificate_wins_a_shared_name() {
+        let certs = vec![
+            cert(&["other.example.com"]),
+            cert(&["shared.example.com", "*.w.example.com"]),
+            cert(&["SHARED.example.com", "*.W.example.com"]),
+        ];
+        let r = SniResolver::new(&certs).expect("resolver");
+        assert_eq!(pick(&r, &certs, Some("shared.example.com")), 1);
+        assert_eq!(pick(&r, &certs, Some("x.w.example.com")), 1);
+    }
+
+    #[test]
+    fn certificate_without_dns_names_serves_as_default() {
+        let certs = vec![cert(&["192.0.2.1"]), cert(&["named.example.com"])];
+        assert!(certs[0].dns_names.is_empty());
+        let r = SniResolver::new(&certs).expect("resolver");
+        assert_eq!(pick(&r, &certs, Some("named.example.com")), 1);
+        assert_eq!(pick(&r, &certs, Some("192.0.2.1")), 0);
+        assert_eq!(pick(&r, &certs, None), 0);
+    }
+
+    #[test]
+    fn no_certificates_is_an_error() {
+        assert!(matches!(
+            SniResolver::new(&[]),
+            Err(TlsError::NoCertificates)
+        ));
+    }
+
+    #[test]
+    fn debug_lists_names_not_key_material() {
+        let (r, _) = fixture();
+        let debug = format!("{r:?}");
+        assert!(debug.contains("\"*.es.example.com\""), "{debug}");
+        assert!(debug.contains("\"abc123.es.example.com\""), "{debug}");
+    }
+}

@@ -1,0 +1,759 @@
+//! The command line (SPEC §5): `portcullis check` and `portcullis explain`,
+//! driven as a user would, through the built binary. Exit codes: 0 when a
+//! decision was made (whatever it is), 1 on an invalid snapshot, 2 on bad
+//! arguments.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use support::TempDir;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+const AWS_ID: &str = "d53192a1f0e54c0bb2c1b0c6a6f6e2f1";
+const OPEN_ID: &str = "0a1b2c3d4e5f40718293a4b5c6d7e8f9";
+const DRY_ID: &str = "dry0001";
+const AZURE_ID: &str = "az0001";
+const GCP_ID: &str = "gcp0001";
+
+/// One deployment per cloud plus an open and a dry-run one.
+fn snapshot() -> Value {
+    json!({
+        "version": 42,
+        "policies": [
+            { "id": "office-ips", "type": "ip", "region": "aws-us-east-1",
+              "rules": [ { "source": "203.0.113.0/24", "description": "HQ" },
+                         { "source": "2001:db8::/32" },
+                         { "source": "198.51.100.7" } ] },
+            { "id": "prod-vpce", "type": "vpce", "region": "aws-us-east-1",
+              "rules": [ { "source": "vpce-0a1b2c3d4e5f67890" },
+                         { "source": "vpce-11112222333344445" } ] },
+            { "id": "records", "type": "vpce", "region": "aws-us-east-1", "rules": [] },
+            { "id": "az-pe", "type": "azure_private_endpoint", "region": "azure-eastus2",
+              "rules": [ { "link_id": 16777301, "azure_endpoint_name": "my-pe" } ] },
+            { "id": "gcp-psc", "type": "gcp_private_service_connect_endpoint",
+              "region": "gcp-us-central1",
+              "rules": [ { "source": "18446744072646845332" } ] }
+        ],
+        "deployments": [
+            { "id": AWS_ID, "alias": "my-deployment", "region": "aws-us-east-1",
+              "resources": { "es": { "backends": ["10.0.0.5:9200"] },
+                             "kb": { "backends": ["10.0.1.5:5601"] } },
+              "policies": ["office-ips", "prod-vpce"] },
+            { "id": OPEN_ID, "alias": "open-deployment", "region": "aws-us-east-1",
+              "resources": { "es": { "backends": ["10.0.0.6:9200"] } },
+              "policies": ["records"] },
+            { "id": DRY_ID, "alias": "dry-deployment", "region": "aws-us-east-1",
+              "enforcement": "dry_run",
+              "resources": { "es": { "backends": ["10.0.0.7:9200"] } },
+              "policies": ["office-ips"] },
+            { "id": AZURE_ID, "alias": "azure-deployment", "region": "azure-eastus2",
+              "resources": { "es": { "backends": ["10.0.0.8:9200"] } },
+              "policies": ["az-pe"] },
+            { "id": GCP_ID, "alias": "gcp-deployment", "region": "gcp-us-central1",
+              "resources": { "es": { "backends": ["10.0.0.9:9200"] } },
+              "policies": ["gcp-psc"] }
+        ]
+    })
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run portcullis")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_exit(o: &Output, code: i32, what: &str) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Writes the test snapshot and runs `explain` against it.
+struct Explain {
+    _dir: TempDir,
+    snapshot: PathBuf,
+}
+
+impl Explain {
+    fn new() -> Self {
+        let dir = TempDir::new();
+        let snapshot = dir.write("snapshot.json", snapshot().to_string().as_bytes());
+        Self {
+            _dir: dir,
+            snapshot,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let snapshot = self.snapshot.to_str().expect("UTF-8 temp path");
+        let mut all = vec!["explain", "--snapshot", snapshot];
+        all.extend_from_slice(args);
+        run(&all)
+    }
+
+    /// Runs `explain --format json`, expects exit 0 and exactly one JSON
+    /// object with exactly the SPEC keys.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--format", "json"]);
+        let o = self.run(&all);
+        assert_exit(&o, 0, &format!("explain {args:?}"));
+        let out = stdout(&o);
+        assert_eq!(out.lines().count(), 1, "one line of output: {out:?}");
+        let values: Vec<Value> = serde_json::Deserializer::from_str(&out)
+            .into_iter::<Value>()
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out:?}"));
+        assert_eq!(values.len(), 1, "exactly one JSON value: {out:?}");
+        let keys: BTreeSet<&str> = values[0]
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {out}"))
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([
+                "decision",
+                "reason",
+                "deployment",
+                "product",
+                "policy",
+                "rule"
+            ]),
+            "{out}"
+        );
+        values[0].clone()
+    }
+}
+
+fn decision(
+    decision: &str,
+    reason: &str,
+    deployment: Option<&str>,
+    product: Option<&str>,
+    policy: Option<&str>,
+    rule: Option<u32>,
+) -> Value {
+    json!({
+        "decision": decision,
+        "reason": reason,
+        "deployment": deployment,
+        "product": product,
+        "policy": policy,
+        "rule": rule,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// check
+
+#[test]
+fn check_valid_snapshot_prints_a_summary() {
+    let dir = TempDir::new();
+    let path = dir.write("snapshot.json", snapshot().to_string().as_bytes());
+    let o = run(&["check", "--snapshot", path.to_str().unwrap()]);
+    assert_exit(&o, 0, "check valid");
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "one summary line: {out:?}");
+    assert!(out.contains("version 42"), "{out}");
+    assert!(out.contains("5 deployments"), "{out}");
+    assert!(out.contains("5 policies"), "{out}");
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
+#[test]
+fn check_the_example_snapshot() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/snapshot.example.json");
+    let o = run(&["check", "--snapshot", path]);
+    assert_exit(&o, 0, "check example");
+    assert!(stdout(&o).contains("version 1"), "{}", stdout(&o));
+}
+
+#[test]
+fn check_invalid_snapshot_lists_every_error_with_its_path() {
+    let dir = TempDir::new();
+    let mut v = snapshot();
+    v["version"] = json!(0);
+    v["policies"][0]["rules"][0]["source"] = json!("10.0.0.1/8");
+    v["deployments"][0]["policies"] = json!(["office-ips", "x"]);
+    v["deployments"][1]["resources"]["es"]["backends"] = json!([]);
+    let path = dir.write("bad.json", v.to_string().as_bytes());
+    let o = run(&["check", "--snapshot", path.to_str().unwrap()]);
+    assert_exit(&o, 1, "check invalid");
+    assert!(stdout(&o).is_empty(), "nothing on stdout: {}", stdout(&o));
+    let err = stderr(&o);
+    for line in [
+        "version: must be a positive integer",
+        "policies[0].rules[0].source: \"10.0.0.1/8\" has host bits set; write the network \"10.0.0.0/8\"",
+        "deployments[0].policies[1]: unknown policy \"x\"",
+        "deployments[1].resources.es.backends: a resource needs at least one backend",
+    ] {
+        assert!(
+            err.lines().any(|l| l.trim() == line),
+            "missing {line:?} in:\n{err}"
+        );
+    }
+    assert!(err.contains("4 errors"), "{err}");
+    assert!(err.contains("bad.json"), "names the file: {err}");
+}
+
+#[test]
+fn check_malformed_json() {
+    let dir = TempDir::new();
+    let path = dir.write("broken.json", b"{\n  \"version\": 1,\n");
+    let o = run(&["check", "--snapshot", path.to_str().unwrap()]);
+    assert_exit(&o, 1, "check malformed");
+    let err = stderr(&o);
+    assert!(err.contains("invalid JSON"), "{err}");
+    assert!(err.contains("line 3 column 0"), "{err}");
+}
+
+#[test]
+fn check_missing_file() {
+    let dir = TempDir::new();
+    let path = dir.0.join("no-such-snapshot.json");
+    let o = run(&["check", "--snapshot", path.to_str().unwrap()]);
+    assert_exit(&o, 1, "check missing file");
+    let err = stderr(&o);
+    assert!(
+        err.contains("no-such-snapshot.json"),
+        "names the file: {err}"
+    );
+    assert!(
+        err.to_lowercase().contains("no such file"),
+        "says why: {err}"
+    );
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn check_without_snapshot_is_a_usage_error() {
+    assert_exit(&run(&["check"]), 2, "check without --snapshot");
+    assert_exit(&run(&["frobnicate"]), 2, "unknown subcommand");
+}
+
+// ---------------------------------------------------------------------------
+// explain: decisions
+
+#[test]
+fn explain_ip_allow_names_policy_and_rule() {
+    let e = Explain::new();
+    let cases: &[(&str, &str, &str, u32)] = &[
+        ("my-deployment.es.example.com", "203.0.113.9", "es", 0),
+        ("my-deployment.kb.example.com:9243", "2001:db8::5", "kb", 1),
+        ("MY-DEPLOYMENT.ES.EXAMPLE.COM", "198.51.100.7", "es", 2),
+        (
+            "d53192a1f0e54c0bb2c1b0c6a6f6e2f1.example.com",
+            "::ffff:203.0.113.9",
+            "es",
+            0,
+        ),
+    ];
+    for &(host, source, product, rule) in cases {
+        let got = e.json(&["--host", host, "--source", source]);
+        let want = decision(
+            "allowed",
+            "ip",
+            Some(AWS_ID),
+            Some(product),
+            Some("office-ips"),
+            Some(rule),
+        );
+        assert_eq!(got, want, "{host} from {source}");
+    }
+}
+
+#[test]
+fn explain_vpce_allow_is_case_insensitive() {
+    let e = Explain::new();
+    let host = "my-deployment.es.example.com";
+    for (vpce, rule) in [("VPCE-0A1b2C3d4E5f67890", 0), ("vpce-11112222333344445", 1)] {
+        let got = e.json(&["--host", host, "--source", "10.1.2.3", "--aws-vpce", vpce]);
+        let want = decision(
+            "allowed",
+            "vpce",
+            Some(AWS_ID),
+            Some("es"),
+            Some("prod-vpce"),
+            Some(rule),
+        );
+        assert_eq!(got, want, "{vpce}");
+    }
+}
+
+#[test]
+fn explain_private_traffic_never_matches_ip_rules() {
+    let e = Explain::new();
+    let got = e.json(&[
+        "--host",
+        "my-deployment.es.example.com",
+        "--source",
+        "203.0.113.9",
+        "--aws-vpce",
+        "vpce-ffffffffffffffff0",
+    ]);
+    let want = decision("denied", "unmatched", Some(AWS_ID), Some("es"), None, None);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn explain_azure_and_gcp_allows() {
+    let e = Explain::new();
+    let got = e.json(&[
+        "--host",
+        "azure-deployment.es.example.com",
+        "--source",
+        "10.2.0.4",
+        "--azure-link-id",
+        "16777301",
+    ]);
+    let want = decision(
+        "allowed",
+        "azure",
+        Some(AZURE_ID),
+        Some("es"),
+        Some("az-pe"),
+        Some(0),
+    );
+    assert_eq!(got, want);
+
+    let got = e.json(&[
+        "--host",
+        "gcp-deployment.es.example.com",
+        "--source",
+        "10.3.0.4",
+        "--gcp-psc-id",
+        "18446744072646845332",
+    ]);
+    let want = decision(
+        "allowed",
+        "gcp",
+        Some(GCP_ID),
+        Some("es"),
+        Some("gcp-psc"),
+        Some(0),
+    );
+    assert_eq!(got, want);
+
+    // Another deployment's endpoint does not open this one.
+    let got = e.json(&[
+        "--host",
+        "azure-deployment.es.example.com",
+        "--source",
+        "10.2.0.4",
+        "--azure-link-id",
+        "16777302",
+    ]);
+    let want = decision(
+        "denied",
+        "unmatched",
+        Some(AZURE_ID),
+        Some("es"),
+        None,
+        None,
+    );
+    assert_eq!(got, want);
+}
+
+#[test]
+fn explain_unmatched_deny_and_dry_run() {
+    let e = Explain::new();
+    let got = e.json(&[
+        "--host",
+        "my-deployment.es.example.com",
+        "--source",
+        "192.0.2.1",
+    ]);
+    let want = decision("denied", "unmatched", Some(AWS_ID), Some("es"), None, None);
+    assert_eq!(got, want);
+
+    let got = e.json(&[
+        "--host",
+        "dry-deployment.es.example.com",
+        "--source",
+        "192.0.2.1",
+    ]);
+    let want = decision(
+        "would_deny",
+        "unmatched",
+        Some(DRY_ID),
+        Some("es"),
+        None,
+        None,
+    );
+    assert_eq!(got, want);
+
+    // Dry run changes nothing for an allowed request.
+    let got = e.json(&[
+        "--host",
+        "dry-deployment.es.example.com",
+        "--source",
+        "203.0.113.1",
+    ]);
+    let want = decision(
+        "allowed",
+        "ip",
+        Some(DRY_ID),
+        Some("es"),
+        Some("office-ips"),
+        Some(0),
+    );
+    assert_eq!(got, want);
+}
+
+#[test]
+fn explain_no_filtering_policy_allows_everything() {
+    let e = Explain::new();
+    let host = "open-deployment.es.example.com";
+    let want = decision(
+        "allowed",
+        "no_policy",
+        Some(OPEN_ID),
+        Some("es"),
+        None,
+        None,
+    );
+    assert_eq!(e.json(&["--host", host, "--source", "192.0.2.1"]), want);
+    let args = [
+        "--host",
+        host,
+        "--source",
+        "10.1.2.3",
+        "--aws-vpce",
+        "vpce-0123",
+    ];
+    assert_eq!(e.json(&args), want, "private traffic, record-only policy");
+
+    // The older behaviour refuses unlisted private-endpoint traffic.
+    let mut args = args.to_vec();
+    args.extend_from_slice(&["--unassociated-private-traffic", "deny"]);
+    let want = decision("denied", "unmatched", Some(OPEN_ID), Some("es"), None, None);
+    assert_eq!(e.json(&args), want);
+}
+
+#[test]
+fn explain_unknown_host_and_resource() {
+    let e = Explain::new();
+    let want = decision("denied", "unknown_deployment", None, None, None, None);
+    for host in [
+        "nope.es.example.com",
+        "open-deployment.kb.example.com",
+        "open-deployment.example.com",
+        "192.0.2.10:9243",
+    ] {
+        let got = e.json(&["--host", host, "--source", "203.0.113.9"]);
+        assert_eq!(got, want, "{host}");
+    }
+}
+
+#[test]
+fn explain_misdirected_sni() {
+    let e = Explain::new();
+    let got = e.json(&[
+        "--host",
+        "my-deployment.es.example.com",
+        "--source",
+        "203.0.113.9",
+        "--sni",
+        "open-deployment.es.example.com",
+    ]);
+    assert_eq!(
+        got,
+        decision("denied", "misdirected", None, None, None, None)
+    );
+
+    // The same deployment under another product is not misdirected.
+    let got = e.json(&[
+        "--host",
+        "my-deployment.es.example.com",
+        "--source",
+        "203.0.113.9",
+        "--sni",
+        "my-deployment.kb.example.com",
+    ]);
+    assert_eq!(got["decision"], "allowed", "{got}");
+}
+
+#[test]
+fn explain_found_cluster_header_on_the_bare_zone() {
+    let e = Explain::new();
+    let zone = ["--zone", "es.example.com", "--host", "es.example.com"];
+    let mut args = zone.to_vec();
+    args.extend_from_slice(&[
+        "--source",
+        "203.0.113.9",
+        "--found-cluster",
+        "my-deployment.kb",
+    ]);
+    let want = decision(
+        "allowed",
+        "ip",
+        Some(AWS_ID),
+        Some("kb"),
+        Some("office-ips"),
+        Some(0),
+    );
+    assert_eq!(e.json(&args), want);
+
+    let mut args = zone.to_vec();
+    args.extend_from_slice(&["--source", "192.0.2.1", "--found-cluster", OPEN_ID]);
+    let want = decision(
+        "allowed",
+        "no_policy",
+        Some(OPEN_ID),
+        Some("es"),
+        None,
+        None,
+    );
+    assert_eq!(e.json(&args), want);
+
+    // Without the header the bare zone names no deployment.
+    let mut args = zone.to_vec();
+    args.extend_from_slice(&["--source", "203.0.113.9"]);
+    let want = decision("denied", "unknown_deployment", None, None, None, None);
+    assert_eq!(e.json(&args), want);
+}
+
+#[test]
+fn explain_text_first_line_starts_with_the_decision() {
+    let e = Explain::new();
+    let cases: &[(&[&str], &str, &[&str])] = &[
+        (
+            &[
+                "--host",
+                "my-deployment.es.example.com",
+                "--source",
+                "203.0.113.9",
+            ],
+            "allowed",
+            &["office-ips", AWS_ID],
+        ),
+        (
+            &[
+                "--host",
+                "my-deployment.es.example.com",
+                "--source",
+                "192.0.2.1",
+            ],
+            "denied",
+            &[AWS_ID],
+        ),
+        (
+            &[
+                "--host",
+                "dry-deployment.es.example.com",
+                "--source",
+                "192.0.2.1",
+            ],
+            "would_deny",
+            &[DRY_ID],
+        ),
+        (
+            &["--host", "nope.es.example.com", "--source", "192.0.2.1"],
+            "denied",
+            &["unknown_deployment"],
+        ),
+    ];
+    for (args, first_word, mentions) in cases {
+        for format in [&[][..], &["--format", "text"][..]] {
+            let mut all = args.to_vec();
+            all.extend_from_slice(format);
+            let o = e.run(&all);
+            assert_exit(&o, 0, &format!("explain {all:?}"));
+            let out = stdout(&o);
+            let first = out.lines().next().unwrap_or_default();
+            assert_eq!(first.split([' ', '(']).next(), Some(*first_word), "{out}");
+            for m in *mentions {
+                assert!(out.contains(m), "{m:?} missing from:\n{out}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// explain: exit codes
+
+#[test]
+fn explain_invalid_or_missing_snapshot_exits_1() {
+    let dir = TempDir::new();
+    let mut v = snapshot();
+    v["deployments"][0]["policies"][1] = json!("x");
+    let bad = dir.write("bad.json", v.to_string().as_bytes());
+    let missing = dir.0.join("missing.json");
+    for path in [&bad, &missing] {
+        let o = run(&[
+            "explain",
+            "--snapshot",
+            path.to_str().unwrap(),
+            "--host",
+            "my-deployment.es.example.com",
+            "--source",
+            "203.0.113.9",
+            "--format",
+            "json",
+        ]);
+        assert_exit(&o, 1, &format!("explain with {}", path.display()));
+        assert!(stdout(&o).is_empty(), "no decision printed: {}", stdout(&o));
+    }
+    let o = run(&[
+        "explain",
+        "--snapshot",
+        bad.to_str().unwrap(),
+        "--host",
+        "h",
+        "--source",
+        "192.0.2.1",
+    ]);
+    assert!(
+        stderr(&o).contains("deployments[0].policies[1]: unknown policy \"x\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn explain_bad_arguments_exit_2() {
+    let e = Explain::new();
+    let host = "my-deployment.es.example.com";
+    let cases: &[(&str, &[&str])] = &[
+        ("bad --source", &["--host", host, "--source", "not-an-ip"]),
+        (
+            "CIDR as --source",
+            &["--host", host, "--source", "10.0.0.0/8"],
+        ),
+        ("missing --source", &["--host", host]),
+        ("missing --host", &["--source", "203.0.113.9"]),
+        (
+            "two endpoint flags",
+            &[
+                "--host",
+                host,
+                "--source",
+                "10.0.0.1",
+                "--aws-vpce",
+                "vpce-0123",
+                "--gcp-psc-id",
+                "5",
+            ],
+        ),
+        (
+            "azure and gcp endpoint flags",
+            &[
+                "--host",
+                host,
+                "--source",
+                "10.0.0.1",
+                "--azure-link-id",
+                "1",
+                "--gcp-psc-id",
+                "5",
+            ],
+        ),
+        (
+            "unknown --format",
+            &[
+                "--host",
+                host,
+                "--source",
+                "203.0.113.9",
+                "--format",
+                "yaml",
+            ],
+        ),
+        (
+            "LinkID above u32",
+            &[
+                "--host",
+                host,
+                "--source",
+                "10.0.0.1",
+                "--azure-link-id",
+                "4294967296",
+            ],
+        ),
+        (
+            "PSC id not a number",
+            &[
+                "--host",
+                host,
+                "--source",
+                "10.0.0.1",
+                "--gcp-psc-id",
+                "abc",
+            ],
+        ),
+        (
+            "VPC endpoint id with a space",
+            &[
+                "--host",
+                host,
+                "--source",
+                "10.0.0.1",
+                "--aws-vpce",
+                "vpce-a b",
+            ],
+        ),
+        (
+            "bad --unassociated-private-traffic",
+            &[
+                "--host",
+                host,
+                "--source",
+                "10.0.0.1",
+                "--unassociated-private-traffic",
+                "maybe",
+            ],
+        ),
+        (
+            "unknown flag",
+            &["--host", host, "--source", "203.0.113.9", "--verbose-ish"],
+        ),
+    ];
+    for (what, args) in cases {
+        let o = e.run(args);
+        assert_exit(&o, 2, what);
+        assert!(stdout(&o).is_empty(), "{what}: {}", stdout(&o));
+        assert!(!stderr(&o).is_empty(), "{what}: a usage error is explained");
+    }
+    // Without --snapshot at all.
+    let o = run(&["explain", "--host", host, "--source", "203.0.113.9"]);
+    assert_exit(&o, 2, "missing --snapshot");
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for args in [&["--help"][..], &["--version"], &["explain", "--help"]] {
+        let o = run(args);
+        assert_exit(&o, 0, &format!("{args:?}"));
+        assert!(!stdout(&o).is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn temp_dirs_are_removed() {
+    let dir = TempDir::new();
+    let path = dir.0.clone();
+    dir.write("x", b"x");
+    drop(dir);
+    assert!(!path.exists(), "{} left behind", path.display());
+}

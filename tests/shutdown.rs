@@ -1,0 +1,270 @@
+//! Graceful shutdown of the real binary (issue 5 §3): on SIGTERM or SIGINT
+//! portcullis stops accepting, turns `/readyz` to 503, lets requests in
+//! flight finish within `server.shutdown_grace`, closes idle keep-alive
+//! connections politely (HTTP/1.1 `Connection: close` on the last
+//! response, HTTP/2 GOAWAY), then exits 0.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use support::*;
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const GRACE: Duration = Duration::from_secs(5);
+/// How long the in-flight requests take at the backend: well inside the
+/// grace period, well after the signal.
+const IN_FLIGHT_MS: u64 = 1_500;
+
+/// `portcullis run` as a child process, with its own files. Killed on drop.
+struct Process {
+    child: Child,
+    data: SocketAddr,
+    admin: SocketAddr,
+    _files: TempDir,
+}
+
+impl Process {
+    async fn start(backend: SocketAddr) -> Self {
+        let files = TempDir::new();
+        let pki = pki();
+        let cert = files.write("cert.pem", &pki.cert_pem);
+        let key = files.write("key.pem", &pki.key_pem);
+        let token = files.write("admin.token", ADMIN_TOKEN);
+        let dead = unused_port();
+        let snapshot = files.write(
+            "snapshot.json",
+            serde_json::to_vec(&small_world(1, backend, dead, &["203.0.113.0/24"])).expect("json"),
+        );
+        // Ports are picked by binding port 0 and closing; a rare collision
+        // is retried with new ones.
+        for _ in 0..5 {
+            let (data, admin) = (unused_port(), unused_port());
+            let config = files.write(
+                "portcullis.toml",
+                format!(
+                    r#"
+[server]
+listen = ["{data}"]
+zones = ["{ZONE}"]
+shutdown_grace = "{grace}s"
+
+[proxy_protocol]
+mode = "required"
+trusted_sources = ["127.0.0.1/32"]
+
+[[tls.certificates]]
+cert = {cert:?}
+key = {key:?}
+
+[snapshot]
+path = {snapshot:?}
+
+[admin]
+listen = "{admin}"
+token_file = {token:?}
+"#,
+                    grace = GRACE.as_secs(),
+                ),
+            );
+            let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .arg("run")
+                .arg("--config")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn portcullis");
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                if readyz(admin).await == Some(StatusCode::OK) {
+                    return Self {
+                        child,
+                        data,
+                        admin,
+                        _files: files,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.kill().await;
+        }
+        panic!("portcullis run did not become ready");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running child").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        within_for(limit, "portcullis to exit", self.child.wait())
+            .await
+            .expect("wait for portcullis")
+            .code()
+    }
+
+    fn client(&self) -> ClientBuilder {
+        ClientBuilder::new(self.data, &host(OPEN)).preamble(v1_from(ALLOWED_V4))
+    }
+}
+
+async fn readyz(admin: SocketAddr) -> Option<StatusCode> {
+    admin_request(admin, Method::GET, "/readyz", &[], None)
+        .await
+        .ok()
+        .map(|r| r.status)
+}
+
+fn slow_path() -> String {
+    format!("/slow?ms={IN_FLIGHT_MS}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_closes_idle_connections_and_exits_zero() {
+    let backend = Backend::start("es").await;
+    let mut p = Process::start(backend.addr).await;
+    let host = host(OPEN);
+
+    // Idle keep-alive connections, one per protocol, each used once.
+    let mut idle_h1 = p.client().connect().await;
+    let mut idle_h2 = p.client().h2().connect().await;
+    for conn in [&mut idle_h1, &mut idle_h2] {
+        assert_eq!(conn.get(&host, "/").await.status, StatusCode::OK);
+    }
+    // Requests in flight when the signal arrives.
+    let mut busy_h1 = p.client().connect().await;
+    let busy_h2 = p.client().h2().connect().await;
+    let (h, path) = (host.clone(), slow_path());
+    let in_flight_h1 = tokio::spawn(async move {
+        let reply = busy_h1.get(&h, &path).await;
+        (reply, busy_h1)
+    });
+    let mut sender = busy_h2.h2_sender();
+    let req = busy_h2
+        .request(Method::GET, &host, &slow_path())
+        .body(empty())
+        .expect("request");
+    let in_flight_h2 = tokio::spawn(async move { sender.send_request(req).await });
+    // Both requests have reached the backend before the signal.
+    eventually(WAIT, "both slow requests at the backend", || {
+        let n = backend.requests();
+        async move { n >= 4 }
+    })
+    .await;
+
+    let signalled = Instant::now();
+    p.signal("TERM");
+
+    // Not ready, and no longer accepting, at once.
+    let admin = p.admin;
+    eventually(
+        Duration::from_secs(2),
+        "/readyz answers 503",
+        || async move { readyz(admin).await == Some(StatusCode::SERVICE_UNAVAILABLE) },
+    )
+    .await;
+    let data = p.data;
+    eventually(
+        Duration::from_secs(2),
+        "the data port refuses",
+        || async move { TcpStream::connect(data).await.is_err() },
+    )
+    .await;
+    // Idle connections are closed (HTTP/2 with GOAWAY) without waiting
+    // for the grace period.
+    eventually(Duration::from_secs(2), "idle connections closed", || {
+        let closed = idle_h1.is_closed() && idle_h2.is_closed();
+        async move { closed }
+    })
+    .await;
+
+    // The requests in flight complete; the HTTP/1.1 one says it is the
+    // last on its connection.
+    let (reply, busy_h1) = within("the in-flight HTTP/1.1 request", in_flight_h1)
+        .await
+        .expect("task");
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply
+            .headers
+            .get(http::header::CONNECTION)
+            .map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    let h2_reply = within("the in-flight HTTP/2 request", in_flight_h2)
+        .await
+        .expect("task")
+        .expect("the in-flight HTTP/2 request completes");
+    assert_eq!(h2_reply.status(), StatusCode::OK);
+    eventually(Duration::from_secs(2), "busy connections closed", || {
+        let closed = busy_h1.is_closed() && busy_h2.is_closed();
+        async move { closed }
+    })
+    .await;
+
+    // Exits 0 once nothing is open: well before the grace period ends.
+    assert_eq!(p.exit_code(GRACE).await, Some(0));
+    assert!(
+        signalled.elapsed() < GRACE,
+        "took {:?}: waited for the grace period instead of the last request",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_with_nothing_in_flight_exits_zero_at_once() {
+    let backend = Backend::start("es").await;
+    let mut p = Process::start(backend.addr).await;
+    let mut conn = p.client().connect().await;
+    assert_eq!(conn.get(&host(OPEN), "/").await.status, StatusCode::OK);
+    let signalled = Instant::now();
+    p.signal("INT");
+    assert_eq!(p.exit_code(GRACE).await, Some(0));
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_outliving_the_grace_period_is_cut_and_the_process_still_exits() {
+    let backend = Backend::start("es").await;
+    let mut p = Process::start(backend.addr).await;
+    let mut conn = p.client().connect().await.patient(GRACE * 3);
+    let h = host(OPEN);
+    let stuck = tokio::spawn(async move {
+        let req = conn
+            .request(Method::GET, &h, "/slow?ms=60000")
+            .body(empty())
+            .expect("request");
+        conn.send(req).await.map(|r| r.status)
+    });
+    eventually(WAIT, "the slow request at the backend", || {
+        let n = backend.requests();
+        async move { n >= 1 }
+    })
+    .await;
+    let signalled = Instant::now();
+    p.signal("TERM");
+    assert_eq!(p.exit_code(GRACE * 2).await, Some(0));
+    let waited = signalled.elapsed();
+    assert!(
+        waited >= GRACE - Duration::from_millis(100) && waited < GRACE * 2,
+        "exited after {waited:?}, grace is {GRACE:?}"
+    );
+    let outcome = within("the cut request", stuck).await.expect("task");
+    assert!(
+        outcome.is_err(),
+        "the request outliving the grace period got {outcome:?}"
+    );
+}

@@ -189,7 +189,12 @@ impl Pool {
             idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < self.settings.idle_timeout);
             // Keep nodes someone is using (a lease or a pending request
             // holds another reference) or that still have connections.
-            !idle.is_empty() || Arc::strong_count(node) > 1
+            // Keep an ejected node too, although a dead one never has
+            // connections: dropping it would forget the ejection, and the
+            // next request would try the dead node long before its backoff
+            // ended (tests/faults.rs, lone_dead_node_gets_502_then_503_...).
+            // Bounded: every ejection ends within `eject_max`.
+            !idle.is_empty() || Arc::strong_count(node) > 1 || node.health.is_ejected()
         });
     }
 

@@ -109,11 +109,15 @@ impl Reloader {
         }
         let options = self.options;
         let src = source.clone();
-        let prepared =
-            tokio::task::spawn_blocking(move || prepare(&bytes, &src, options).map(|l| (l, bytes)))
-                .await
-                .map_err(|e| ApplyError::Internal(e.to_string()))
-                .and_then(|r| r.map_err(ApplyError::Invalid));
+        let prepared = tokio::task::spawn_blocking(move || {
+            let prepared = prepare(&bytes, &src, options).map(|l| (l, bytes));
+            // The parse tree is gone: give its pages back (see `memory`).
+            crate::memory::release_free_memory();
+            prepared
+        })
+        .await
+        .map_err(|e| ApplyError::Internal(e.to_string()))
+        .and_then(|r| r.map_err(ApplyError::Invalid));
         let (loaded, bytes) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -289,7 +293,11 @@ fn retire(old: Arc<Loaded>) {
         loop {
             match Arc::try_unwrap(old) {
                 Ok(loaded) => {
-                    let _ = tokio::task::spawn_blocking(move || drop(loaded)).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        drop(loaded);
+                        crate::memory::release_free_memory();
+                    })
+                    .await;
                     return;
                 }
                 Err(shared) => {

@@ -35,6 +35,12 @@ pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
 /// Streams a client may reset before the server has accepted them; bounds
 /// HTTP/2 "rapid reset" floods (CVE-2023-44487).
 pub const DEFAULT_H2_MAX_PENDING_ACCEPT_RESETS: usize = 32;
+/// Streams the proxy may reset because the client broke the protocol on
+/// them (malformed headers, flow-control abuse, ...) before it closes the
+/// connection with GOAWAY; bounds "MadeYouReset" floods (CVE-2025-8671),
+/// where the client makes the server do the resetting. hyper's own
+/// default, made explicit so that it is visible and tunable here.
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// In-flight requests get this long to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -89,6 +95,7 @@ pub struct ServerConfig {
     pub max_uri_bytes: usize,
     pub http2_max_concurrent_streams: u32,
     pub http2_max_pending_accept_reset_streams: usize,
+    pub http2_max_local_error_reset_streams: usize,
     #[serde(deserialize_with = "duration::deserialize")]
     pub shutdown_grace: Duration,
 }
@@ -110,6 +117,7 @@ impl Default for ServerConfig {
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
             http2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             http2_max_pending_accept_reset_streams: DEFAULT_H2_MAX_PENDING_ACCEPT_RESETS,
+            http2_max_local_error_reset_streams: DEFAULT_H2_MAX_LOCAL_ERROR_RESETS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }

@@ -78,6 +78,7 @@ pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shut
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(h.h2_max_concurrent_streams)
                 .max_pending_accept_reset_streams(h.h2_max_pending_accept_resets)
+                .max_local_error_reset_streams(h.h2_max_local_error_resets)
                 .max_header_list_size(u32::try_from(h.max_header_bytes).unwrap_or(u32::MAX))
                 .serve_connection(io, svc);
             drive(conn, |c| c.graceful_shutdown(), &activity, &proxy, shutdown).await

@@ -23,6 +23,16 @@ pub struct ServerMetrics {
     request_slots: Box<[OnceLock<IntCounter>]>,
 }
 
+/// Counts one connection in `connections_active` while it lives.
+#[derive(Debug)]
+pub struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl ServerMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
@@ -54,6 +64,16 @@ impl ServerMetrics {
         registry.register(Box::new(m.tls_handshake_errors.clone()))?;
         registry.register(Box::new(m.requests_total.clone()))?;
         Ok(m)
+    }
+
+    /// A connection is open until the returned guard drops. A guard rather
+    /// than a `dec()` after the connection's future: a connection task
+    /// that panics unwinds past that call, and the gauge would count it
+    /// open forever (found by tests/hostile.rs
+    /// `afterwards_no_connection_is_left_open` with a panic injected).
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections_active.inc();
+        OpenConnection(self.connections_active.clone())
     }
 
     /// A connection ended: `result` is one of a fixed set of labels.

@@ -54,6 +54,7 @@ pub struct HttpSettings {
     pub max_uri_bytes: usize,
     pub h2_max_concurrent_streams: u32,
     pub h2_max_pending_accept_resets: usize,
+    pub h2_max_local_error_resets: usize,
 }
 
 /// Everything connections and requests share.
@@ -130,6 +131,7 @@ impl Server {
                 max_uri_bytes: s.max_uri_bytes,
                 h2_max_concurrent_streams: s.http2_max_concurrent_streams,
                 h2_max_pending_accept_resets: s.http2_max_pending_accept_reset_streams,
+                h2_max_local_error_resets: s.http2_max_local_error_reset_streams,
             },
             metrics: ServerMetrics::register(registry)?,
             upstream_metrics: UpstreamMetrics::register(registry)?,
@@ -255,9 +257,8 @@ async fn accept_loop(
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            proxy.metrics.connections_active.inc();
+            let _open = proxy.metrics.connection_opened();
             connection::serve(proxy.clone(), tcp, peer, shutdown).await;
-            proxy.metrics.connections_active.dec();
             drop(permit);
         });
     }

@@ -160,6 +160,18 @@ fn check_request(proxy: &Proxy, req: &Request<Incoming>) -> Option<Local> {
     if uri_len > proxy.http.max_uri_bytes {
         return Some(Local::UriTooLong);
     }
+    // RFC 9112 §3.2: one Host line, with a valid value, and HTTP/1.1 must
+    // send it. With two, we would route by the first while the backend
+    // (which gets both) may act on the second; with an unreadable one we
+    // would route by `X-Found-Cluster` and forward the junk. Caught by
+    // tests/hostile.rs `http_two_host_headers`.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Some(Local::BadRequest),
+        (Some(host), None) if host.to_str().is_err() => return Some(Local::BadRequest),
+        (None, _) if req.version() == Version::HTTP_11 => return Some(Local::BadRequest),
+        _ => {}
+    }
     // An absolute-form target (`GET https://a/ HTTP/1.1`) or an HTTP/2
     // :authority must name the same host as a `Host` header, if both are
     // given; otherwise which one routes is ambiguous, and a mismatch is a

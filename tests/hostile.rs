@@ -17,9 +17,10 @@
 //! cases read to tell one kind of refusal from another.
 //!
 //! This file holds the world, the runner and the list of cases; the
-//! cases live in `hostile/cases_*.rs` by layer, and the clients that write
-//! what no well-behaved client would (raw TCP and TLS, HTTP/1.1 as bytes,
-//! HTTP/2 as frames) in `hostile/raw_*.rs`.
+//! cases live in `hostile/cases_*.rs` by layer (the HTTP/1.1 requests
+//! refused as they stand as one table, a case a row), and the clients
+//! that write what no well-behaved client would (raw TCP and TLS,
+//! HTTP/1.1 as bytes, HTTP/2 as frames) in `hostile/raw_*.rs`.
 
 mod support;
 
@@ -280,6 +281,25 @@ async fn assert_refused_as(w: &World, before: &Counters, family: Refusal, kind: 
     );
 }
 
+/// `bytes` on a raw connection (from `bind`; its write side closed when
+/// `half_close`): the proxy closes it within `limit`, one `family`
+/// refusal of `kind` is counted, and nothing is forwarded. What the
+/// proxy sent before closing is the caller's to check.
+async fn assert_raw_refused(
+    w: &World,
+    bind: Option<IpAddr>,
+    bytes: &[u8],
+    half_close: bool,
+    limit: Duration,
+    family: Refusal,
+    kind: &str,
+) -> Ended {
+    let before = w.counters();
+    let ended = send_raw(w, bind, bytes, half_close, limit).await;
+    assert_refused_as(w, &before, family, kind).await;
+    ended
+}
+
 // ================================================================ afterwards
 
 /// Run last: after all that, the proxy still serves. A fresh HTTP/1.1
@@ -326,105 +346,109 @@ async fn afterwards_no_connection_is_left_open(w: Arc<World>) {
 
 // ================================================================ the suite
 
-type Case = fn(Arc<World>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+type Case = Box<dyn Fn(Arc<World>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+fn case<F>(run: impl Fn(Arc<World>) -> F + Send + Sync + 'static) -> Case
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    Box::new(move |w| Box::pin(run(w)))
+}
+
+/// A case that is one row of a table: `run` with the row's data.
+fn row_case<R, F>(run: fn(Arc<World>, R) -> F, row: R) -> Case
+where
+    R: Clone + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    case(move |w| run(w, row.clone()))
+}
 
 macro_rules! cases {
     ($($name:ident),* $(,)?) => {
-        vec![$((stringify!($name), (|w| Box::pin($name(w))) as Case)),*]
+        vec![$((stringify!($name), case($name))),*]
     };
 }
 
 fn all_cases() -> Vec<(&'static str, Case)> {
-    cases![
-        // PROXY protocol
-        proxy_v2_signature_one_byte_off,
-        proxy_v1_signature_misspelt,
-        proxy_v1_lowercase_signature,
-        proxy_v2_truncated_then_eof,
-        proxy_v1_truncated_then_eof,
-        proxy_v2_length_field_at_u16_max,
-        proxy_v2_payload_one_over_the_cap,
-        proxy_v2_payload_at_the_cap_in_tiny_writes_is_served,
-        proxy_v2_length_shorter_than_the_addresses,
-        proxy_v2_udp_family,
-        proxy_v2_unknown_family,
-        proxy_v2_version_one,
-        proxy_v2_unknown_command,
-        proxy_v1_no_crlf_within_107_bytes,
-        proxy_v1_unknown_line_over_107_bytes,
-        proxy_v1_bare_lf,
-        proxy_v1_port_out_of_range,
-        proxy_v1_family_and_addresses_disagree,
-        proxy_v2_tlv_overruns_the_header,
-        proxy_v2_tlv_trailing_fragment,
-        proxy_v2_crc_tlv_of_three_bytes,
-        proxy_untrusted_sender_claiming_an_endpoint,
-        proxy_random_garbage,
-        proxy_repeated_crlf,
-        proxy_v2_local_with_any_family_is_served_as_the_peer,
-        // TLS
-        tls_plain_http_instead_of_tls,
-        tls_handshake_record_of_garbage,
-        tls_truncated_client_hello_then_eof,
-        tls_truncated_client_hello_then_silence,
-        tls_client_hello_offering_only_tls_1_1,
-        tls_record_longer_than_the_protocol_allows,
-        tls_only_unknown_alpn_offered,
-        tls_unknown_sni_outside_the_zone_routes_by_host,
-        tls_unknown_deployment_sni_does_not_override_host,
-        tls_no_sni,
-        // HTTP/1.1 smuggling
-        http_cl_te_smuggled_request_never_reaches_the_backend,
-        http_te_cl_smuggled_request_never_reaches_the_backend,
-        http_te_with_chunked_not_last,
-        http_te_chunked_then_identity_lines,
-        http_te_with_space_before_colon,
-        http_te_in_http_1_0,
-        http_duplicate_content_length_differing,
-        http_duplicate_content_length_equal_is_one_length,
-        http_content_length_with_sign,
-        http_bad_chunk_size,
-        http_chunk_size_overflowing_u64,
-        // malformed heads and limits
-        http_obs_fold,
-        http_nul_in_header_value,
-        http_space_in_header_name,
-        http_bare_cr_in_header_value,
-        http_non_ascii_header_name,
-        http_junk_after_the_version,
-        http_unknown_version,
-        http_header_block_over_64k,
-        http_more_than_128_headers,
-        http_uri_over_the_limit,
-        http_uri_over_the_head_limit,
-        http_h2_preface_on_an_http1_connection,
-        // whose host
-        http_absolute_form_http_scheme_naming_another_host,
-        http_absolute_form_with_userinfo,
-        http_absolute_form_naming_a_denied_deployment_is_filtered,
-        http_two_host_headers,
-        http11_without_host,
-        http_host_that_is_not_text,
-        http10_without_host_routes_by_x_found_cluster,
-        http_pipelined_allowed_then_denied,
-        // denied requests with bodies
-        denied_body_with_content_length_never_reaches_the_backend,
-        denied_chunked_body_never_reaches_the_backend,
-        denied_expect_100_continue_gets_no_continue,
-        unknown_deployment_body_never_reaches_the_backend,
-        // HTTP/2
-        h2_stream_limit_refuses_the_extra_stream,
-        h2_connection_specific_header_is_refused,
-        h2_data_beyond_content_length,
-        h2_authority_and_host_disagree,
-        h2_header_list_over_the_limit,
-        h2_continuation_flood,
-        h2_rapid_reset_flood_gets_goaway,
-        h2_server_reset_flood_gets_goaway,
-        // afterwards
-        afterwards_the_proxy_still_serves,
-        afterwards_no_connection_is_left_open,
+    [
+        cases![
+            // PROXY protocol
+            proxy_v2_signature_one_byte_off,
+            proxy_v1_signature_misspelt,
+            proxy_v1_lowercase_signature,
+            proxy_v2_truncated_then_eof,
+            proxy_v1_truncated_then_eof,
+            proxy_v2_length_field_at_u16_max,
+            proxy_v2_payload_one_over_the_cap,
+            proxy_v2_payload_at_the_cap_in_tiny_writes_is_served,
+            proxy_v2_length_shorter_than_the_addresses,
+            proxy_v2_udp_family,
+            proxy_v2_unknown_family,
+            proxy_v2_version_one,
+            proxy_v2_unknown_command,
+            proxy_v1_no_crlf_within_107_bytes,
+            proxy_v1_unknown_line_over_107_bytes,
+            proxy_v1_bare_lf,
+            proxy_v1_port_out_of_range,
+            proxy_v1_family_and_addresses_disagree,
+            proxy_v2_tlv_overruns_the_header,
+            proxy_v2_tlv_trailing_fragment,
+            proxy_v2_crc_tlv_of_three_bytes,
+            proxy_untrusted_sender_claiming_an_endpoint,
+            proxy_random_garbage,
+            proxy_repeated_crlf,
+            proxy_v2_local_with_any_family_is_served_as_the_peer,
+            // TLS
+            tls_plain_http_instead_of_tls,
+            tls_handshake_record_of_garbage,
+            tls_truncated_client_hello_then_eof,
+            tls_truncated_client_hello_then_silence,
+            tls_client_hello_offering_only_tls_1_1,
+            tls_record_longer_than_the_protocol_allows,
+            tls_only_unknown_alpn_offered,
+            tls_unknown_sni_outside_the_zone_routes_by_host,
+            tls_unknown_deployment_sni_does_not_override_host,
+            tls_no_sni,
+            // HTTP/1.1 smuggling
+            http_cl_te_smuggled_request_never_reaches_the_backend,
+            http_te_cl_smuggled_request_never_reaches_the_backend,
+            http_duplicate_content_length_equal_is_one_length,
+            http_bad_chunk_size,
+            http_chunk_size_overflowing_u64,
+        ],
+        // HTTP/1.1 requests refused as they stand (smuggling, malformed
+        // heads, limits, whose host, a denial with a body): a table, one
+        // case a row
+        refused_request_cases(),
+        cases![
+            // malformed heads
+            http_h2_preface_on_an_http1_connection,
+            // whose host
+            http11_without_host,
+            http10_without_host_routes_by_x_found_cluster,
+            http_pipelined_allowed_then_denied,
+            // denied requests with bodies
+            denied_body_with_content_length_never_reaches_the_backend,
+            denied_chunked_body_never_reaches_the_backend,
+            unknown_deployment_body_never_reaches_the_backend,
+            // HTTP/2
+            h2_stream_limit_refuses_the_extra_stream,
+            h2_connection_specific_header_is_refused,
+            h2_data_beyond_content_length,
+            h2_authority_and_host_disagree,
+            h2_header_list_over_the_limit,
+            h2_continuation_flood,
+            h2_rapid_reset_flood_gets_goaway,
+            h2_server_reset_flood_gets_goaway,
+            // afterwards
+            afterwards_the_proxy_still_serves,
+            afterwards_no_connection_is_left_open,
+        ],
     ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Every panic in the process while the suite runs: (location, message).
@@ -490,6 +514,10 @@ async fn hostile_inputs_get_exact_answers_and_nothing_panics() {
         .filter(|(name, _)| !name.starts_with("afterwards_"))
         .count();
     assert!(hostile >= 40, "only {hostile} hostile cases");
+    let mut names: Vec<&str> = cases.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), cases.len(), "two cases share a name");
 
     let mut failures = Vec::new();
     for (name, case) in &cases {

@@ -2,6 +2,27 @@
 
 use super::*;
 
+/// A GET to `open` on `stream`, in one HEADERS frame.
+fn open_get(stream: u32, path: &str) -> Vec<u8> {
+    whole_request(stream, &get_block(&open_host(), path))
+}
+
+/// A request to `open` with extra header `fields`.
+fn open_block(method: &str, path: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    request_block(method, &open_host(), path, fields)
+}
+
+/// What follows a flood: exactly one GOAWAY, ENHANCE_YOUR_CALM, and the
+/// connection closed. Returns the GOAWAY.
+async fn assert_calmed(h2: &mut H2) -> H2Frame {
+    let (frames, closed) = h2.drain(Duration::from_secs(3)).await;
+    let goaway: Vec<&H2Frame> = frames.iter().filter(|f| f.kind == GOAWAY).collect();
+    assert_eq!(goaway.len(), 1, "frames: {frames:?}");
+    assert_eq!(goaway[0].error_code(), ENHANCE_YOUR_CALM, "{:?}", goaway[0]);
+    assert!(closed, "the connection stayed open after GOAWAY");
+    goaway[0].clone()
+}
+
 pub(crate) async fn h2_stream_limit_refuses_the_extra_stream(w: Arc<World>) {
     let mut h2 = H2::connect(&w, &denied_client()).await;
     assert!(
@@ -13,11 +34,9 @@ pub(crate) async fn h2_stream_limit_refuses_the_extra_stream(w: Arc<World>) {
     let before = w.counters();
     // One more slow request than the limit, in one write.
     let n = H2_MAX_STREAMS + 1;
-    let mut burst = Vec::new();
-    for i in 0..n {
-        let block = get_block(&open_host(), "/slow?ms=700");
-        burst.extend(frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, &block));
-    }
+    let burst: Vec<u8> = (0..n)
+        .flat_map(|i| open_get(2 * i + 1, "/slow?ms=700"))
+        .collect();
     h2.send(&burst).await;
     let extra = 2 * (n - 1) + 1;
     let mut refused = Vec::new();
@@ -43,21 +62,11 @@ pub(crate) async fn h2_stream_limit_refuses_the_extra_stream(w: Arc<World>) {
     assert_eq!(ok, (0..n - 1).map(|i| 2 * i + 1).collect::<Vec<_>>());
     assert_eq!(before.backend_requests_since(&w), H2_MAX_STREAMS as usize);
     // The connection is still good: a stream opened now is served.
-    h2.send(&frame(
-        HEADERS,
-        END_STREAM | END_HEADERS,
-        extra + 2,
-        &get_block(&open_host(), "/after"),
-    ))
-    .await;
-    loop {
-        let f = h2.next(WAIT).await.expect("a frame").expect("open");
-        if f.kind == HEADERS && f.stream == extra + 2 {
-            assert_eq!(f.status(), Some(200));
-            break;
-        }
-        assert_ne!(f.kind, GOAWAY, "{f:?}");
-    }
+    h2.send(&open_get(extra + 2, "/after")).await;
+    let f = h2
+        .next_where(|f| f.kind == HEADERS && f.stream == extra + 2)
+        .await;
+    assert_eq!(f.status(), Some(200));
 }
 
 pub(crate) async fn h2_rapid_reset_flood_gets_goaway(w: Arc<World>) {
@@ -69,25 +78,16 @@ pub(crate) async fn h2_rapid_reset_flood_gets_goaway(w: Arc<World>) {
     let mut burst = Vec::new();
     for i in 0..n {
         let id = 2 * i + 1;
-        burst.extend(frame(
-            HEADERS,
-            END_STREAM | END_HEADERS,
-            id,
-            &get_block(&open_host(), "/slow?ms=200"),
-        ));
+        burst.extend(open_get(id, "/slow?ms=200"));
         burst.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
     }
     h2.send(&burst).await;
-    let (frames, closed) = h2.drain(Duration::from_secs(3)).await;
-    let goaway: Vec<&H2Frame> = frames.iter().filter(|f| f.kind == GOAWAY).collect();
-    assert_eq!(goaway.len(), 1, "frames: {frames:?}");
-    assert_eq!(goaway[0].error_code(), ENHANCE_YOUR_CALM, "{:?}", goaway[0]);
+    let goaway = assert_calmed(&mut h2).await;
     // The burst is one TLS record, read at once: the reset that goes one
     // over the limit is the last stream the proxy looked at, and none of
     // the streams was handed to the service.
     let over = 2 * H2_MAX_PENDING_RESETS as u32 + 1;
-    assert_eq!(goaway[0].last_stream_id(), over, "{:?}", goaway[0]);
-    assert!(closed, "the connection stayed open after GOAWAY");
+    assert_eq!(goaway.last_stream_id(), over, "{goaway:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     before.assert_backend_untouched(&w);
     // Other clients are served meanwhile.
@@ -105,22 +105,11 @@ pub(crate) async fn h2_connection_specific_header_is_refused(w: Arc<World>) {
     // passed on to an HTTP/1.1 backend it would re-frame the body.
     let mut h2 = H2::connect(&w, &denied_client()).await;
     let before = w.counters();
-    let block = hpack(&[
-        (":method", "POST"),
-        (":scheme", "https"),
-        (":authority", &open_host()),
-        (":path", "/te"),
-        ("transfer-encoding", "chunked"),
-    ]);
+    let block = open_block("POST", "/te", &[("transfer-encoding", "chunked")]);
     let mut bytes = frame(HEADERS, END_HEADERS, 1, &block);
     bytes.extend(frame(DATA, END_STREAM, 1, b"0\r\n\r\n"));
     h2.send(&bytes).await;
-    let f = loop {
-        let f = h2.next(WAIT).await.expect("a frame").expect("open");
-        if f.stream == 1 || f.kind == GOAWAY {
-            break f;
-        }
-    };
+    let f = h2.next_where(|f| f.stream == 1 || f.kind == GOAWAY).await;
     assert_eq!(
         (f.kind, f.error_code()),
         (RST_STREAM, PROTOCOL_ERROR),
@@ -134,27 +123,18 @@ pub(crate) async fn h2_data_beyond_content_length(w: Arc<World>) {
     // extra bytes must not reach the backend's connection as a request.
     let mut h2 = H2::connect(&w, &denied_client()).await;
     let before = w.counters();
-    let block = hpack(&[
-        (":method", "POST"),
-        (":scheme", "https"),
-        (":authority", &open_host()),
-        (":path", "/cl"),
-        ("content-length", "5"),
-    ]);
+    let block = open_block("POST", "/cl", &[("content-length", "5")]);
     let data = format!("hello{}", embedded_request());
     let mut bytes = frame(HEADERS, END_HEADERS, 1, &block);
     bytes.extend(frame(DATA, END_STREAM, 1, data.as_bytes()));
     h2.send(&bytes).await;
     let mut seen = Vec::new();
     let reset = loop {
-        let f = h2.next(WAIT).await.expect("a frame").expect("open");
-        if f.stream == 1 {
-            seen.push((f.kind, f.flags));
-            if f.kind == RST_STREAM {
-                break f;
-            }
+        let f = h2.next_where(|f| f.stream == 1).await;
+        seen.push((f.kind, f.flags));
+        if f.kind == RST_STREAM {
+            break f;
         }
-        assert_ne!(f.kind, GOAWAY, "{f:?}");
     };
     // Reset before the stream was accepted: no response, and nothing
     // forwarded.
@@ -167,22 +147,9 @@ pub(crate) async fn h2_data_beyond_content_length(w: Arc<World>) {
 pub(crate) async fn h2_authority_and_host_disagree(w: Arc<World>) {
     let mut h2 = H2::connect(&w, &denied_client()).await;
     let before = w.counters();
-    let block = hpack(&[
-        (":method", "GET"),
-        (":scheme", "https"),
-        (":authority", &open_host()),
-        (":path", "/"),
-        ("host", &office_host()),
-    ]);
-    h2.send(&frame(HEADERS, END_STREAM | END_HEADERS, 1, &block))
-        .await;
-    let f = loop {
-        let f = h2.next(WAIT).await.expect("a frame").expect("open");
-        if f.stream == 1 && f.kind == HEADERS {
-            break f;
-        }
-        assert_ne!(f.kind, GOAWAY, "{f:?}");
-    };
+    let block = open_block("GET", "/", &[("host", &office_host())]);
+    h2.send(&whole_request(1, &block)).await;
+    let f = h2.next_where(|f| f.stream == 1 && f.kind == HEADERS).await;
     assert_eq!(f.status(), Some(400), "{f:?}");
     before.assert_backend_untouched(&w);
 }
@@ -210,29 +177,21 @@ pub(crate) async fn h2_header_list_over_the_limit(w: Arc<World>) {
     // HEADERS and four CONTINUATION frames of under 16 KiB each.
     let mut h2 = H2::connect(&w, &denied_client()).await;
     let before = w.counters();
-    let mut block = get_block(&open_host(), "/big-headers");
-    block.extend(hpack(&[("x-big", &"a".repeat(70 * 1024))]));
+    let block = open_block("GET", "/big-headers", &[("x-big", &"a".repeat(70 * 1024))]);
     h2.send(&split_block(1, &block, 5, true)).await;
     // A 431 that ends the stream (the request had ended it too), nothing
     // more on it, and the connection carries on: stream 3 is served.
-    h2.send(&frame(
-        HEADERS,
-        END_STREAM | END_HEADERS,
-        3,
-        &get_block(&open_host(), "/after-431"),
-    ))
-    .await;
+    h2.send(&open_get(3, "/after-431")).await;
     let mut seen = Vec::new();
     while !seen.iter().any(|(stream, _, _, _)| *stream == 3) {
-        let f = h2.next(WAIT).await.expect("a frame").expect("open");
-        assert_ne!(f.kind, GOAWAY, "{f:?}");
-        if matches!(f.kind, HEADERS | RST_STREAM) {
-            let detail = match f.kind {
-                HEADERS => f.status().map(u32::from),
-                _ => Some(f.error_code()),
-            };
-            seen.push((f.stream, f.kind, f.flags, detail));
-        }
+        let f = h2
+            .next_where(|f| matches!(f.kind, HEADERS | RST_STREAM))
+            .await;
+        let detail = match f.kind {
+            HEADERS => f.status().map(u32::from),
+            _ => Some(f.error_code()),
+        };
+        seen.push((f.stream, f.kind, f.flags, detail));
     }
     assert_eq!(
         seen,
@@ -255,24 +214,17 @@ pub(crate) async fn h2_continuation_flood(w: Arc<World>) {
         block.extend(hpack(&[("x-more", &i.to_string())]));
     }
     h2.send(&split_block(1, &block, 200, false)).await;
-    let (frames, closed) = h2.drain(Duration::from_secs(3)).await;
-    let goaway: Vec<&H2Frame> = frames.iter().filter(|f| f.kind == GOAWAY).collect();
-    assert_eq!(goaway.len(), 1, "frames: {frames:?}");
-    assert_eq!(goaway[0].error_code(), ENHANCE_YOUR_CALM, "{:?}", goaway[0]);
-    assert!(closed, "the connection stayed open after GOAWAY");
+    assert_calmed(&mut h2).await;
     before.assert_backend_untouched(&w);
 }
 
 /// A request the proxy must reset itself: `transfer-encoding` is
 /// malformed in HTTP/2.
-fn malformed_block() -> Vec<u8> {
-    hpack(&[
-        (":method", "GET"),
-        (":scheme", "https"),
-        (":authority", &open_host()),
-        (":path", "/"),
-        ("transfer-encoding", "chunked"),
-    ])
+fn malformed(stream: u32) -> Vec<u8> {
+    whole_request(
+        stream,
+        &open_block("GET", "/", &[("transfer-encoding", "chunked")]),
+    )
 }
 
 pub(crate) async fn h2_server_reset_flood_gets_goaway(w: Arc<World>) {
@@ -282,22 +234,9 @@ pub(crate) async fn h2_server_reset_flood_gets_goaway(w: Arc<World>) {
     let mut h2 = H2::connect(&w, &denied_client()).await;
     let before = w.counters();
     let limit = H2_MAX_LOCAL_RESETS as u32;
-    let mut burst = Vec::new();
-    for i in 0..limit {
-        burst.extend(frame(
-            HEADERS,
-            END_STREAM | END_HEADERS,
-            2 * i + 1,
-            &malformed_block(),
-        ));
-    }
     let good = 2 * limit + 1;
-    burst.extend(frame(
-        HEADERS,
-        END_STREAM | END_HEADERS,
-        good,
-        &get_block(&open_host(), "/still-fine"),
-    ));
+    let mut burst: Vec<u8> = (0..limit).flat_map(|i| malformed(2 * i + 1)).collect();
+    burst.extend(open_get(good, "/still-fine"));
     h2.send(&burst).await;
     let mut resets = Vec::new();
     loop {
@@ -315,17 +254,7 @@ pub(crate) async fn h2_server_reset_flood_gets_goaway(w: Arc<World>) {
     let expected: Vec<(u32, u32)> = (0..limit).map(|i| (2 * i + 1, PROTOCOL_ERROR)).collect();
     assert_eq!(resets, expected);
     // One more.
-    h2.send(&frame(
-        HEADERS,
-        END_STREAM | END_HEADERS,
-        good + 2,
-        &malformed_block(),
-    ))
-    .await;
-    let (frames, closed) = h2.drain(Duration::from_secs(3)).await;
-    let goaway: Vec<&H2Frame> = frames.iter().filter(|f| f.kind == GOAWAY).collect();
-    assert_eq!(goaway.len(), 1, "frames: {frames:?}");
-    assert_eq!(goaway[0].error_code(), ENHANCE_YOUR_CALM, "{:?}", goaway[0]);
-    assert!(closed, "the connection stayed open after GOAWAY");
+    h2.send(&malformed(good + 2)).await;
+    assert_calmed(&mut h2).await;
     assert_eq!(before.backend_requests_since(&w), 1);
 }

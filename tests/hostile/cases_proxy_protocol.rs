@@ -13,14 +13,14 @@ pub(crate) async fn assert_header_refused(
     half_close: bool,
     kind: &str,
 ) -> Duration {
-    let before = w.counters();
-    let ended = send_raw(w, bind, bytes, half_close, Duration::from_secs(3)).await;
+    let limit = Duration::from_secs(3);
+    let family = Refusal::ProxyProtocol;
+    let ended = assert_raw_refused(w, bind, bytes, half_close, limit, family, kind).await;
     assert!(
         ended.received.is_empty(),
         "the proxy answered: {:?}",
         String::from_utf8_lossy(&ended.received)
     );
-    assert_refused_as(w, &before, Refusal::ProxyProtocol, kind).await;
     ended.after
 }
 

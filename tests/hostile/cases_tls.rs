@@ -17,11 +17,10 @@ pub(crate) async fn assert_tls_refused(
     kind: &str,
     alert: Option<u8>,
 ) -> Duration {
-    let before = w.counters();
     let bytes = [&v1_from(ALLOWED_V4)[..], after_header].concat();
-    let ended = send_raw(w, None, &bytes, half_close, TLS_TIMEOUT * 3).await;
+    let limit = TLS_TIMEOUT * 3;
+    let ended = assert_raw_refused(w, None, &bytes, half_close, limit, Refusal::Tls, kind).await;
     assert_eq!(alert_only(&ended.received), alert, "alert sent");
-    assert_refused_as(w, &before, Refusal::Tls, kind).await;
     ended.after
 }
 
@@ -118,65 +117,41 @@ pub(crate) async fn tls_only_unknown_alpn_offered(w: Arc<World>) {
     }
 }
 
+/// Over TLS as `opts`, a GET to `open` and one to `office`, pipelined:
+/// the first served (its echo is returned), the second denied, and only
+/// the first reached the backend.
+async fn allowed_then_denied(w: &World, opts: &TlsOpts) -> Echo {
+    let before = w.counters();
+    let request = format!(
+        "GET /a HTTP/1.1\r\nHost: {}\r\n\r\nGET /b HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        open_host(),
+        office_host()
+    );
+    let ex = h1_with(w, &denied_client(), opts, request, 2).await;
+    assert_eq!(ex.responses.len(), 2, "{ex:?}");
+    let echo = ex.responses[0].echo();
+    ex.responses[1].assert_local(StatusCode::FORBIDDEN, FORBIDDEN_BODY);
+    assert_eq!(before.backend_requests_since(w), 1);
+    echo
+}
+
 pub(crate) async fn tls_unknown_sni_outside_the_zone_routes_by_host(w: Arc<World>) {
     // The default certificate is served; SNI names no deployment, so the
     // Host header routes, and policy still applies to it.
     let opts = TlsOpts::h1().sni(Some("unknown.example.org"));
-    let before = w.counters();
-    let ex = h1_with(
-        &w,
-        &denied_client(),
-        &opts,
-        format!(
-            "GET /a HTTP/1.1\r\nHost: {}\r\n\r\nGET /b HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            open_host(),
-            office_host()
-        ),
-        2,
-    )
-    .await;
-    assert_eq!(ex.responses.len(), 2, "{ex:?}");
-    ex.responses[0].echo();
-    ex.responses[1].assert_local(StatusCode::FORBIDDEN, FORBIDDEN_BODY);
-    assert_eq!(before.backend_requests_since(&w), 1);
+    allowed_then_denied(&w, &opts).await;
 }
 
 pub(crate) async fn tls_unknown_deployment_sni_does_not_override_host(w: Arc<World>) {
     let opts = TlsOpts::h1().sni(Some("nosuch0001.es.test"));
-    let before = w.counters();
-    let ex = h1_with(
-        &w,
-        &denied_client(),
-        &opts,
-        format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            office_host()
-        ),
-        1,
-    )
-    .await;
-    ex.one(StatusCode::FORBIDDEN)
-        .assert_local(StatusCode::FORBIDDEN, FORBIDDEN_BODY);
-    before.assert_backend_untouched(&w);
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        office_host()
+    );
+    assert_refused_with(&w, &opts, request, LOCAL_403).await;
 }
 
 pub(crate) async fn tls_no_sni(w: Arc<World>) {
-    let opts = TlsOpts::h1().sni(None);
-    let before = w.counters();
-    let ex = h1_with(
-        &w,
-        &denied_client(),
-        &opts,
-        format!(
-            "GET /a HTTP/1.1\r\nHost: {}\r\n\r\nGET /b HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            open_host(),
-            office_host()
-        ),
-        2,
-    )
-    .await;
-    assert_eq!(ex.responses.len(), 2, "{ex:?}");
-    assert_eq!(ex.responses[0].echo().forwarded_for(), ["198.51.100.9"]);
-    ex.responses[1].assert_local(StatusCode::FORBIDDEN, FORBIDDEN_BODY);
-    assert_eq!(before.backend_requests_since(&w), 1);
+    let echo = allowed_then_denied(&w, &TlsOpts::h1().sni(None)).await;
+    assert_eq!(echo.forwarded_for(), ["198.51.100.9"]);
 }

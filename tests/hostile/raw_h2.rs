@@ -144,12 +144,29 @@ pub(crate) fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
 }
 
 pub(crate) fn get_block(authority: &str, path: &str) -> Vec<u8> {
-    hpack(&[
-        (":method", "GET"),
+    request_block("GET", authority, path, &[])
+}
+
+/// A request's header block: the pseudo-header fields (`https`), then
+/// `fields`.
+pub(crate) fn request_block(
+    method: &str,
+    authority: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> Vec<u8> {
+    let pseudo = [
+        (":method", method),
         (":scheme", "https"),
         (":authority", authority),
         (":path", path),
-    ])
+    ];
+    hpack(&[&pseudo[..], fields].concat())
+}
+
+/// A HEADERS frame that carries all of `block` and ends the stream.
+pub(crate) fn whole_request(stream: u32, block: &[u8]) -> Vec<u8> {
+    frame(HEADERS, END_STREAM | END_HEADERS, stream, block)
 }
 
 /// A raw HTTP/2 connection over TLS (ALPN h2).
@@ -233,6 +250,19 @@ impl H2 {
                 Ok(Ok(0) | Err(_)) => return Ok(None),
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
             }
+        }
+    }
+
+    /// The next frame `pick` accepts, skipping the others; fails on a
+    /// GOAWAY it does not accept, at EOF, or when nothing comes within
+    /// [`WAIT`].
+    pub(crate) async fn next_where(&mut self, pick: impl Fn(&H2Frame) -> bool) -> H2Frame {
+        loop {
+            let f = self.next(WAIT).await.expect("a frame").expect("open");
+            if pick(&f) {
+                return f;
+            }
+            assert_ne!(f.kind, GOAWAY, "{f:?}");
         }
     }
 

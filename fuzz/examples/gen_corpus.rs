@@ -1,0 +1,370 @@
+//! Writes the seed corpus under `fuzz/corpus/<target>/` and checks that every
+//! PROXY seed parses as intended (so a seed cannot silently rot).
+//!
+//! Run from `fuzz/`: `cargo run --example gen_corpus`. Idempotent; the
+//! output is deterministic, so re-running it leaves git clean.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use portcullis::endpoint::PrivateEndpoint;
+use portcullis::proxy_protocol::crc32c::crc32c;
+use portcullis::proxy_protocol::{Command, Limits, Parsed, parse};
+
+const V2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+/// The start of a TLS ClientHello, as it follows the header on the wire.
+const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03";
+
+/// A v2 header: `cmd` (0 LOCAL, 1 PROXY), family byte, address block, TLVs.
+/// With `crc`, a CRC32C TLV is appended and filled in.
+fn v2(cmd: u8, fam: u8, addrs: &[u8], tlvs: &[(u8, Vec<u8>)], crc: bool) -> Vec<u8> {
+    let mut payload = addrs.to_vec();
+    for (kind, value) in tlvs {
+        payload.push(*kind);
+        payload.extend_from_slice(&u16::try_from(value.len()).unwrap().to_be_bytes());
+        payload.extend_from_slice(value);
+    }
+    let crc_at = crc.then(|| {
+        payload.extend_from_slice(&[0x03, 0x00, 0x04]);
+        payload.extend_from_slice(&[0; 4]);
+        16 + payload.len() - 4
+    });
+    let mut h = V2_SIG.to_vec();
+    h.push(0x20 | cmd);
+    h.push(fam);
+    h.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
+    h.extend_from_slice(&payload);
+    if let Some(at) = crc_at {
+        let sum = crc32c(&[&h]).to_be_bytes();
+        h[at..at + 4].copy_from_slice(&sum);
+    }
+    h
+}
+
+fn tcp4() -> Vec<u8> {
+    // 203.0.113.7:51234 -> 10.0.0.5:9243
+    [[203, 0, 113, 7], [10, 0, 0, 5]]
+        .concat()
+        .into_iter()
+        .chain(51234u16.to_be_bytes())
+        .chain(9243u16.to_be_bytes())
+        .collect()
+}
+
+fn tcp6() -> Vec<u8> {
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    src[15] = 1;
+    let mut dst = [0u8; 16];
+    dst[10..12].copy_from_slice(&[0xff, 0xff]);
+    dst[12..].copy_from_slice(&[10, 0, 0, 5]);
+    [
+        &src[..],
+        &dst[..],
+        &443u16.to_be_bytes(),
+        &9243u16.to_be_bytes(),
+    ]
+    .concat()
+}
+
+fn aws(id: &[u8]) -> (u8, Vec<u8>) {
+    (0xEA, [&[0x01][..], id].concat())
+}
+
+fn azure(link_id: u32) -> (u8, Vec<u8>) {
+    (0xEE, [&[0x01][..], &link_id.to_le_bytes()].concat())
+}
+
+fn gcp(id: u64) -> (u8, Vec<u8>) {
+    (0xE0, id.to_be_bytes().to_vec())
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    fs::write(dir.join(name), bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+}
+
+fn proxy_protocol(dir: &Path) {
+    let limits = Limits::default();
+    // (name, bytes, expected endpoint, expect crc verified); all must be
+    // Complete, with trailing bytes left unconsumed.
+    let complete: Vec<(&str, Vec<u8>, Option<PrivateEndpoint>, bool)> = vec![
+        ("v1_tcp4", b"PROXY TCP4 203.0.113.7 10.0.0.5 51234 9243\r\n".to_vec(), None, false),
+        ("v1_tcp6", b"PROXY TCP6 2001:db8::1 ::ffff:10.0.0.5 443 9243\r\n".to_vec(), None, false),
+        ("v1_unknown", b"PROXY UNKNOWN\r\n".to_vec(), None, false),
+        (
+            "v1_unknown_max",
+            b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n"
+                .to_vec(),
+            None,
+            false,
+        ),
+        ("v2_local", v2(0, 0x00, &[], &[], false), None, false),
+        // LOCAL ignores the family byte (health checks must not fail on it).
+        ("v2_local_odd_family", v2(0, 0x7f, &[], &[], false), None, false),
+        // Found by fuzzing: the shortest TCP6 line, and port 0.
+        ("found_v1_tcp6_short", b"PROXY TCP6 :: :: 4 4\r\n".to_vec(), None, false),
+        ("found_v1_port_zero", b"PROXY TCP4 1.2.3.4 5.6.7.8 0 2\r\n".to_vec(), None, false),
+        ("v2_unspec", v2(1, 0x00, &[], &[], false), None, false),
+        ("v2_tcp4", v2(1, 0x11, &tcp4(), &[], false), None, false),
+        ("v2_tcp6", v2(1, 0x21, &tcp6(), &[], false), None, false),
+        ("v2_unix", v2(1, 0x31, &[0u8; 216], &[], false), None, false),
+        (
+            "v2_tcp4_aws",
+            v2(1, 0x11, &tcp4(), &[aws(b"vpce-0a1b2c3d4e5f67890")], false),
+            Some(PrivateEndpoint::AwsVpce(
+                portcullis::endpoint::VpceId::parse(b"vpce-0a1b2c3d4e5f67890").unwrap(),
+            )),
+            false,
+        ),
+        (
+            "v2_tcp6_azure",
+            v2(1, 0x21, &tcp6(), &[azure(16777301)], false),
+            Some(PrivateEndpoint::AzureLinkId(16777301)),
+            false,
+        ),
+        (
+            "v2_tcp4_gcp",
+            v2(1, 0x11, &tcp4(), &[gcp(18446744072646845332)], false),
+            Some(PrivateEndpoint::GcpPscConnectionId(18446744072646845332)),
+            false,
+        ),
+        ("v2_tcp4_crc32c", v2(1, 0x11, &tcp4(), &[], true), None, true),
+        (
+            "v2_tcp4_aws_crc32c",
+            v2(1, 0x11, &tcp4(), &[aws(b"VPCE-0A1B2C3D4E5F67890")], true),
+            Some(PrivateEndpoint::AwsVpce(
+                portcullis::endpoint::VpceId::parse(b"vpce-0a1b2c3d4e5f67890").unwrap(),
+            )),
+            true,
+        ),
+        (
+            "v2_tcp6_other_tlvs_crc32c",
+            v2(
+                1,
+                0x21,
+                &tcp6(),
+                // NOOP, ALPN, authority, unique id, then GCP.
+                &[
+                    (0x04, vec![0; 3]),
+                    (0x01, b"h2".to_vec()),
+                    (0x02, b"abc123.es.example.com".to_vec()),
+                    (0x05, vec![0x42; 16]),
+                    gcp(42),
+                ],
+                true,
+            ),
+            Some(PrivateEndpoint::GcpPscConnectionId(42)),
+            true,
+        ),
+    ];
+    for (name, header, endpoint, crc) in complete {
+        let mut stream = header.clone();
+        stream.extend_from_slice(CLIENT_HELLO);
+        match parse(&stream, &limits) {
+            Ok(Parsed::Complete {
+                header: h,
+                consumed,
+            }) => {
+                assert_eq!(consumed, header.len(), "{name}");
+                assert_eq!(h.endpoint, endpoint, "{name}");
+                assert_eq!(h.crc32c_verified, crc, "{name}");
+                if name.contains("local") {
+                    assert_eq!(h.command, Command::Local, "{name}");
+                }
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        write(dir, name, &stream);
+    }
+
+    // Refused or not PROXY at all: one of each interesting shape.
+    let mut bad_crc = v2(1, 0x11, &tcp4(), &[aws(b"vpce-1")], true);
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 1;
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        ("bad_v2_crc32c_mismatch", bad_crc),
+        ("bad_v2_two_vendor_tlvs", v2(1, 0x11, &tcp4(), &[azure(1), gcp(2)], false)),
+        (
+            "bad_v2_tlv_overrun",
+            v2(1, 0x11, &[tcp4(), vec![0xEA, 0x00, 0x10, 0x01]].concat(), &[], false),
+        ),
+        ("bad_v1_lf_only", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n".to_vec()),
+        ("bad_v1_port_leading_zero", b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n".to_vec()),
+        ("not_proxy_tls", CLIENT_HELLO.to_vec()),
+        ("not_proxy_http", b"GET / HTTP/1.1\r\nHost: abc123.es.example.com\r\n\r\n".to_vec()),
+        // One byte over the longest legal v1 line (see v1_unknown_max).
+        (
+            "bad_v1_too_long",
+            b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 655350\r\n"
+                .to_vec(),
+        ),
+        ("bad_v2_udp4", v2(1, 0x12, &tcp4(), &[], false)),
+        ("bad_v2_aws_empty_vpce", v2(1, 0x11, &tcp4(), &[aws(b"")], false)),
+        // Found by fuzzing (minimised): a keyword run on into a NUL, a lone
+        // CR, a family refused at byte 13, a length over the cap refused
+        // before any payload arrives.
+        ("found_v1_unknown_nul", b"PROXY UNKNOWN\x00\r\n".to_vec()),
+        ("found_v1_lone_cr", b"PROXY \r&\n".to_vec()),
+        ("found_v2_family_02", b"\r\n\r\n\x00\r\nQUIT\n!\x02".to_vec()),
+        ("found_v2_len_over_cap", b"\r\n\r\n\x00\r\nQUIT\n!\x00\rP".to_vec()),
+    ];
+    for (name, bytes) in refused {
+        match parse(&bytes, &limits) {
+            Ok(Parsed::Complete { .. }) => panic!("{name}: unexpectedly complete"),
+            _ => write(dir, name, &bytes),
+        }
+    }
+}
+
+fn snapshot(dir: &Path, root: &Path) {
+    let example = fs::read(root.join("config/snapshot.example.json")).expect("example snapshot");
+    portcullis::policy::parse_snapshot(&example).expect("example snapshot is valid");
+    write(dir, "example.json", &example);
+    let valid: &[(&str, &str)] = &[
+        (
+            "minimal.json",
+            r#"{"version":1,"deployments":[{"id":"a","region":"gcp-x","resources":{"es":{"backends":["[::1]:1"]}}}],"policies":[]}"#,
+        ),
+        (
+            "dry_run_mapped.json",
+            r#"{"version":2,"deployments":[
+  {"id":"d0","alias":"x","region":"aws-eu-west-1","enforcement":"dry_run",
+   "resources":{"es":{"backends":["10.0.0.1:9200","10.0.0.2:9200"]},"apm":{"backends":["10.0.0.3:8200"]}},
+   "policies":["ips","more-ips","ips","empty-vpce"]},
+  {"id":"d1","region":"aws-eu-west-1","resources":{"kb":{"backends":["10.0.0.4:5601"]}},"policies":["vpce"]},
+  {"id":"d2","region":"azure-westeurope","resources":{"fleet":{"backends":["10.0.0.5:8220"]}},"policies":["az"]},
+  {"id":"d3","region":"gcp-europe-west1","resources":{"ent":{"backends":["10.0.0.6:3002"]}},"policies":["psc"],"enforcement":null}
+ ],"policies":[
+  {"id":"ips","type":"ip","region":"aws-eu-west-1","name":"n","description":"d","rules":[
+    {"source":"::ffff:10.0.0.0/104"},{"source":"0.0.0.0/0"},{"source":"2001:db8::/127"},{"source":"192.168.1.1"}]},
+  {"id":"more-ips","type":"ip","region":"aws-eu-west-1","include_by_default":true,"rules":[{"source":"10.1.0.0/16","description":"x"}]},
+  {"id":"empty-vpce","type":"vpce","region":"aws-eu-west-1","rules":[]},
+  {"id":"vpce","type":"vpce","region":"aws-eu-west-1","rules":[{"source":"VPCE-ABC"},{"source":"vpce-0a1b2c3d4e5f67890"}]},
+  {"id":"az","type":"azure_private_endpoint","region":"azure-westeurope","rules":[{"link_id":0},{"link_id":4294967295,"azure_endpoint_name":"pe"}]},
+  {"id":"psc","type":"gcp_private_service_connect_endpoint","region":"gcp-europe-west1","rules":[{"source":"0"},{"source":18446744073709551615}]}
+ ]}"#,
+        ),
+        // Structure byte mutation rarely builds (coverage showed it unmet):
+        // deployments sharing one policy set (written in another order,
+        // with a duplicate), a set of more than four policies, several
+        // `ip` policies merged into one matcher, an endpoint id listed by
+        // two policies, a deployment whose only policy filters nothing.
+        (
+            "shared_and_wide_sets.json",
+            r#"{"version":9,"deployments":[
+  {"id":"a1","region":"aws-us-east-1","resources":{"es":{"backends":["10.0.0.1:9200"]}},
+   "policies":["ip-a","ip-b","ip-c","vpce-a","vpce-b","empty"]},
+  {"id":"a2","alias":"two","region":"aws-us-east-1","resources":{"kb":{"backends":["10.0.0.2:5601"]}},
+   "policies":["empty","vpce-b","vpce-a","ip-c","ip-b","ip-a","ip-a"]},
+  {"id":"a3","region":"aws-us-east-1","enforcement":"dry_run","resources":{"apm":{"backends":["[2001:db8::1]:8200"]}},
+   "policies":["ip-b","ip-a"]},
+  {"id":"a4","region":"aws-us-east-1","resources":{"es":{"backends":["10.0.0.4:9200"]}},"policies":["ip-a","ip-b"]},
+  {"id":"a5","region":"aws-us-east-1","resources":{"es":{"backends":["10.0.0.5:9200"]}},"policies":["empty"]},
+  {"id":"a6","region":"aws-us-east-1","resources":{"es":{"backends":["10.0.0.6:9200"]}}}
+ ],"policies":[
+  {"id":"ip-a","type":"ip","region":"aws-us-east-1","rules":[{"source":"10.0.0.0/8"},{"source":"10.1.0.0/16"},{"source":"2001:db8::/32"}]},
+  {"id":"ip-b","type":"ip","region":"aws-us-east-1","rules":[{"source":"10.1.2.0/24"},{"source":"9.255.255.255"},{"source":"11.0.0.0/8"},{"source":"::/0"}]},
+  {"id":"ip-c","type":"ip","region":"aws-us-east-1","rules":[]},
+  {"id":"vpce-a","type":"vpce","region":"aws-us-east-1","rules":[{"source":"vpce-0a1b2c3d4e5f67890"},{"source":"vpce-shared"}]},
+  {"id":"vpce-b","type":"vpce","region":"aws-us-east-1","rules":[{"source":"VPCE-SHARED"},{"source":"vpce-b-only"}]},
+  {"id":"empty","type":"vpce","region":"aws-us-east-1","rules":[]}
+ ]}"#,
+        ),
+        // CIDR shapes at the edges of the range flattening: a single
+        // address at the first or last address of an enclosing block,
+        // adjacent and duplicate blocks, the whole space, in one policy and
+        // merged across two.
+        (
+            "ip_edges.json",
+            r#"{"version":5,"deployments":[
+  {"id":"e1","region":"gcp-us-central1","resources":{"es":{"backends":["127.0.0.1:9200"]}},"policies":["edges","more-edges"]},
+  {"id":"e2","region":"gcp-us-central1","resources":{"es":{"backends":["127.0.0.1:9201"]}},"policies":["edges"]}
+ ],"policies":[
+  {"id":"edges","type":"ip","region":"gcp-us-central1","rules":[
+    {"source":"10.0.0.0/31"},{"source":"10.0.0.1"},{"source":"10.0.0.2/31"},{"source":"10.0.0.0/30"},
+    {"source":"192.0.2.0/24"},{"source":"192.0.2.0"},{"source":"192.0.2.255/32"},{"source":"192.0.2.0/24"},
+    {"source":"2001:db8::/127"},{"source":"2001:db8::1/128"},{"source":"::/0"},{"source":"255.255.255.255"}]},
+  {"id":"more-edges","type":"ip","region":"gcp-us-central1","rules":[
+    {"source":"10.0.0.3"},{"source":"10.0.0.0/30"},{"source":"0.0.0.0/0"},{"source":"192.0.2.128/25"}]}
+ ]}"#,
+        ),
+    ];
+    for (name, json) in valid {
+        portcullis::policy::parse_snapshot(json.as_bytes())
+            .unwrap_or_else(|e| panic!("{name} should be valid: {e}"));
+        write(dir, name, json.as_bytes());
+    }
+    let invalid: &[(&str, &str)] = &[
+        (
+            "bad_duplicate_key.json",
+            r#"{"version":1,"deployments":[],"policies":[],"policies":[]}"#,
+        ),
+        (
+            "bad_many_errors.json",
+            r#"{"version":0,"deployments":[{"id":"A","alias":"-x","region":"aws-","enforcement":"off","resources":{"es":{"backends":["1.2.3.4:0","x"]},"zz":{}},"policies":["nope","p"]}],
+ "policies":[{"id":"p","type":"vpce","region":"gcp-x","rules":[{"source":"vpc-1"}]},{"id":"p","type":"ip","region":"aws-x","rules":[{"source":"10.0.0.1/8"},{"source":"1.2.3.4/33"}]},{"id":"q","type":"gcp_private_service_connect_endpoint","region":"gcp-x","rules":[{"source":"-1"},{"source":1.5}]}],"polices":[]}"#,
+        ),
+        ("bad_not_json.json", r#"{"version":1,"deployments":[{"#),
+        // Empty lists, nulls and non-strings where strings belong.
+        (
+            "bad_empty_and_null.json",
+            r#"{"version":3,"deployments":[
+  {"id":"x","region":"aws-us-east-1","resources":{"es":{"backends":[]},"kb":{"backends":[null,9200,"10.0.0.1:9200","10.0.0.1:9200"]}},"policies":[null,"p","p"]},
+  {"id":"y","alias":"x","region":"azure-eastus","resources":{},"policies":"p"}
+ ],"policies":[{"id":"p","type":"ip","region":"aws-us-east-1","rules":[null,{"source":null},{"source":"::ffff:1.2.3.4/128"}]}]}"#,
+        ),
+    ];
+    for (name, json) in invalid {
+        assert!(
+            portcullis::policy::parse_snapshot(json.as_bytes()).is_err(),
+            "{name} should be refused"
+        );
+        write(dir, name, json.as_bytes());
+    }
+}
+
+/// Route seeds: the first byte's low bits pick the fields (see the target).
+fn route(dir: &Path) {
+    let seeds: &[(&str, &[u8])] = &[
+        ("host_id", b"1abc123.es.example.com"),
+        ("host_alias_product_port", b"1MY-ALIAS.kb.Example.com:9243"),
+        ("host_id_only_zone", b"1kb.example.com."),
+        (
+            "host_sni_misdirected",
+            b"5abc123.example.com\n\nkb.example.com",
+        ),
+        (
+            "found_cluster",
+            b"3127.0.0.1:9243\n  0a1b2c3d4e5f40718293a4b5c6d7e8f9.fleet ",
+        ),
+        ("found_cluster_alias", b"2\nexample.apm"),
+        (
+            "aws_zone",
+            b"7found.kb.eu-west-1.aws.found.io\nes\nes.kb.eu-west-1.aws.found.io",
+        ),
+        ("any_zone", b"9es.kb.anything.example.org"),
+        ("any_zone_ipv6", b"?[::1]:443\nabc123\nabc123.kb.x"),
+        // Found by fuzzing: U+0085 (Unicode whitespace, which `trim` strips)
+        // and a non-ASCII letter (which ASCII case folding leaves alone).
+        ("found_cluster_nel", b":\n\xc2\x85"),
+        ("found_cluster_non_ascii", b"2\n\xce\x9c"),
+    ];
+    for (name, bytes) in seeds {
+        write(dir, name, bytes);
+    }
+}
+
+fn main() {
+    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = fuzz.parent().expect("fuzz/ has a parent");
+    for target in ["proxy_protocol", "snapshot", "route"] {
+        let dir = fuzz.join("corpus").join(target);
+        fs::create_dir_all(&dir).expect("create corpus dir");
+        match target {
+            "proxy_protocol" => proxy_protocol(&dir),
+            "snapshot" => snapshot(&dir, root),
+            _ => route(&dir),
+        }
+        println!("wrote {}", dir.display());
+    }
+}

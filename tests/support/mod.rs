@@ -494,6 +494,8 @@ pub struct ProxyOptions {
     pub zones: Vec<String>,
     pub read_timeout: &'static str,
     pub response_timeout: &'static str,
+    pub request_header_timeout: &'static str,
+    pub idle_timeout: &'static str,
 }
 
 impl Default for ProxyOptions {
@@ -503,6 +505,8 @@ impl Default for ProxyOptions {
             zones: vec![ZONE.to_owned()],
             read_timeout: "3s",
             response_timeout: "5s",
+            request_header_timeout: "10s",
+            idle_timeout: "60s",
         }
     }
 }
@@ -536,6 +540,8 @@ impl TestProxy {
 listen = ["127.0.0.1:0"]
 zones = [{zones}]
 shutdown_grace = "1s"
+request_header_timeout = "{request_header_timeout}"
+idle_timeout = "{idle_timeout}"
 
 [proxy_protocol]
 mode = "{mode}"
@@ -556,6 +562,8 @@ path = {snapshot:?}
             mode = options.mode,
             read_timeout = options.read_timeout,
             response_timeout = options.response_timeout,
+            request_header_timeout = options.request_header_timeout,
+            idle_timeout = options.idle_timeout,
             cert = cert.display().to_string(),
             key = key.display().to_string(),
             snapshot = snapshot_path.display().to_string(),
@@ -858,21 +866,10 @@ impl ClientBuilder {
             merged: false,
             claimed: 0,
         };
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates({
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(pki().ca.clone()).expect("test CA");
-            roots
-        })
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![match self.proto {
-            Proto::H1 => b"http/1.1".to_vec(),
-            Proto::H2 => b"h2".to_vec(),
-        }];
+        let tls = client_tls(match self.proto {
+            Proto::H1 => b"http/1.1",
+            Proto::H2 => b"h2",
+        });
         let name = ServerName::try_from(self.sni.clone()).expect("valid SNI");
         let stream = within(
             "TLS handshake",
@@ -997,6 +994,23 @@ impl AsyncWrite for FirstWrite {
 enum Sender {
     H1(http1::SendRequest<BoxedBody>),
     H2(http2::SendRequest<BoxedBody>),
+}
+
+/// A TLS client trusting the test CA, offering one ALPN protocol.
+pub fn client_tls(alpn: &[u8]) -> rustls::ClientConfig {
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates({
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki().ca.clone()).expect("test CA");
+        roots
+    })
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls
 }
 
 /// One client connection; requests on it reuse it (keep-alive / streams).

@@ -1,0 +1,115 @@
+//! Client-side timeouts over real sockets (issue 5 §1): a request head
+//! trickled in byte by byte (slowloris) is cut at
+//! `server.request_header_timeout` however steadily the bytes arrive; an
+//! idle keep-alive connection is closed after `server.idle_timeout`; and a
+//! connection that keeps sending requests is never closed as idle.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use rustls::pki_types::ServerName;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+async fn fixture() -> Fixture {
+    Fixture::with(ProxyOptions {
+        request_header_timeout: "1s",
+        idle_timeout: "1s",
+        ..ProxyOptions::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_head_is_cut_at_the_header_timeout() {
+    let f = fixture().await;
+    let mut tcp = TcpStream::connect(f.proxy.addr).await.expect("connect");
+    tcp.write_all(&v1_from(ALLOWED_V4))
+        .await
+        .expect("PROXY header");
+    let name = ServerName::try_from(host(OPEN)).expect("SNI");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(b"http/1.1")));
+    let mut tls = within("TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake");
+
+    // One byte every 100 ms, never finishing the head: each byte is
+    // activity, none of it is a request.
+    let head = format!("GET / HTTP/1.1\r\nHost: {}\r\nX-Slow: ", host(OPEN));
+    let started = Instant::now();
+    let mut bytes = head.into_bytes();
+    bytes.resize(200, b'a');
+    let mut cut = None;
+    for byte in bytes {
+        if tls.write_all(&[byte]).await.is_err() || tls.flush().await.is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        // The proxy closing shows as EOF or an error on a short read.
+        let mut buf = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(100), tls.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                cut = Some(started.elapsed());
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let cut = cut.expect("the proxy never closed the trickling connection (20 s of bytes)");
+    assert!(
+        cut >= HEADER_TIMEOUT - Duration::from_millis(100) && cut < HEADER_TIMEOUT * 3,
+        "closed after {cut:?}; header timeout is {HEADER_TIMEOUT:?}"
+    );
+    assert_eq!(f.backend_requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let f = fixture().await;
+    for h2 in [false, true] {
+        let client = f.client(&host(OPEN)).preamble(v1_from(ALLOWED_V4));
+        let mut conn = if h2 { client.h2() } else { client }.connect().await;
+        assert_eq!(conn.get(&host(OPEN), "/").await.status, StatusCode::OK);
+        let idle_from = Instant::now();
+        eventually(IDLE_TIMEOUT * 4, "the idle connection closed", || {
+            let closed = conn.is_closed();
+            async move { closed }
+        })
+        .await;
+        let closed_after = idle_from.elapsed();
+        assert!(
+            closed_after >= IDLE_TIMEOUT - Duration::from_millis(100),
+            "h2={h2}: closed after {closed_after:?}, before the idle timeout"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_in_use_is_not_closed_as_idle() {
+    let f = fixture().await;
+    let mut conn = f
+        .client(&host(OPEN))
+        .preamble(v1_from(ALLOWED_V4))
+        .connect()
+        .await;
+    // Three idle periods' worth of requests, each gap well under one.
+    let until = Instant::now() + IDLE_TIMEOUT * 3;
+    let mut sent = 0;
+    while Instant::now() < until {
+        assert_eq!(conn.get(&host(OPEN), "/").await.status, StatusCode::OK);
+        sent += 1;
+        tokio::time::sleep(IDLE_TIMEOUT / 4).await;
+    }
+    assert!(!conn.is_closed());
+    // A request that outlasts the idle timeout is not idle either.
+    let reply = conn.get(&host(OPEN), "/slow?ms=1500").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(sent >= 8, "only {sent} requests");
+}

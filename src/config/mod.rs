@@ -154,6 +154,7 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
     pub session_cache_size: usize,
     pub session_tickets: bool,
+    pub cipher_preference: tls::CipherPreference,
 }
 
 impl Default for TlsConfig {
@@ -163,6 +164,7 @@ impl Default for TlsConfig {
             handshake_timeout: tls::DEFAULT_HANDSHAKE_TIMEOUT,
             session_cache_size: tls::DEFAULT_SESSION_CACHE_SIZE,
             session_tickets: true,
+            cipher_preference: tls::CipherPreference::default(),
         }
     }
 }
@@ -446,6 +448,7 @@ impl Config {
             handshake_timeout: self.tls.handshake_timeout,
             session_cache_size: self.tls.session_cache_size,
             session_tickets: self.tls.session_tickets,
+            cipher_preference: self.tls.cipher_preference,
         }
     }
 

@@ -86,6 +86,7 @@ struct Seen {
     alpn: Option<Vec<u8>>,
     version: Option<ProtocolVersion>,
     kind: Option<HandshakeKind>,
+    suite: Option<rustls::CipherSuite>,
 }
 
 async fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, sni: &str) -> Seen {
@@ -104,6 +105,7 @@ async fn connect(addr: SocketAddr, config: &Arc<ClientConfig>, sni: &str) -> See
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         version: conn.protocol_version(),
         kind: conn.handshake_kind(),
+        suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
     }
 }
 
@@ -204,6 +206,37 @@ async fn second_connection_resumes() {
         let second = connect(server.addr, &config, "a.es.example.com").await;
         assert_eq!(second.kind, Some(HandshakeKind::Resumed), "{case}");
         assert!(server.next().await.is_ok() && server.next().await.is_ok());
+    }
+}
+
+#[tokio::test]
+async fn server_preference_picks_aes_128_and_client_preference_the_clients_first() {
+    use rustls::CipherSuite::*;
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["a.es.example.com"]);
+    // rustls clients, like most, list AES-256-GCM first.
+    for (preference, tls13, tls12) in [
+        (
+            CipherPreference::Server,
+            TLS13_AES_128_GCM_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            CipherPreference::Client,
+            TLS13_AES_256_GCM_SHA384,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ] {
+        let settings = Settings {
+            cipher_preference: preference,
+            ..Settings::default()
+        };
+        let server = Server::start(&[&leaf], settings).await;
+        for (versions, want) in [(ALL, tls13), (TLS12, tls12)] {
+            let config = client(&ca, versions, &[]);
+            let seen = connect(server.addr, &config, "a.es.example.com").await;
+            assert_eq!(seen.suite, Some(want), "{preference:?} {versions:?}");
+        }
     }
 }
 

@@ -165,7 +165,8 @@ fn config_has_the_promised_shape() {
         config.alpn_protocols,
         [b"h2".to_vec(), b"http/1.1".to_vec()]
     );
-    assert!(!config.ignore_client_order);
+    // Server order by default: AES-128-GCM first (see `CipherPreference`).
+    assert!(config.ignore_client_order);
     assert_eq!(config.max_fragment_size, None);
     assert_eq!(config.max_early_data_size, 0);
     assert!(config.ticketer.enabled());

@@ -109,12 +109,26 @@ impl Forwarder {
         req: Request<Incoming>,
         fwd: Forwarded<'_>,
     ) -> Result<Response<ResponseBody>, ForwardError> {
+        let nodes = backends.nodes();
         let (mut parts, body) = req.into_parts();
+        // HTTP/1.0 clients may send no Host; the upstream hop is HTTP/1.1,
+        // which requires one. Name the backend, as a client connecting to
+        // it would (rare path, so the allocation does not matter).
+        let fallback_host;
+        let fwd = match (fwd.host, nodes.first()) {
+            (None, Some(node)) if !parts.headers.contains_key(http::header::HOST) => {
+                fallback_host = node.to_string();
+                Forwarded {
+                    host: Some(&fallback_host),
+                    ..fwd
+                }
+            }
+            _ => fwd,
+        };
         headers::rewrite_request(&mut parts, fwd);
         let (body, progress) = UpstreamBody::new(body);
         let req = Request::from_parts(parts, body);
 
-        let nodes = backends.nodes();
         let dispatched = self
             .pool
             .dispatch(nodes, backends.next_start(), req)

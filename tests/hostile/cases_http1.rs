@@ -404,7 +404,14 @@ pub(crate) async fn http10_without_host_routes_by_x_found_cluster(w: Arc<World>)
     let ten = |cluster| format!("GET /ten HTTP/1.0\r\nX-Found-Cluster: {cluster}\r\n\r\n");
     let before = w.counters();
     let ex = h1(&w, &denied_client(), ten(OPEN), 1).await;
-    assert_eq!(ex.one(StatusCode::OK).echo().0["path"], "/ten");
+    let echo = ex.one(StatusCode::OK).echo();
+    assert_eq!(echo.0["path"], "/ten");
+    // The upstream hop is HTTP/1.1 and must carry a Host: the backend's.
+    let host = echo.header("host");
+    assert!(
+        host.len() == 1 && host[0].parse::<std::net::SocketAddr>().is_ok(),
+        "upstream Host {host:?}"
+    );
     assert_eq!(before.backend_requests_since(&w), 1);
     assert!(ex.closed, "HTTP/1.0 without keep-alive stayed open");
     let ex = assert_refused(&w, ten(OFFICE), LOCAL_403).await;

@@ -77,10 +77,10 @@ pub struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// How long to run (closed/open) or hold (idle): 10s, 500ms, 2m
-    #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(short, long, default_value = "10s", value_parser = portcullis::config::duration::parse)]
     duration: Duration,
     /// Limit for each stage: connect, PROXY write, TLS, each request
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = portcullis::config::duration::parse)]
     timeout: Duration,
     /// 0 keeps connections alive; 1 opens a new connection per request
     #[arg(long, default_value_t = 0)]
@@ -94,7 +94,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
     /// Idle mode: give up opening connections after this long
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = portcullis::config::duration::parse)]
     ramp_timeout: Duration,
     /// Idle mode: write the number of open connections here once all are open
     #[arg(long)]
@@ -156,29 +156,6 @@ pub struct Args {
     /// Exit 1 unless this status was seen at least once (repeatable)
     #[arg(long = "expect-status")]
     expect_status: Vec<u16>,
-}
-
-/// `10s`, `500ms`, `2m`, `1.5s`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?}: expected e.g. 10s, 500ms, 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
-    };
-    if !(0.0..=86_400.0).contains(&seconds) {
-        return Err(format!("{s:?}: out of range"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn main() -> ExitCode {
@@ -335,17 +312,6 @@ fn host_without_port(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 
     #[test]
     fn hosts() {

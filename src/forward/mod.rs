@@ -113,10 +113,11 @@ impl Forwarder {
         let (mut parts, body) = req.into_parts();
         // HTTP/1.0 clients may send no Host; the upstream hop is HTTP/1.1,
         // which requires one. Name the backend, as a client connecting to
-        // it would (rare path, so the allocation does not matter).
+        // it would (rare path, so the allocation does not matter). A Host
+        // header already present wins: `rewrite_request` keeps it.
         let fallback_host;
         let fwd = match (fwd.host, nodes.first()) {
-            (None, Some(node)) if !parts.headers.contains_key(http::header::HOST) => {
+            (None, Some(node)) => {
                 fallback_host = node.to_string();
                 Forwarded {
                     host: Some(&fallback_host),

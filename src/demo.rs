@@ -20,6 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::access_log::Format;
 use crate::config::Config;
 use crate::error::Error;
 use crate::shutdown::{Phase, Shutdown};
@@ -36,7 +37,7 @@ pub struct DemoPorts {
 }
 
 /// Runs the demo until `shutdown` drains.
-pub async fn run(ports: DemoPorts, shutdown: Shutdown) -> Result<(), Error> {
+pub async fn run(ports: DemoPorts, log_format: Format, shutdown: Shutdown) -> Result<(), Error> {
     let backend = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::Other(format!("cannot start the sample backend: {e}")))?;
@@ -47,7 +48,8 @@ pub async fn run(ports: DemoPorts, shutdown: Shutdown) -> Result<(), Error> {
 
     let dir = DemoDir::create()?;
     let token = random_token();
-    let config = dir.write(ports, backend_addr, &token)?;
+    let mut config = dir.write(ports, backend_addr, &token)?;
+    config.log.format = log_format;
     println!("{}", instructions(ports, &dir.0, &token));
     let result = crate::serve(config, shutdown).await;
     drop(dir);

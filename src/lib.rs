@@ -12,6 +12,7 @@
 // the C allocator); everything else is safe Rust.
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod demo;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod request_id;
 pub mod response;
 pub mod route;
 pub mod server;

@@ -100,6 +100,15 @@ enum Format {
     Json,
 }
 
+impl From<LogFormat> for portcullis::access_log::Format {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum PrivateDefault {
     Allow,
@@ -125,13 +134,14 @@ fn main() -> ExitCode {
         Command::Explain(args) => explain_cmd(&args),
         Command::Run { config } => {
             let _logs = init_logging(cli.log_format);
-            let config = match portcullis::Config::load(&config) {
+            let mut config = match portcullis::Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(1);
                 }
             };
+            config.log.format = cli.log_format.into();
             serve_until_signalled(|shutdown| portcullis::serve(config, shutdown))
         }
         Command::Demo { port, admin_port } => {
@@ -140,7 +150,8 @@ fn main() -> ExitCode {
                 proxy: port,
                 admin: admin_port,
             };
-            serve_until_signalled(|shutdown| portcullis::demo::run(ports, shutdown))
+            let format = cli.log_format.into();
+            serve_until_signalled(|shutdown| portcullis::demo::run(ports, format, shutdown))
         }
     }
 }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::forward::ResponseBody;
+use crate::forward::{ForwardError, ResponseBody};
 
 /// A request answered here instead of by a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,14 @@ pub enum Local {
     RequestTimeout,
     /// Every node of the resource is ejected.
     NoHealthyBackend,
+    /// HTTP/1.1 `CONNECT`: never tunnelled.
+    MethodNotAllowed,
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1).
+    NotImplemented,
+    /// `GET /_health` while ready.
+    Healthy,
+    /// `GET /_health` while draining.
+    Draining,
 }
 
 const FORBIDDEN: &[u8] = br#"{"ok":false,"message":"Forbidden due to traffic filtering. Please see the Elastic documentation on Traffic Filtering for more information."}"#;
@@ -46,6 +54,12 @@ const BAD_REQUEST: &[u8] = br#"{"ok":false,"message":"Bad request."}"#;
 const URI_TOO_LONG: &[u8] = br#"{"ok":false,"message":"Request target too long."}"#;
 const NO_HEALTHY_BACKEND: &[u8] =
     br#"{"ok":false,"message":"No healthy node is available for this deployment resource."}"#;
+const METHOD_NOT_ALLOWED: &[u8] =
+    br#"{"ok":false,"message":"The CONNECT method is not supported."}"#;
+const NOT_IMPLEMENTED: &[u8] =
+    br#"{"ok":false,"message":"Transfer codings other than chunked are not supported."}"#;
+const HEALTHY: &[u8] = br#"{"ok":true}"#;
+const DRAINING: &[u8] = br#"{"ok":false,"message":"The proxy is shutting down."}"#;
 const REQUEST_TIMEOUT: &[u8] = br#"{"ok":false,"message":"The request body stopped arriving."}"#;
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -63,6 +77,10 @@ impl Local {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::Healthy => StatusCode::OK,
+            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -78,6 +96,26 @@ impl Local {
             Self::UriTooLong => URI_TOO_LONG,
             Self::RequestTimeout => REQUEST_TIMEOUT,
             Self::NoHealthyBackend => NO_HEALTHY_BACKEND,
+            Self::MethodNotAllowed => METHOD_NOT_ALLOWED,
+            Self::NotImplemented => NOT_IMPLEMENTED,
+            Self::Healthy => HEALTHY,
+            Self::Draining => DRAINING,
+        }
+    }
+
+    /// The answer to a request that could not be forwarded.
+    pub fn for_forward_error(e: &ForwardError) -> Self {
+        match e {
+            ForwardError::ResponseTimeout(_) => Self::GatewayTimeout,
+            ForwardError::RequestBodyTimeout(_) => Self::RequestTimeout,
+            ForwardError::NoHealthyBackend => Self::NoHealthyBackend,
+            // The client stopped sending; it will likely never read this.
+            ForwardError::RequestBody(_) => Self::BadRequest,
+            ForwardError::Connect(..)
+            | ForwardError::ConnectTimeout(_)
+            | ForwardError::Handshake(_)
+            | ForwardError::Backend(_)
+            | ForwardError::UnexpectedUpgrade => Self::BadGateway,
         }
     }
 
@@ -106,11 +144,16 @@ mod tests {
             Local::UriTooLong,
             Local::RequestTimeout,
             Local::NoHealthyBackend,
+            Local::MethodNotAllowed,
+            Local::NotImplemented,
+            Local::Draining,
         ] {
             let v: serde_json::Value = serde_json::from_slice(l.body()).unwrap();
             assert_eq!(v["ok"], false);
             assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
             assert_eq!(l.response().headers()[CONTENT_TYPE], "application/json");
         }
+        let v: serde_json::Value = serde_json::from_slice(Local::Healthy.body()).unwrap();
+        assert_eq!(v, serde_json::json!({"ok": true}));
     }
 }

@@ -84,6 +84,9 @@ const UNTRUSTED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 const BAD_REQUEST_BODY: &str = r#"{"ok":false,"message":"Bad request."}"#;
 const URI_TOO_LONG_BODY: &str = r#"{"ok":false,"message":"Request target too long."}"#;
+const NOT_IMPLEMENTED_BODY: &str =
+    r#"{"ok":false,"message":"Transfer codings other than chunked are not supported."}"#;
+const CONNECT_BODY: &str = r#"{"ok":false,"message":"The CONNECT method is not supported."}"#;
 
 // ================================================================ the world
 
@@ -437,6 +440,7 @@ fn all_cases() -> Vec<(&'static str, Case)> {
             h2_connection_specific_header_is_refused,
             h2_data_beyond_content_length,
             h2_authority_and_host_disagree,
+            h2_get_with_asterisk_path,
             h2_header_list_over_the_limit,
             h2_continuation_flood,
             h2_rapid_reset_flood_gets_goaway,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::access_log;
 use crate::policy::{PolicyOptions, UnassociatedPrivateTraffic};
 use crate::proxy_protocol;
 use crate::tls;
@@ -281,11 +282,39 @@ pub struct PolicyConfig {
 pub struct LogConfig {
     /// One access-log line per request (SPEC §9).
     pub access: bool,
+    /// Access-log lines are written at least this often...
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub access_flush_interval: Duration,
+    /// ...or as soon as this many bytes are waiting.
+    pub access_batch_bytes: usize,
+    /// At most this many bytes of lines wait for a slow stdout; further
+    /// lines are dropped and counted
+    /// (`portcullis_access_log_dropped_lines_total`).
+    pub access_max_buffered_bytes: usize,
+    /// Set from `--log-format`, not from the file.
+    #[serde(skip)]
+    pub format: access_log::Format,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { access: true }
+        Self {
+            access: true,
+            access_flush_interval: access_log::DEFAULT_FLUSH_INTERVAL,
+            access_batch_bytes: access_log::DEFAULT_BATCH_BYTES,
+            access_max_buffered_bytes: access_log::DEFAULT_MAX_BUFFERED_BYTES,
+            format: access_log::Format::default(),
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn writer_settings(&self) -> access_log::WriterSettings {
+        access_log::WriterSettings {
+            batch_bytes: self.access_batch_bytes.max(1),
+            flush_interval: self.access_flush_interval,
+            max_buffered_bytes: self.access_max_buffered_bytes,
+        }
     }
 }
 
@@ -378,6 +407,11 @@ impl Config {
         {
             errors.push("upstream.health_check_interval must be greater than zero".to_owned());
         }
+        if self.log.access_max_buffered_bytes < self.log.access_batch_bytes {
+            errors.push(
+                "log.access_max_buffered_bytes must be at least log.access_batch_bytes".to_owned(),
+            );
+        }
         if self.server.max_header_bytes < 8192 {
             errors.push("server.max_header_bytes must be at least 8192".to_owned());
         }
@@ -396,6 +430,7 @@ impl Config {
             ("upstream.response_timeout", self.upstream.response_timeout),
             ("snapshot.poll_interval", self.snapshot.poll_interval),
             ("snapshot.fetch_timeout", self.snapshot.fetch_timeout),
+            ("log.access_flush_interval", self.log.access_flush_interval),
         ] {
             if d.is_zero() {
                 errors.push(format!("{key} must be greater than zero"));

@@ -5,8 +5,13 @@
 //! in `Connection` are removed; `X-Forwarded-For` is replaced by the client
 //! address portcullis established (never appended to: the client's own
 //! value is untrusted), `X-Forwarded-Proto: https` is set, and
-//! `X-Found-Cluster` (a routing hint for us) is removed. The request goes
-//! upstream as HTTP/1.1 in origin form with a `Host` header.
+//! `X-Found-Cluster` (a routing hint for us) is removed, and so are the
+//! client's own `Forwarded` and `X-Real-IP` claims (stripped rather than
+//! rewritten: `X-Forwarded-For` already carries the address we trust, and a
+//! second header saying the same thing is one more to keep right).
+//! `X-Cloud-Request-Id` carries the request's id. The request goes
+//! upstream as HTTP/1.1 in origin form with a `Host` header; HTTP/2
+//! `cookie` fields are joined into one line.
 //!
 //! Towards the client: hop-by-hop headers from the backend are removed.
 
@@ -16,9 +21,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Method, Version};
 
+use crate::request_id;
+
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FOUND_CLUSTER: HeaderName = HeaderName::from_static("x-found-cluster");
+/// Client-supplied forwarding claims: never passed on (SPEC §6). The
+/// backend learns the client from `X-Forwarded-For`, which we set.
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static FORWARDED: HeaderName = header::FORWARDED;
 
 /// RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies
 /// still see in the wild.
@@ -63,30 +74,65 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Forwarded<'a> {
     /// The client address (from the PROXY header, or the TCP peer).
     pub client: IpAddr,
-    /// The host the client asked for (`Host` / `:authority`), sent on as
-    /// `Host`.
-    pub host: Option<&'a str>,
+    /// `X-Cloud-Request-Id`, sent to the backend too.
+    pub request_id: &'a HeaderValue,
 }
 
-/// Rewrites a client request's head for the backend.
-pub fn rewrite_request(parts: &mut http::request::Parts, fwd: Forwarded<'_>) {
+/// Rewrites a client request's head for the backend. `fallback_host` is
+/// the `Host` to send when the client named none (HTTP/1.0).
+pub fn rewrite_request(
+    parts: &mut http::request::Parts,
+    fwd: Forwarded<'_>,
+    fallback_host: impl FnOnce() -> Option<HeaderValue>,
+) {
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(&X_FOUND_CLUSTER);
-    parts.headers.remove(&X_FORWARDED_FOR);
+    for name in [&X_FOUND_CLUSTER, &X_FORWARDED_FOR, &X_REAL_IP, &FORWARDED] {
+        parts.headers.remove(name);
+    }
     parts
         .headers
         .insert(X_FORWARDED_FOR.clone(), ip_header_value(fwd.client));
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
-    if let Some(host) = fwd.host
-        && !parts.headers.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        parts.headers.insert(header::HOST, v);
+    parts
+        .headers
+        .insert(request_id::HEADER.clone(), fwd.request_id.clone());
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 names the host in :authority; the upstream hop is
+        // HTTP/1.1, which needs a Host line.
+        let host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(fallback_host);
+        if let Some(host) = host {
+            parts.headers.insert(header::HOST, host);
+        }
     }
     parts.version = Version::HTTP_11;
     parts.uri = origin_form(&parts.uri, &parts.method);
+}
+
+/// RFC 9113 §8.2.3: HTTP/2 clients may split `cookie` into one field per
+/// cookie; towards HTTP/1.1 they are joined with `"; "` into one line.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for c in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(c.as_bytes());
+    }
+    // Made of valid header values and "; ": always valid.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// Rewrites a backend response's head for the client.
@@ -159,14 +205,18 @@ mod tests {
                 .header("te", "trailers")
                 .header("upgrade", "websocket")
                 .header("proxy-authorization", "Basic x")
+                .header("forwarded", "for=6.6.6.6")
+                .header("x-real-ip", "6.6.6.6")
+                .header("x-cloud-request-id", "forged")
                 .header("authorization", "ApiKey y"),
         );
         rewrite_request(
             &mut parts,
             Forwarded {
                 client: "2001:db8::7".parse().unwrap(),
-                host: Some("abc.es.example.com"),
+                request_id: &HeaderValue::from_static("id-1"),
             },
+            || None,
         );
         let h = &parts.headers;
         assert_eq!(
@@ -182,9 +232,15 @@ mod tests {
             "te",
             "upgrade",
             "proxy-authorization",
+            "forwarded",
+            "x-real-ip",
         ] {
             assert!(!h.contains_key(gone), "{gone} kept");
         }
+        assert_eq!(
+            h.get_all("x-cloud-request-id").iter().collect::<Vec<_>>(),
+            ["id-1"]
+        );
         assert_eq!(h["authorization"], "ApiKey y");
         assert_eq!(h["host"], "abc.es.example.com");
         assert_eq!(parts.uri, "/_search?q=1");
@@ -202,13 +258,53 @@ mod tests {
             &mut parts,
             Forwarded {
                 client: "192.0.2.1".parse().unwrap(),
-                host: Some("abc.es.example.com:9243"),
+                request_id: &HeaderValue::from_static("id-2"),
             },
+            || Some(HeaderValue::from_static("10.0.0.5:9200")),
         );
         assert_eq!(parts.uri, "/_bulk");
+        // From :authority, not the fallback.
         assert_eq!(parts.headers["host"], "abc.es.example.com:9243");
         assert_eq!(parts.headers["content-length"], "10");
         assert_eq!(parts.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn split_http2_cookies_are_joined_for_http11() {
+        let mut parts = request(
+            http::Request::get("https://abc.es.example.com/")
+                .version(Version::HTTP_2)
+                .header("cookie", "a=1")
+                .header("cookie", "b=2")
+                .header("cookie", "c=3"),
+        );
+        let id = HeaderValue::from_static("id");
+        rewrite_request(
+            &mut parts,
+            Forwarded {
+                client: "192.0.2.1".parse().unwrap(),
+                request_id: &id,
+            },
+            || None,
+        );
+        assert_eq!(
+            parts.headers.get_all("cookie").iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3"]
+        );
+    }
+
+    #[test]
+    fn http10_requests_without_host_get_the_fallback() {
+        let mut parts = request(http::Request::get("/").version(Version::HTTP_10));
+        let id = HeaderValue::from_static("id");
+        let fwd = Forwarded {
+            client: "192.0.2.1".parse().unwrap(),
+            request_id: &id,
+        };
+        rewrite_request(&mut parts, fwd, || {
+            Some(HeaderValue::from_static("10.0.0.5:9200"))
+        });
+        assert_eq!(parts.headers["host"], "10.0.0.5:9200");
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub enum ForwardError {
     Backend(#[source] hyper::Error),
     #[error("the backend did not answer within {0:?}")]
     ResponseTimeout(Duration),
+    #[error("the backend switched protocols though no upgrade was asked for")]
+    UnexpectedUpgrade,
 }
 
 impl ForwardError {
@@ -67,17 +69,7 @@ impl ForwardError {
             Self::RequestBodyTimeout(_) => "request_body_timeout",
             Self::Backend(_) => "backend",
             Self::ResponseTimeout(_) => "timeout",
-        }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
-            Self::RequestBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            // The client stopped sending; it will likely never read this.
-            Self::RequestBody(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::BAD_GATEWAY,
+            Self::UnexpectedUpgrade => "unexpected_upgrade",
         }
     }
 }
@@ -113,20 +105,12 @@ impl Forwarder {
         let (mut parts, body) = req.into_parts();
         // HTTP/1.0 clients may send no Host; the upstream hop is HTTP/1.1,
         // which requires one. Name the backend, as a client connecting to
-        // it would (rare path, so the allocation does not matter). A Host
-        // header already present wins: `rewrite_request` keeps it.
-        let fallback_host;
-        let fwd = match (fwd.host, nodes.first()) {
-            (None, Some(node)) => {
-                fallback_host = node.to_string();
-                Forwarded {
-                    host: Some(&fallback_host),
-                    ..fwd
-                }
-            }
-            _ => fwd,
-        };
-        headers::rewrite_request(&mut parts, fwd);
+        // it would (rare path, so the allocation does not matter).
+        headers::rewrite_request(&mut parts, fwd, || {
+            nodes
+                .first()
+                .and_then(|node| http::HeaderValue::try_from(node.to_string()).ok())
+        });
         let (body, progress) = UpstreamBody::new(body);
         let req = Request::from_parts(parts, body);
 
@@ -136,6 +120,13 @@ impl Forwarder {
             .await?;
         let (response, lease) = dispatched.into_parts();
         let response = self.await_response(response, &progress).await?;
+        // The request's Upgrade header was stripped (hop-by-hop), so a 101
+        // answers a question nobody asked; relaying it would hand the
+        // client a raw connection to the node. Dropping the lease closes
+        // that backend connection.
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ForwardError::UnexpectedUpgrade);
+        }
         let (mut parts, body) = response.into_parts();
         headers::rewrite_response(&mut parts);
         Ok(Response::from_parts(

@@ -102,6 +102,25 @@ impl Router {
         })
     }
 
+    /// Whether `host` names the proxy itself rather than a deployment: no
+    /// host, an IP literal, or a zone apex (with or without a port). Load
+    /// balancers' HTTPS health checks send these (SPEC §6 `/_health`).
+    pub fn is_infrastructure_host(&self, host: Option<&str>) -> bool {
+        let Some(host) = host else {
+            return true;
+        };
+        if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+            return true; // an IPv6 literal (`[::1]:9243`, `::1`) or a bare IP
+        }
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        name.parse::<std::net::Ipv4Addr>().is_ok()
+            || self.zones.iter().any(|z| name.eq_ignore_ascii_case(z))
+    }
+
     /// The deployment and product a host name denotes, if it is a
     /// deployment host name.
     pub fn host_target(&self, set: &PolicySet, host: &str) -> Option<(DeploymentIndex, Product)> {
@@ -196,6 +215,32 @@ mod tests {
         assert_eq!(normalise_host("", &mut b), None);
         assert_eq!(normalise_host(&"a".repeat(254), &mut b), None);
         assert_eq!(normalise_host("abc:x", &mut b), None);
+    }
+
+    #[test]
+    fn infrastructure_hosts_are_ips_and_zone_apexes() {
+        let r = Router::new(&["es.example.com"]);
+        for host in [
+            None,
+            Some("10.0.0.7"),
+            Some("10.0.0.7:9243"),
+            Some("[2001:db8::1]:9243"),
+            Some("[::1]"),
+            Some("::1"),
+            Some("es.example.com"),
+            Some("ES.Example.com.:443"),
+        ] {
+            assert!(r.is_infrastructure_host(host), "{host:?}");
+        }
+        for host in [
+            "abc.es.example.com",
+            "example.com",
+            "es.example.com.evil",
+            "localhost",
+            "",
+        ] {
+            assert!(!r.is_infrastructure_host(Some(host)), "{host}");
+        }
     }
 
     #[test]

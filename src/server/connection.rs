@@ -29,7 +29,6 @@ pub struct ConnInfo {
     pub client: ClientIdentity,
     pub peer: SocketAddr,
     pub sni: Option<Box<str>>,
-    pub h2: bool,
     pub activity: Arc<Activity>,
 }
 
@@ -74,7 +73,6 @@ pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shut
             client: accepted.client,
             peer,
             sni: tls::sni_of(&stream).map(Into::into),
-            h2,
             activity: activity.clone(),
         });
         let io = TokioIo::new(ActivityIo::new(stream, activity.clone()));

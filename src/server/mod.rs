@@ -20,6 +20,7 @@ mod service;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus::Registry;
@@ -32,11 +33,13 @@ use tokio_util::task::TaskTracker;
 pub use activity::Timeouts;
 pub use metrics::ServerMetrics;
 
+use crate::access_log::{self, AccessLog, WriterThread};
 use crate::config::Config;
 use crate::forward::metrics::UpstreamMetrics;
 use crate::forward::{ActiveChecks, Ejection, Forwarder, PoolSettings};
 use crate::proxy_protocol;
 use crate::reload::Store;
+use crate::request_id::RequestIds;
 use crate::route::Router;
 use crate::shutdown::{self, Phase, Shutdown};
 
@@ -68,7 +71,11 @@ pub struct Proxy {
     pub(crate) http: HttpSettings,
     pub(crate) metrics: ServerMetrics,
     pub(crate) upstream_metrics: UpstreamMetrics,
-    pub(crate) access_log: bool,
+    /// `None` when the access log is off.
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) request_ids: RequestIds,
+    /// Set once draining starts: `/_health` answers 503 from then on.
+    pub(crate) draining: AtomicBool,
 }
 
 /// Why the server could not start.
@@ -82,11 +89,14 @@ pub enum ServerError {
     },
     #[error("cannot register metrics")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot start the access log")]
+    AccessLog(#[from] access_log::StartError),
 }
 
 /// Bound listeners, ready to run.
 pub struct Server {
     proxy: Arc<Proxy>,
+    access_log: Option<WriterThread>,
     listeners: Vec<TcpListener>,
     health_checks: Option<ActiveChecks>,
     max_connections: usize,
@@ -94,14 +104,41 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every `server.listen` address.
+    /// Binds every `server.listen` address. The access log (unless
+    /// `log.access = false`, or a `tracing` filter turns the
+    /// `portcullis::access` target off) goes to stdout.
     pub fn bind(
         config: &Config,
         tls: Arc<rustls::ServerConfig>,
         store: Arc<Store>,
         registry: &Registry,
     ) -> Result<Self, ServerError> {
+        let sink = (config.log.access && AccessLog::enabled_by_filter()).then(AccessLog::stdout);
+        Self::bind_with_access_log(config, tls, store, registry, sink)
+    }
+
+    /// [`Server::bind`] with the access log going to `sink` (`None`: off),
+    /// for tests and benches that read it back.
+    pub fn bind_with_access_log(
+        config: &Config,
+        tls: Arc<rustls::ServerConfig>,
+        store: Arc<Store>,
+        registry: &Registry,
+        access_sink: Option<access_log::Sink>,
+    ) -> Result<Self, ServerError> {
         let s = &config.server;
+        let (access_log, access_thread) = match access_sink {
+            Some(sink) => {
+                let (log, thread) = AccessLog::start(
+                    config.log.format,
+                    config.log.writer_settings(),
+                    sink,
+                    registry,
+                )?;
+                (Some(log), Some(thread))
+            }
+            None => (None, None),
+        };
         let proxy = Proxy {
             snapshot: store,
             router: Router::new(&s.zones),
@@ -135,7 +172,9 @@ impl Server {
             },
             metrics: ServerMetrics::register(registry)?,
             upstream_metrics: UpstreamMetrics::register(registry)?,
-            access_log: config.log.access,
+            access_log,
+            request_ids: RequestIds::new(),
+            draining: AtomicBool::new(false),
         };
         let listeners = s
             .listen
@@ -144,6 +183,7 @@ impl Server {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             proxy: Arc::new(proxy),
+            access_log: access_thread,
             listeners,
             health_checks: config
                 .upstream
@@ -168,7 +208,7 @@ impl Server {
 
     /// Serves until `shutdown` drains, then finishes open connections
     /// within the grace period.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub async fn run(mut self, mut shutdown: Shutdown) {
         let (inner, conns) = shutdown::channel();
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(self.max_connections));
@@ -187,6 +227,7 @@ impl Server {
             .map(|checks| tokio::spawn(check_backends(self.proxy.clone(), checks)));
 
         shutdown.reached(Phase::Draining).await;
+        self.proxy.draining.store(true, Ordering::Relaxed);
         tracing::info!(grace = ?self.grace, "draining: listeners closed, finishing open connections");
         inner.drain();
         tracker.close();
@@ -202,6 +243,12 @@ impl Server {
         sweeper.abort();
         if let Some(c) = checker {
             c.abort();
+        }
+        // Every request has ended (or was dropped, which logs it too):
+        // write the last lines before the process exits.
+        if let Some(mut thread) = self.access_log.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || thread.close(access_log::CLOSE_TIMEOUT)).await;
         }
     }
 }

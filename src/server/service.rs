@@ -1,19 +1,27 @@
-//! Per request: route → decide → answer or forward (SPEC §1.8, §2, §6).
+//! Per request: check → route → decide → answer or forward (SPEC §1.8, §2,
+//! §6), and the request's access-log record (SPEC §9).
 //!
 //! The snapshot is loaded once, after the request head is read; the request
 //! keeps that snapshot (an `Arc`) until its response is done, so a reload
 //! never changes a decision half-way, and the next request on the same
 //! connection sees the new snapshot.
+//!
+//! Every request gets exactly one access-log line, written when its
+//! [`Record`] is dropped: after the response body's last byte, or, if the
+//! client goes away first (HTTP/2 `RST_STREAM`, a closed connection), when
+//! hyper drops the request's future or its response body. Those lines say
+//! status 499 and the bytes sent so far.
 
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -21,12 +29,18 @@ use tokio::time::Instant;
 use super::Proxy;
 use super::activity::RequestGuard;
 use super::connection::ConnInfo;
+use crate::access_log::{AccessLog, Line};
 use crate::forward::headers::X_FOUND_CLUSTER;
-use crate::forward::{ForwardError, Forwarded, ResponseBody};
+use crate::forward::{Forwarded, ResponseBody};
 use crate::policy::{Decision, Reason, RequestFacts, Verdict, decide};
 use crate::reload::Loaded;
+use crate::request_id::{self, RequestId};
 use crate::response::Local;
 use crate::route::RouteInput;
+
+/// The status logged for a request whose client went away before its
+/// response was complete (nginx's convention).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// Handles one request. Never fails: every outcome is a response.
 pub async fn handle(
@@ -35,21 +49,15 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Served>, Infallible> {
     let guard = conn.activity.request_started();
-    let started = Instant::now();
-    let mut record = Record {
-        started,
-        time: SystemTime::now(),
-        conn: conn.clone(),
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        host: host_header(&req).cloned(),
-        snapshot: None,
-        decision: None,
-        status: 0,
-        bytes: 0,
-        upstream: None,
-    };
-    let response = respond(&proxy, &conn, req, &mut record).await;
+    let id = proxy.request_ids.next();
+    let id_value = id.header_value();
+    // Dropped with this future if the client cancels before the response
+    // head: that still writes the request's line.
+    let mut record = Record::start(&proxy, &conn, &req, id);
+    let mut response = respond(&proxy, &conn, req, &mut record, &id_value).await;
+    response
+        .headers_mut()
+        .insert(request_id::HEADER.clone(), id_value);
     record.status = response.status().as_u16();
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
@@ -58,7 +66,6 @@ pub async fn handle(
             inner: body,
             guard,
             record: Some(record),
-            proxy,
         },
     ))
 }
@@ -68,6 +75,7 @@ async fn respond(
     conn: &ConnInfo,
     req: Request<Incoming>,
     record: &mut Record,
+    request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
     if let Some(local) = check_request(proxy, &req) {
         return local.response();
@@ -77,6 +85,13 @@ async fn respond(
         .headers()
         .get(&X_FOUND_CLUSTER)
         .and_then(|v| v.to_str().ok());
+    if req.uri().path() == HEALTH_PATH
+        && matches!(*req.method(), Method::GET | Method::HEAD)
+        && found_cluster.is_none()
+        && proxy.router.is_infrastructure_host(host)
+    {
+        return health(proxy).response();
+    }
 
     // One snapshot for the whole request.
     let Some(snapshot) = proxy.snapshot.current() else {
@@ -121,10 +136,9 @@ async fn respond(
         },
     };
     let product = decision.target.map(|t| t.product);
-    let host = host.map(str::to_owned);
     let fwd = Forwarded {
         client: conn.client.source,
-        host: host.as_deref(),
+        request_id,
     };
     let sent = Instant::now();
     let result = proxy.forwarder.forward(backends, req, fwd).await;
@@ -135,22 +149,28 @@ async fn respond(
                     .upstream_metrics
                     .observe(p, sent.elapsed().as_secs_f64());
             }
-            record.upstream = Some(Ok(()));
             response
         }
         Err(e) => {
             proxy.upstream_metrics.error(e.kind());
             tracing::warn!(error = %e, kind = e.kind(), client_ip = %conn.client.source, "forwarding failed");
-            let local = match &e {
-                ForwardError::ResponseTimeout(_) => Local::GatewayTimeout,
-                ForwardError::RequestBodyTimeout(_) => Local::RequestTimeout,
-                ForwardError::NoHealthyBackend => Local::NoHealthyBackend,
-                ForwardError::RequestBody(_) => Local::BadRequest,
-                _ => Local::BadGateway,
-            };
-            record.upstream = Some(Err(e.kind()));
-            local.response()
+            record.upstream_error = Some(e.kind());
+            Local::for_forward_error(&e).response()
         }
+    }
+}
+
+/// `GET /_health` on the HTTPS listener (SPEC §6), for load balancers'
+/// health checks, which name no deployment.
+const HEALTH_PATH: &str = "/_health";
+
+fn health(proxy: &Proxy) -> Local {
+    if proxy.draining.load(Ordering::Relaxed) {
+        Local::Draining
+    } else if proxy.snapshot.is_loaded() {
+        Local::Healthy
+    } else {
+        Local::NotReady
     }
 }
 
@@ -159,6 +179,19 @@ fn check_request(proxy: &Proxy, req: &Request<Incoming>) -> Option<Local> {
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > proxy.http.max_uri_bytes {
         return Some(Local::UriTooLong);
+    }
+    // A proxy that forwarded CONNECT would open a tunnel to wherever the
+    // backend agrees to; HTTP/2 CONNECT is already refused by hyper.
+    if req.method() == Method::CONNECT {
+        return Some(Local::MethodNotAllowed);
+    }
+    // `*` is the target of server-wide OPTIONS only (RFC 9112 §3.2.4,
+    // RFC 9113 §8.3.1); anything else with it is malformed.
+    if req.uri().path() == "*" && req.method() != Method::OPTIONS {
+        return Some(Local::BadRequest);
+    }
+    if let Some(local) = check_transfer_coding(req) {
+        return Some(local);
     }
     // RFC 9112 §3.2: one Host line, with a valid value, and HTTP/1.1 must
     // send it. With two, we would route by the first while the backend
@@ -186,6 +219,25 @@ fn check_request(proxy: &Proxy, req: &Request<Incoming>) -> Option<Local> {
     None
 }
 
+/// RFC 9112 §6.1: a proxy that does not understand a transfer coding
+/// answers 501. hyper accepts any list that ends in `chunked` and decodes
+/// only the chunking, so `gzip, chunked` would reach the backend as plain
+/// chunked with its coding silently dropped.
+fn check_transfer_coding(req: &Request<Incoming>) -> Option<Local> {
+    let mut codings = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(Local::NotImplemented),
+    }
+}
+
 fn host_header(req: &Request<Incoming>) -> Option<&HeaderValue> {
     req.headers().get(header::HOST)
 }
@@ -200,122 +252,148 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
 }
 
 /// What the access log says about one request (SPEC §9), filled in as the
-/// request goes and written when the response body is done.
+/// request goes; its line is written when it is dropped.
 struct Record {
+    /// `None` when the access log is off: nothing else here is read then.
+    log: Option<AccessLog>,
     started: Instant,
     time: SystemTime,
+    id: RequestId,
     conn: Arc<ConnInfo>,
     method: Method,
     uri: Uri,
+    version: Version,
     host: Option<HeaderValue>,
     snapshot: Option<Arc<Loaded>>,
     decision: Option<Decision>,
     status: u16,
     bytes: u64,
-    upstream: Option<Result<(), &'static str>>,
+    /// The response reached its end (or has no body to send).
+    complete: bool,
+    upstream_error: Option<&'static str>,
 }
 
 impl Record {
-    fn emit(&self, version: Version) {
-        let d = self.decision;
-        let set = self.snapshot.as_ref().map(|s| &s.set);
-        let deployment = d
-            .and_then(|d| d.target)
-            .and_then(|t| set?.deployment(t.deployment))
-            .map(|dep| &*dep.id);
-        let policy = d
-            .and_then(|d| d.matched)
-            .and_then(|m| set?.policy(m.policy))
-            .map(|p| &*p.id);
-        let status_reason = match d {
+    fn start(proxy: &Proxy, conn: &Arc<ConnInfo>, req: &Request<Incoming>, id: RequestId) -> Self {
+        let log = proxy.access_log.clone();
+        let on = log.is_some();
+        Self {
+            log,
+            started: Instant::now(),
+            time: SystemTime::now(),
+            id,
+            conn: conn.clone(),
+            method: req.method().clone(),
+            // Clones of shared bytes (refcounts), and only when logging.
+            uri: if on {
+                req.uri().clone()
+            } else {
+                Uri::default()
+            },
+            version: req.version(),
+            host: host_header(req).filter(|_| on).cloned(),
+            snapshot: None,
+            decision: None,
+            status: 0,
+            bytes: 0,
+            complete: false,
+            upstream_error: None,
+        }
+    }
+
+    /// Responses that never have a body: hyper may not poll theirs.
+    fn bodiless(&self) -> bool {
+        self.method == Method::HEAD
+            || self.status == StatusCode::NO_CONTENT.as_u16()
+            || self.status == StatusCode::NOT_MODIFIED.as_u16()
+            || (100..200).contains(&self.status)
+    }
+
+    fn status_reason(&self) -> &'static str {
+        match self.decision {
             Some(d) if d.verdict == Verdict::Denied && d.target.is_some() => {
                 "BLOCKED_BY_TRAFFIC_FILTER"
             }
             Some(d) if d.reason == Reason::UnknownDeployment => "UNKNOWN_RESOURCE",
             Some(d) if d.reason == Reason::Misdirected => "MISDIRECTED",
-            _ => match self.upstream {
-                Some(Err(kind)) => kind,
-                _ => "",
-            },
-        };
-        let endpoint = self.conn.client.endpoint.map(|e| e.to_string());
-        tracing::info!(
-            target: "portcullis::access",
-            time = %humanish_time(self.time),
-            client_ip = %self.conn.client.source,
-            peer = %self.conn.peer,
-            endpoint = endpoint.as_deref().unwrap_or(""),
-            sni = self.conn.sni.as_deref().unwrap_or(""),
-            host = self
-                .uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
-                .unwrap_or(""),
-            deployment = deployment.unwrap_or(""),
-            product = d.and_then(|d| d.target).map_or("", |t| t.product.as_str()),
-            method = self.method.as_str(),
-            path = self.uri.path(),
-            version = ?version,
-            status = self.status,
-            bytes = self.bytes,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
-            decision = d.map_or("", |d| d.verdict.as_str()),
-            reason = d.map_or("", |d| d.reason.as_str()),
-            status_reason,
-            policy = policy.unwrap_or(""),
-            "request"
-        );
+            _ => self.upstream_error.unwrap_or(""),
+        }
     }
 }
 
-/// RFC 3339 UTC with milliseconds, without a date-time dependency.
-fn humanish_time(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+impl Drop for Record {
+    fn drop(&mut self) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let d = self.decision;
+        let set = self.snapshot.as_ref().map(|s| &s.set);
+        let deployment = d
+            .and_then(|d| d.target)
+            .and_then(|t| set?.deployment(t.deployment))
+            .map_or("", |dep| &*dep.id);
+        let policy = d
+            .and_then(|d| d.matched)
+            .and_then(|m| set?.policy(m.policy))
+            .map_or("", |p| &*p.id);
+        let host = self
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        log.log(&Line {
+            time: self.time,
+            duration: self.started.elapsed(),
+            request_id: self.id.as_str(),
+            client_ip: self.conn.client.source,
+            peer: self.conn.peer,
+            endpoint: self.conn.client.endpoint,
+            sni: self.conn.sni.as_deref().unwrap_or(""),
+            host,
+            deployment,
+            product: d.and_then(|d| d.target).map_or("", |t| t.product.as_str()),
+            method: self.method.as_str(),
+            path: self.uri.path(),
+            version: version_str(self.version),
+            status: if self.complete {
+                self.status
+            } else {
+                CLIENT_CLOSED_REQUEST
+            },
+            bytes: self.bytes,
+            decision: d.map_or("", |d| d.verdict.as_str()),
+            reason: d.map_or("", |d| d.reason.as_str()),
+            status_reason: self.status_reason(),
+            policy,
+        });
+    }
 }
 
-/// Days since 1970-01-01 → (year, month, day); Howard Hinnant's algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
 }
 
 /// The response body as served: counts bytes, keeps the request in flight
-/// on its connection, and writes the access log line when done.
+/// on its connection, and ends the request's record when done (or when
+/// dropped unfinished: the client went away).
 pub struct Served {
     inner: ResponseBody,
     guard: RequestGuard,
     record: Option<Record>,
-    proxy: Arc<Proxy>,
 }
 
 impl Served {
-    fn finish(&mut self) {
-        if let Some(r) = self.record.take()
-            && self.proxy.access_log
-        {
-            r.emit(if r.conn.h2 {
-                Version::HTTP_2
-            } else {
-                Version::HTTP_11
-            });
+    fn finish(&mut self, complete: bool) {
+        if let Some(mut r) = self.record.take() {
+            r.complete = complete || r.bodiless();
+            // Dropping it writes the line.
         }
         // Idle from here on (if this was the last request in flight).
         self.guard = RequestGuard::none();
@@ -324,7 +402,8 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.finish();
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
     }
 }
 
@@ -343,10 +422,18 @@ impl Body for Served {
                     r.bytes += data.len() as u64;
                 }
                 if self.inner.is_end_stream() {
-                    self.finish();
+                    self.finish(true);
                 }
             }
-            Some(Err(_)) | None => self.finish(),
+            Some(Err(_)) => {
+                // The backend broke off the response: the client did not
+                // cancel it, so the backend's status stands.
+                if let Some(r) = self.record.as_mut() {
+                    r.upstream_error = Some("response_body");
+                }
+                self.finish(true);
+            }
+            None => self.finish(true),
         }
         Poll::Ready(frame)
     }
@@ -357,22 +444,5 @@ impl Body for Served {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_utc_times() {
-        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
-        assert_eq!(humanish_time(t), "2026-11-18T11:06:40.123Z");
-        assert_eq!(
-            humanish_time(SystemTime::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000Z"
-        );
-        let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
-        assert_eq!(humanish_time(leap), "2000-02-29T00:00:00.000Z");
     }
 }

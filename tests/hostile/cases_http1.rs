@@ -97,6 +97,27 @@ fn refused_requests() -> Vec<(&'static str, Vec<u8>, Answer)> {
     let (open, office) = (open_host(), office_host());
     vec![
         // ------------------------------------------------ smuggling
+        // A coding hyper would accept and silently drop (RFC 9112 §6.1).
+        (
+            "http_te_gzip_then_chunked_is_not_implemented",
+            post_open(
+                "Transfer-Encoding: gzip, chunked\r\n",
+                "5\r\nhello\r\n0\r\n\r\n",
+            ),
+            Answer::Local(StatusCode::NOT_IMPLEMENTED, NOT_IMPLEMENTED_BODY),
+        ),
+        // A tunnel to wherever the backend agrees to: never forwarded.
+        (
+            "http_connect_is_refused_not_tunnelled",
+            open_request(&format!("CONNECT {open}:443 HTTP/1.1"), "", ""),
+            Answer::Local(StatusCode::METHOD_NOT_ALLOWED, CONNECT_BODY),
+        ),
+        // `*` is for OPTIONS only (RFC 9112 §3.2.4).
+        (
+            "http_get_with_asterisk_target",
+            open_request("GET * HTTP/1.1", "", ""),
+            LOCAL_400,
+        ),
         (
             "http_te_with_chunked_not_last",
             post_open("Transfer-Encoding: chunked, gzip\r\n", "0\r\n\r\n"),

@@ -154,6 +154,18 @@ pub(crate) async fn h2_authority_and_host_disagree(w: Arc<World>) {
     before.assert_backend_untouched(&w);
 }
 
+/// RFC 9113 §8.3.1: `:path *` is for OPTIONS only; forwarded, it would
+/// become `GET * HTTP/1.1` upstream.
+pub(crate) async fn h2_get_with_asterisk_path(w: Arc<World>) {
+    let mut h2 = H2::connect(&w, &denied_client()).await;
+    let before = w.counters();
+    h2.send(&whole_request(1, &open_block("GET", "*", &[])))
+        .await;
+    let f = h2.next_where(|f| f.stream == 1 && f.kind == HEADERS).await;
+    assert_eq!(f.status(), Some(400), "{f:?}");
+    before.assert_backend_untouched(&w);
+}
+
 /// A GET on `open` whose header block is split into `pieces` frames:
 /// HEADERS, then CONTINUATIONs, the last with END_HEADERS when `end`.
 pub(crate) fn split_block(stream: u32, block: &[u8], pieces: usize, end: bool) -> Vec<u8> {

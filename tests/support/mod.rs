@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portcullis::access_log::MemorySink;
 use portcullis::reload::Store;
 use portcullis::server::Server;
 use portcullis::shutdown::Trigger;
@@ -516,6 +517,8 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     pub store: Arc<Store>,
     pub config: portcullis::Config,
+    /// Its access log (JSON lines).
+    pub access_log: MemorySink,
     trigger: Trigger,
     task: JoinHandle<()>,
     _dir: TempDir,
@@ -558,6 +561,9 @@ response_timeout = "{response_timeout}"
 
 [snapshot]
 path = {snapshot:?}
+
+[log]
+access_flush_interval = "5ms"
 "#,
             mode = options.mode,
             read_timeout = options.read_timeout,
@@ -568,15 +574,18 @@ path = {snapshot:?}
             key = key.display().to_string(),
             snapshot = snapshot_path.display().to_string(),
         );
-        let config = portcullis::Config::from_toml(&toml).expect("test config is valid");
+        let mut config = portcullis::Config::from_toml(&toml).expect("test config is valid");
+        config.log.format = portcullis::access_log::Format::Json;
         let store = Arc::new(Store::new());
         apply_snapshot(&store, &config, snapshot);
         let tls = portcullis::tls::server_config(&config.tls_settings()).expect("TLS config");
-        let server = Server::bind(
+        let access_log = MemorySink::default();
+        let server = Server::bind_with_access_log(
             &config,
             tls,
             store.clone(),
             &portcullis::metrics::registry(),
+            Some(Box::new(access_log.clone())),
         )
         .expect("bind proxy");
         let addr = server.local_addrs()[0];
@@ -586,10 +595,27 @@ path = {snapshot:?}
             addr,
             store,
             config,
+            access_log,
             trigger,
             task,
             _dir: dir,
         }
+    }
+
+    /// The access-log lines written so far, parsed, once `count` of them
+    /// are there (lines are written by a background thread).
+    pub async fn access_lines(&self, count: usize) -> Vec<Value> {
+        let mut lines = Vec::new();
+        eventually(Duration::from_secs(10), "access-log lines", || {
+            lines = self.access_log.lines();
+            let enough = lines.len() >= count;
+            async move { enough }
+        })
+        .await;
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
     }
 
     /// Applies a new snapshot (its version must be newer).

@@ -101,6 +101,16 @@ fn proxy_protocol(dir: &Path) {
         ("v2_local", v2(0, 0x00, &[], &[], false), None, false),
         // LOCAL ignores the family byte (health checks must not fail on it).
         ("v2_local_odd_family", v2(0, 0x7f, &[], &[], false), None, false),
+        // An AWS NLB health check: LOCAL, UNSPEC, TLVs (CRC32C included)
+        // right after the fixed part. The vendor TLV is not read for LOCAL.
+        (
+            "v2_local_aws_crc32c",
+            v2(0, 0x00, &[], &[aws(b"vpce-0a1b2c3d4e5f67890")], true),
+            None,
+            true,
+        ),
+        // LOCAL from a sender that fills the address block: TLVs after it.
+        ("v2_local_tcp4_crc32c", v2(0, 0x11, &tcp4(), &[], true), None, true),
         // Found by fuzzing: the shortest TCP6 line, and port 0.
         ("found_v1_tcp6_short", b"PROXY TCP6 :: :: 4 4\r\n".to_vec(), None, false),
         ("found_v1_port_zero", b"PROXY TCP4 1.2.3.4 5.6.7.8 0 2\r\n".to_vec(), None, false),
@@ -181,8 +191,16 @@ fn proxy_protocol(dir: &Path) {
     let mut bad_crc = v2(1, 0x11, &tcp4(), &[aws(b"vpce-1")], true);
     let last = bad_crc.len() - 1;
     bad_crc[last] ^= 1;
+    // A PROXY header with a CRC whose command nibble is flipped to LOCAL.
+    let mut flipped = v2(1, 0x11, &tcp4(), &[aws(b"vpce-1")], true);
+    flipped[12] = 0x20;
+    let mut bad_local_crc = v2(0, 0x00, &[], &[(0x04, vec![0; 3])], true);
+    let last = bad_local_crc.len() - 1;
+    bad_local_crc[last] ^= 1;
     let refused: Vec<(&str, Vec<u8>)> = vec![
         ("bad_v2_crc32c_mismatch", bad_crc),
+        ("bad_v2_local_crc32c_mismatch", bad_local_crc),
+        ("bad_v2_proxy_crc32c_flipped_to_local", flipped),
         ("bad_v2_two_vendor_tlvs", v2(1, 0x11, &tcp4(), &[azure(1), gcp(2)], false)),
         (
             "bad_v2_tlv_overrun",

@@ -6,7 +6,10 @@
 //! TLV is bounded by the header it came in (an overrun or a trailing fragment
 //! is an error), a CRC32C TLV is verified over the whole header before any
 //! vendor TLV is interpreted, and at most one vendor TLV may name the private
-//! endpoint, so the client's identity is never ambiguous.
+//! endpoint, so the client's identity is never ambiguous. `LOCAL` headers
+//! have their CRC32C verified too (see [`verify_local_crc32c`]), so that a
+//! `PROXY` header whose command nibble was corrupted into `LOCAL` is refused
+//! rather than served as the load balancer's own connection.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -41,6 +44,19 @@ impl Family {
             0x11 => Some(Self::Tcp4),
             0x21 => Some(Self::Tcp6),
             0x31 => Some(Self::UnixStream),
+            _ => None,
+        }
+    }
+
+    /// The address block a `LOCAL` header may carry for the family byte
+    /// `fam`, by its address-family nibble (the transport nibble does not
+    /// change the layout). `None` for UNSPEC, which has none, and for
+    /// families the spec does not define.
+    fn local_address_len(fam: u8) -> Option<usize> {
+        match fam >> 4 {
+            0x1 => Some(Self::Tcp4.address_len()),
+            0x2 => Some(Self::Tcp6.address_len()),
+            0x3 => Some(Self::UnixStream.address_len()),
             _ => None,
         }
     }
@@ -109,6 +125,8 @@ pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
     // For LOCAL the spec says to discard the protocol block "including the
     // family which is ignored", and senders should then send `len = 0`:
     // rejecting odd families there would fail load balancer health checks.
+    // The address block is not interpreted; only a CRC32C TLV is looked for
+    // (`verify_local_crc32c`).
     let family = match (command, Family::from_byte(fam)) {
         (Command::Local, _) => None,
         (Command::Proxy, Some(family)) => Some(family),
@@ -143,15 +161,20 @@ pub(super) fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
         endpoint: None,
         crc32c_verified: false,
     };
-    if let Some(family) = family {
-        let truncated = ParseError::V2TruncatedAddresses { len, needed };
-        let payload = header.get(V2_FIXED_LEN..).ok_or(truncated)?;
-        let (block, tlvs) = payload.split_at_checked(needed).ok_or(truncated)?;
-        (parsed.source, parsed.destination) = family.decode(block).ok_or(truncated)?;
-        // The checksum is verified before vendor TLVs are interpreted so that
-        // a corrupted header is reported as such, not as a bad TLV.
-        parsed.crc32c_verified = verify_crc32c(header, V2_FIXED_LEN + needed, tlvs)?;
-        parsed.endpoint = find_endpoint(tlvs)?;
+    match family {
+        Some(family) => {
+            let truncated = ParseError::V2TruncatedAddresses { len, needed };
+            let payload = header.get(V2_FIXED_LEN..).ok_or(truncated)?;
+            let (block, tlvs) = payload.split_at_checked(needed).ok_or(truncated)?;
+            (parsed.source, parsed.destination) = family.decode(block).ok_or(truncated)?;
+            // The checksum is verified before vendor TLVs are interpreted so
+            // that a corrupted header is reported as such, not as a bad TLV.
+            parsed.crc32c_verified = verify_crc32c(header, V2_FIXED_LEN + needed, tlvs)?;
+            parsed.endpoint = find_endpoint(tlvs)?;
+        }
+        // LOCAL: no addresses and no endpoint (the TCP peer is the client),
+        // whatever the TLVs say; only their checksum counts.
+        None => parsed.crc32c_verified = verify_local_crc32c(header, fam)?,
     }
     Ok(Parsed::Complete {
         header: parsed,
@@ -243,6 +266,68 @@ fn verify_crc32c(header: &[u8], tlvs_at: usize, tlvs: &[u8]) -> Result<bool, Par
     } else {
         Err(ParseError::Crc32cMismatch { expected, computed })
     }
+}
+
+/// Verifies the CRC32C TLV of a `LOCAL` header, if it has one; `header` is
+/// the whole header and `fam` its family byte. Returns whether a CRC was
+/// checked.
+///
+/// The spec has the receiver discard a `LOCAL` header's protocol block
+/// (family included), yet a receiver that supports the checksum must verify
+/// it and treat a mismatch as invalid. Where the TLVs start is then a
+/// question of the sender:
+///
+/// - AWS NLB health checks (and HAProxy as a sender) use family UNSPEC and
+///   put the TLVs right after the 16 fixed bytes, and HAProxy as a receiver
+///   (`conn_recv_proxy` since 3.0: "BUG/MINOR: connection: parse PROXY TLV
+///   for LOCAL mode") reads them there whatever the family byte says;
+/// - a sender that fills the address block (a `PROXY` header whose command
+///   nibble was flipped to `LOCAL` is laid out that way) puts them after
+///   the block the family names.
+///
+/// So two places are tried, in this order: (a) after the address block of
+/// the family's address-family nibble (TCP4 12 bytes, TCP6 36, UNIX 216),
+/// when the payload holds one; (b) the start of the payload. For UNSPEC the
+/// two are the same place. A place counts only if it parses as a TLV
+/// sequence ending exactly at the header's end. Then:
+///
+/// - a CRC32C TLV that matches at either place: verified (a legitimate
+///   header with a correct CRC is never refused);
+/// - otherwise the first place that parses decides: its CRC32C TLV that does
+///   not match, is not 4 bytes, or appears twice is an error, as for `PROXY`
+///   headers (`crc32c_mismatch`, `crc32c_malformed`, `tlv_duplicate`); no
+///   CRC32C TLV there: accepted unverified;
+/// - neither place parses (a payload that is not a TLV area, e.g. garbage
+///   after an odd family byte): there is no TLV to check, and the block is
+///   discarded unread, as before.
+///
+/// A `PROXY` header with a CRC whose command nibble flipped to `LOCAL` is
+/// caught: the first place tried ((a), or (b) for UNSPEC) is exactly the
+/// layout its `PROXY` parse accepted, its CRC TLV is found there, and the
+/// command byte the CRC covers has changed (only a 1-in-2^32 coincidence at
+/// the other place could pass it). Vendor TLVs are not interpreted, nor
+/// even validated, for `LOCAL`.
+fn verify_local_crc32c(header: &[u8], fam: u8) -> Result<bool, ParseError> {
+    let payload = header.get(V2_FIXED_LEN..).unwrap_or_default();
+    let mut decision = None;
+    for at in [Family::local_address_len(fam), Some(0)]
+        .into_iter()
+        .flatten()
+    {
+        let Some(tlvs) = payload.get(at..) else {
+            continue;
+        };
+        if !Tlvs::new(tlvs).all(|tlv| tlv.is_ok()) {
+            continue;
+        }
+        match verify_crc32c(header, V2_FIXED_LEN + at, tlvs) {
+            Ok(true) => return Ok(true),
+            other => {
+                decision.get_or_insert(other);
+            }
+        }
+    }
+    decision.unwrap_or(Ok(false))
 }
 
 /// The private endpoint named by a vendor TLV. More than one such TLV would

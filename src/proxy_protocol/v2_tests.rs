@@ -255,3 +255,145 @@ fn tlv_overrun() {
         assert_eq!(err(&buf), ParseError::TlvOverrun);
     }
 }
+
+// ---- LOCAL headers and their CRC32C TLV (issue 12, item 1)
+//
+// An AWS NLB health check is `LOCAL`, family UNSPEC, with its TLVs (CRC32C
+// included) right after the 16 fixed bytes. A `PROXY` header whose command
+// nibble flips to `LOCAL` must not slip through as "the balancer's own
+// connection": its CRC covers byte 12, so it no longer matches.
+
+fn local(buf: &[u8]) -> ProxyHeader {
+    let (h, consumed) = ok(buf);
+    assert_eq!(consumed, buf.len());
+    assert_eq!(
+        (h.command, h.source, h.destination, h.endpoint),
+        (Command::Local, None, None, None),
+        "LOCAL means the TCP peer is the client"
+    );
+    h
+}
+
+#[test]
+fn v2_local_with_good_crc_is_accepted() {
+    // The NLB shape: UNSPEC, TLVs from the first payload byte.
+    assert!(local(&v2_crc(LOCAL, UNSPEC, &[], &[])).crc32c_verified);
+    let nlb = v2_crc(LOCAL, UNSPEC, &[], &[(0x04, b"pad"), (0x05, b"id")]);
+    assert!(local(&nlb).crc32c_verified);
+    // A sender that fills the address block: TLVs after it.
+    for (fam, addrs) in [
+        (TCP4, ADDR4.to_vec()),
+        (TCP6, addr6()),
+        (UNIX, vec![b'/'; 216]),
+    ] {
+        let h = local(&v2_crc(LOCAL, fam, &addrs, &[(0x01, b"h2")]));
+        assert!(h.crc32c_verified, "family {fam:#x}");
+    }
+    // HAProxy's reading (TLVs right after the fixed part whatever the
+    // family): a TCP4 family byte with no address block, shorter and longer
+    // than one.
+    assert!(local(&v2_crc(LOCAL, TCP4, &[], &[])).crc32c_verified);
+    let long = v2_crc(LOCAL, TCP4, &[], &[(0x04, &[0x03; 20])]);
+    assert!(long.len() - 16 > 12);
+    assert!(local(&long).crc32c_verified);
+    // The CRC TLV need not be last.
+    let mut first = v2(LOCAL, UNSPEC, &[], &[(0x03, &[0; 4]), (0x04, b"pad")]);
+    let crc = crc32c(&[&first]).to_be_bytes();
+    first[19..23].copy_from_slice(&crc);
+    assert!(local(&first).crc32c_verified);
+}
+
+#[test]
+fn v2_local_with_bad_crc_is_refused() {
+    let good = v2_crc(LOCAL, UNSPEC, &[], &[(0x04, b"pad")]);
+    let n = good.len();
+    // The family byte, a TLV value, the CRC itself.
+    for i in [13, 19, n - 4, n - 1] {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        let e = err(&bad);
+        assert!(
+            matches!(e, ParseError::Crc32cMismatch { .. }),
+            "byte {i}: {e}"
+        );
+        assert_eq!(e.kind(), "crc32c_mismatch");
+    }
+    // After an address block, too.
+    let mut bad = v2_crc(LOCAL, TCP4, &ADDR4, &[]);
+    bad[17] ^= 0x80;
+    assert_eq!(err(&bad).kind(), "crc32c_mismatch");
+    // A CRC TLV that cannot be checked is refused as for PROXY.
+    assert_eq!(
+        err(&v2(LOCAL, UNSPEC, &[], &[(0x03, &[0; 3])])),
+        ParseError::Crc32cMalformed { len: 3 }
+    );
+    assert_eq!(
+        err(&v2(LOCAL, UNSPEC, &[], &[(0x03, &[0; 4]), (0x03, &[0; 4])])),
+        ParseError::TlvDuplicate { tlv: 0x03 }
+    );
+}
+
+#[test]
+fn v2_proxy_with_crc_flipped_to_local_is_refused() {
+    let aws: (u8, &[u8]) = (0xEA, b"\x01vpce-0a1b2c3d4e5f67890");
+    for (fam, addrs) in [
+        (TCP4, ADDR4.to_vec()),
+        (TCP6, addr6()),
+        (UNSPEC, vec![]),
+        (UNIX, vec![0; 216]),
+    ] {
+        let mut flipped = v2_crc(PROXY, fam, &addrs, &[aws]);
+        assert!(ok(&flipped).0.crc32c_verified);
+        flipped[12] = LOCAL;
+        let e = err(&flipped);
+        assert!(
+            matches!(e, ParseError::Crc32cMismatch { .. }),
+            "family {fam:#x}: {e}"
+        );
+        assert_eq!(e.kind(), "crc32c_mismatch");
+    }
+}
+
+#[test]
+fn v2_local_without_tlvs_is_accepted() {
+    for header in [
+        v2(LOCAL, UNSPEC, &[], &[]),
+        v2(LOCAL, TCP4, &[], &[]),
+        v2(LOCAL, TCP6, &[], &[]),
+        v2(LOCAL, 0xff, &[], &[]),
+        v2(LOCAL, TCP4, &ADDR4, &[]),
+        v2(LOCAL, TCP6, &addr6(), &[]),
+        v2(LOCAL, UNIX, &[0; 216], &[]),
+        // Not a TLV area anywhere: the block is discarded unread.
+        v2(LOCAL, 0x12, &[0xff; 3], &[]),
+        v2(LOCAL, TCP4, &[0x03; 7], &[]),
+    ] {
+        assert!(!local(&header).crc32c_verified, "{header:?}");
+    }
+    // TLVs without a CRC32C, where either reading finds them.
+    let h = local(&v2(LOCAL, UNSPEC, &[], &[(0x04, b"pad")]));
+    assert!(!h.crc32c_verified);
+    let h = local(&v2(LOCAL, TCP4, &ADDR4, &[(0x01, b"h2")]));
+    assert!(!h.crc32c_verified);
+}
+
+#[test]
+fn v2_local_with_aws_vpce_still_has_no_endpoint() {
+    let aws: (u8, &[u8]) = (0xEA, b"\x01vpce-0a1b2c3d4e5f67890");
+    for header in [
+        v2_crc(LOCAL, UNSPEC, &[], &[aws]),
+        v2_crc(LOCAL, TCP4, &ADDR4, &[aws]),
+        v2_crc(LOCAL, TCP6, &addr6(), &[aws]),
+    ] {
+        assert!(local(&header).crc32c_verified);
+    }
+    for header in [
+        v2(LOCAL, UNSPEC, &[], &[aws]),
+        v2(LOCAL, TCP4, &ADDR4, &[aws]),
+        // Vendor TLVs are not interpreted for LOCAL: not even a broken one.
+        v2(LOCAL, UNSPEC, &[], &[(0xEA, b"\x02x")]),
+        v2(LOCAL, UNSPEC, &[], &[aws, (0xE0, &[0; 8])]),
+    ] {
+        assert!(!local(&header).crc32c_verified);
+    }
+}

@@ -1,5 +1,5 @@
 //! Cases: PROXY headers that are malformed, truncated, oversized, sent
-//! by an untrusted peer, or not PROXY headers at all; and two that must
+//! by an untrusted peer, or not PROXY headers at all; and three that must
 //! still be served.
 
 use super::*;
@@ -237,6 +237,44 @@ pub(crate) async fn proxy_untrusted_sender_claiming_an_endpoint(w: Arc<World>) {
     let header = V2::from(ALLOWED_V4).aws_vpce(VPCE).crc(Crc::Good).build();
     let after = assert_header_refused(&w, Some(UNTRUSTED), &header, false, "untrusted").await;
     assert_prompt(after);
+}
+
+pub(crate) async fn proxy_v2_crc_header_flipped_to_local(w: Arc<World>) {
+    // A header naming an endpoint, with a matching CRC, whose command
+    // nibble is flipped from PROXY to LOCAL: taken as the balancer's own
+    // connection it would lose the endpoint and be judged by the balancer's
+    // address. The CRC covers the command byte, so it no longer matches.
+    let mut header = V2::from(ALLOWED_V4).aws_vpce(VPCE).crc(Crc::Good).build();
+    header[12] = 0x20;
+    let after = assert_header_refused(&w, None, &header, false, "crc32c_mismatch").await;
+    assert_prompt(after);
+}
+
+pub(crate) async fn proxy_v2_local_with_a_bad_crc(w: Arc<World>) {
+    // An NLB-shaped health check (LOCAL, UNSPEC, TLVs after the 16 fixed
+    // bytes) whose CRC does not match.
+    let header = V2::local().aws_vpce(VPCE).crc(Crc::Bad).build();
+    let after = assert_header_refused(&w, None, &header, false, "crc32c_mismatch").await;
+    assert_prompt(after);
+}
+
+pub(crate) async fn proxy_v2_local_with_a_good_crc_is_served_as_the_peer(w: Arc<World>) {
+    // The same health check with a matching CRC is served, and its vendor
+    // TLV is not read: the TCP peer is the client.
+    let header = V2::local().aws_vpce(VPCE).crc(Crc::Good).build();
+    let before = w.counters();
+    let ex = h1(
+        &w,
+        &header,
+        format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            open_host()
+        ),
+        1,
+    )
+    .await;
+    assert_eq!(ex.one(StatusCode::OK).echo().forwarded_for(), ["127.0.0.1"]);
+    assert_eq!(before.backend_requests_since(&w), 1);
 }
 
 /// xorshift bytes, never starting with a PROXY signature byte.

@@ -92,6 +92,7 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         readiness.clone(),
         config.admin.token_file.as_deref(),
         max_bytes,
+        config.admin.body_timeout,
     )?;
     tracing::info!(addr = %config.admin.listen, "admin API listening");
     tokio::spawn(admin::serve(

@@ -20,7 +20,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use support::*;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -458,6 +459,212 @@ async fn put_snapshot_authenticates_validates_and_applies_at_once() {
     let m = p.metrics().await;
     assert_eq!(reloads(&m, "applied"), 2.0);
     assert_eq!(reloads(&m, "stale"), 2.0);
+}
+
+/// `request_line` to the admin API written by hand: a head with the token,
+/// `content-length` and `extra` header lines, then `body` (which may be
+/// less than `content-length` says: the rest never comes).
+async fn admin_raw(
+    p: &Served,
+    request_line: &str,
+    content_length: usize,
+    extra: &[&str],
+    body: &[u8],
+) -> TcpStream {
+    let mut tcp = within("admin TCP connect", TcpStream::connect(p.admin))
+        .await
+        .expect("admin TCP connect");
+    tcp.set_nodelay(true).expect("TCP_NODELAY");
+    let mut head = format!(
+        "{request_line} HTTP/1.1\r\nhost: admin.test\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {content_length}\r\n"
+    );
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    within("admin raw write", tcp.write_all(head.as_bytes()))
+        .await
+        .expect("write the request head");
+    if !body.is_empty() {
+        within("admin raw write", tcp.write_all(body))
+            .await
+            .expect("write the request body");
+    }
+    tcp
+}
+
+/// Everything the admin API sends on `tcp` until it closes the connection,
+/// which must be within `limit`; and the status of the first response.
+async fn answer_then_close(tcp: &mut TcpStream, limit: Duration) -> (StatusCode, String) {
+    let mut received = Vec::new();
+    // A reset after the answer counts as a close: what came before it is kept.
+    let _ = within_for(
+        limit,
+        "the admin API to answer and close",
+        tcp.read_to_end(&mut received),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .unwrap_or_else(|| panic!("no HTTP/1.1 response: {text:?}"));
+    (status, text)
+}
+
+fn says_connection_close(response: &str) -> bool {
+    response
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("connection: close"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_declared_over_the_limit_is_refused_without_reading_it() {
+    let w = World::new().await;
+    let path = w.path("snapshot.json");
+    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
+    let max_bytes = 16 * 1024;
+    let p = Served::ready(&ServeOptions::path(&path).max_bytes(max_bytes)).await;
+
+    // Only the head is sent. The 413 must come at once, not after a body
+    // that never arrives; and with `Expect: 100-continue`, no 100 first.
+    // The connection is closed: the body the client may still send is
+    // not a next request.
+    let refusals = [
+        ("PUT /snapshot", max_bytes + 1, None),
+        ("PUT /snapshot", max_bytes + 1, Some("expect: 100-continue")),
+        ("PUT /snapshot", 600 * 1024 * 1024, None),
+        ("POST /explain", 64 * 1024 + 1, None),
+    ];
+    for (request_line, declared, expect) in refusals {
+        let extra: Vec<&str> = expect.into_iter().collect();
+        let mut tcp = admin_raw(&p, request_line, declared, &extra, b"").await;
+        let (status, text) = answer_then_close(&mut tcp, Duration::from_secs(2)).await;
+        assert_eq!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{request_line}, {declared} bytes declared, {expect:?}: {text}"
+        );
+        assert!(says_connection_close(&text), "{text}");
+        assert!(text.contains(&format!("{declared} bytes")), "{text}");
+    }
+    // Without the token, still 401 at once, whatever the length.
+    let mut tcp = within("admin TCP connect", TcpStream::connect(p.admin))
+        .await
+        .expect("admin TCP connect");
+    let head = "PUT /snapshot HTTP/1.1\r\nhost: admin.test\r\ncontent-length: 629145600\r\n\r\n";
+    within("admin raw write", tcp.write_all(head.as_bytes()))
+        .await
+        .expect("write the request head");
+    let (status, text) = answer_then_close(&mut tcp, Duration::from_secs(2)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+
+    // At the limit, the body is read (and judged: spaces are no snapshot).
+    let at_limit = vec![b' '; max_bytes];
+    let mut tcp = admin_raw(
+        &p,
+        "PUT /snapshot",
+        max_bytes,
+        &["connection: close"],
+        &at_limit,
+    )
+    .await;
+    let (status, text) = answer_then_close(&mut tcp, WAIT).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+
+    assert_eq!(p.snapshot_meta().await["version"], 1);
+    assert_eq!(reloads(&p.metrics().await, "applied"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_that_stalls_gets_408_after_body_timeout() {
+    let w = World::new().await;
+    let path = w.path("snapshot.json");
+    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
+    let body_timeout = Duration::from_millis(500);
+    let p = Served::ready(&ServeOptions::path(&path).admin_body_timeout("500ms")).await;
+    let v2 = w.bytes(2, RULES_B);
+
+    // Half the body, then nothing: 408 once body_timeout has passed with
+    // no byte, and the connection closed.
+    for (request_line, body) in [
+        ("PUT /snapshot", v2.clone()),
+        (
+            "POST /explain",
+            json!({ "host": host(OFFICE), "source": ALLOWED_V4 })
+                .to_string()
+                .into_bytes(),
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let half = &body[..body.len() / 2];
+        let mut tcp = admin_raw(&p, request_line, body.len(), &[], half).await;
+        let (status, text) = answer_then_close(&mut tcp, WAIT).await;
+        assert_eq!(
+            status,
+            StatusCode::REQUEST_TIMEOUT,
+            "{request_line}: {text}"
+        );
+        assert!(says_connection_close(&text), "{text}");
+        assert!(
+            started.elapsed() >= body_timeout,
+            "{request_line}: 408 after {:?}, before body_timeout",
+            started.elapsed()
+        );
+    }
+    assert_eq!(p.snapshot_meta().await["version"], 1);
+
+    // body_timeout bounds each pause, not the upload: a body arriving in
+    // pieces, 150 ms apart, 900 ms in all, is applied.
+    let mut tcp = admin_raw(&p, "PUT /snapshot", v2.len(), &["connection: close"], b"").await;
+    for piece in v2.chunks(v2.len().div_ceil(6)) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tcp.write_all(piece).await.expect("write a body piece");
+    }
+    let (status, text) = answer_then_close(&mut tcp, WAIT).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_meta(&p, 2, &v2, "admin").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_scheme_is_case_insensitive() {
+    let w = World::new().await;
+    let path = w.path("snapshot.json");
+    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
+    let p = Served::ready(&ServeOptions::path(&path)).await;
+
+    // RFC 9110 §11.1: the scheme is case-insensitive; one or more blanks
+    // may follow it.
+    let schemes = ["bearer ", "BEARER ", "bEaReR\t", "Bearer   "];
+    for (version, scheme) in (2..).zip(schemes) {
+        let auth = format!("{scheme}{ADMIN_TOKEN}");
+        let r = p
+            .admin(
+                Method::PUT,
+                "/snapshot",
+                &[("authorization", auth.as_str())],
+                Some(Bytes::from(w.bytes(version, RULES_B))),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{auth:?}: {}", r.text());
+        assert_eq!(r.json()["snapshot"]["version"], version, "{auth:?}");
+    }
+    // The token is still checked, whatever the scheme's case.
+    for auth in ["bearer not-the-token", "BEARER", "bearer\t"] {
+        let r = p
+            .admin(
+                Method::PUT,
+                "/snapshot",
+                &[("authorization", auth)],
+                Some(Bytes::from(w.bytes(9, RULES_A))),
+            )
+            .await;
+        r.assert_local(StatusCode::UNAUTHORIZED, None);
+    }
+    assert_eq!(p.snapshot_meta().await["version"], 5);
 }
 
 // ------------------------------------------------------------ POST /explain

@@ -6,11 +6,19 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 once a snapshot is loaded and the listeners are bound; 503 before, and while draining |
 //! | `GET /snapshot` | the snapshot in force: version, SHA-256, load time, source, counts |
-//! | `PUT /snapshot` | apply a snapshot (bearer token): 200, 400 with every error, 401, 409 stale, 413 too large |
+//! | `PUT /snapshot` | apply a snapshot (bearer token): 200, 400 with every error, 401, 408 body stalled, 409 stale, 413 too large |
 //! | `POST /explain` | `{"host", "source", "aws_vpce" \| "azure_link_id" \| "gcp_psc_id", "sni", "found_cluster"}` → the decision, as `explain --format json` prints it |
 //!
 //! Every answer is JSON except `/metrics`. Bad requests get a 4xx with a
 //! message saying what was wrong.
+//!
+//! Limits: a request head must arrive within [`HEADER_TIMEOUT`] (an idle
+//! keep-alive connection is closed after it too). A request body larger
+//! than its limit (`snapshot.max_bytes` for `PUT /snapshot`) is refused
+//! with 413 as soon as its `Content-Length` says so, without reading it;
+//! a chunked one as soon as it grows past the limit. A body that makes no
+//! progress for `admin.body_timeout` gets 408. Both close the connection,
+//! since what is left of the body is still on the wire.
 
 mod explain_api;
 
@@ -21,10 +29,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE,
+};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -41,7 +52,10 @@ use crate::shutdown::{Phase, Shutdown};
 /// Admin clients are people and scrapers; a few dozen connections is
 /// plenty, and the cap keeps a misbehaving one from exhausting memory.
 const MAX_CONNECTIONS: usize = 64;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the start of a request head (or of the wait for the next one on
+/// a keep-alive connection) to its last byte; the connection is closed
+/// after it.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_EXPLAIN_BYTES: usize = 64 * 1024;
 
 /// Whether the proxy should receive traffic.
@@ -70,6 +84,8 @@ pub struct Admin {
     /// SHA-256 of the bearer token; `None`: `PUT /snapshot` is disabled.
     token: Option<[u8; 32]>,
     pub max_snapshot_bytes: usize,
+    /// Longest pause while reading a request body (`admin.body_timeout`).
+    pub body_timeout: Duration,
 }
 
 /// Why the admin API could not start.
@@ -93,6 +109,7 @@ impl Admin {
         readiness: Arc<Readiness>,
         token_file: Option<&Path>,
         max_snapshot_bytes: usize,
+        body_timeout: Duration,
     ) -> Result<Self, AdminError> {
         let token = match token_file {
             None => None,
@@ -116,6 +133,7 @@ impl Admin {
             readiness,
             token,
             max_snapshot_bytes,
+            body_timeout,
         })
     }
 
@@ -133,19 +151,19 @@ impl Admin {
             .ok_or("no snapshot loaded")
     }
 
-    /// Checks `Authorization: Bearer <token>` in constant time (comparing
-    /// SHA-256 digests, so neither content nor length leaks through timing).
-    fn authorized(&self, req: &Request<Incoming>) -> Result<(), &'static str> {
+    /// Checks `Authorization: Bearer <token>` (see [`bearer_token`]) in
+    /// constant time (comparing SHA-256 digests, so neither content nor
+    /// length leaks through timing).
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         let Some(expected) = &self.token else {
             return Err("PUT /snapshot is disabled: set admin.token_file");
         };
-        let offered = req
-            .headers()
+        let offered = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .ok_or("missing bearer token")?;
-        let digest: [u8; 32] = Sha256::digest(offered.trim().as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(offered.as_bytes()).into();
         let diff = digest
             .iter()
             .zip(expected)
@@ -156,6 +174,17 @@ impl Admin {
             Err("invalid bearer token")
         }
     }
+}
+
+/// The token of an `Authorization` value using the `Bearer` scheme
+/// (RFC 6750 §2.1): the scheme name in any case (RFC 9110 §11.1), one or
+/// more spaces or tabs, then the token; whitespace around the token is
+/// ignored. `None` for another scheme or no token.
+fn bearer_token(value: &str) -> Option<&str> {
+    const WS: [char; 2] = [' ', '\t'];
+    let (scheme, rest) = value.trim_start_matches(WS).split_once(WS)?;
+    let token = rest.trim_matches(WS);
+    (scheme.eq_ignore_ascii_case("Bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Serves the admin API on `listener` until the process stops. It keeps
@@ -219,10 +248,12 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no snapshot loaded"),
         },
         (&Method::PUT, "/snapshot") => put_snapshot(admin, req, peer).await,
-        (&Method::POST, "/explain") => match read_body(req, MAX_EXPLAIN_BYTES).await {
-            Ok(body) => explain_api::explain(admin, &body),
-            Err(r) => r,
-        },
+        (&Method::POST, "/explain") => {
+            match read_body(req.into_body(), MAX_EXPLAIN_BYTES, admin.body_timeout).await {
+                Ok(body) => explain_api::explain(admin, &body),
+                Err(e) => e.response(),
+            }
+        }
         (_, "/metrics" | "/healthz" | "/readyz") => not_allowed("GET"),
         (_, "/snapshot") => not_allowed("GET, PUT"),
         (_, "/explain") => not_allowed("POST"),
@@ -238,16 +269,25 @@ async fn put_snapshot(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    if let Err(why) = admin.authorized(&req) {
+    if let Err(why) = admin.authorized(req.headers()) {
         tracing::warn!(%peer, why, "PUT /snapshot refused");
         let mut r = error(StatusCode::UNAUTHORIZED, why);
         r.headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
-    let body = match read_body(req, admin.max_snapshot_bytes).await {
+    let body = match read_body(
+        req.into_body(),
+        admin.max_snapshot_bytes,
+        admin.body_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => {
+            tracing::warn!(%peer, why = %e, status = e.status().as_u16(), "PUT /snapshot refused");
+            return e.response();
+        }
     };
     match admin.reloader.apply(body, Origin::Admin).await {
         Ok(meta) => reply(StatusCode::OK, json!({"ok": true, "snapshot": meta})),
@@ -272,19 +312,70 @@ async fn put_snapshot(
     }
 }
 
-/// The request body, up to `limit` bytes; a 413 or 400 response otherwise.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Response<Full<Bytes>>> {
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body over the {limit}-byte limit"),
-        )),
-        Err(e) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("cannot read the request body: {e}"),
-        )),
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("request body of {declared} bytes (Content-Length) is over the {limit}-byte limit")]
+    DeclaredTooLarge { declared: u64, limit: usize },
+    #[error("request body over the {limit}-byte limit")]
+    TooLarge { limit: usize },
+    #[error("the request body stalled: nothing received for {0:?} (admin.body_timeout)")]
+    Stalled(Duration),
+    #[error("cannot read the request body: {0}")]
+    Read(#[source] hyper::Error),
+}
+
+impl BodyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::DeclaredTooLarge { .. } | Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Stalled(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Read(_) => StatusCode::BAD_REQUEST,
+        }
     }
+
+    /// The error answer, with `Connection: close`: the rest of the body is
+    /// unread (or unreadable), so the connection cannot carry another
+    /// request.
+    fn response(&self) -> Response<Full<Bytes>> {
+        let mut r = error(self.status(), &self.to_string());
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    }
+}
+
+/// The request body, up to `limit` bytes, each piece arriving within
+/// `idle` of the previous one (of the call, for the first).
+///
+/// A `Content-Length` over `limit` is refused before anything is read
+/// (hyper sends no `100 Continue` then). The body is copied into one
+/// buffer as it arrives, sized from `Content-Length` when there is one,
+/// so peak memory is about the body's size, not twice it.
+async fn read_body(mut body: Incoming, limit: usize, idle: Duration) -> Result<Bytes, BodyError> {
+    // hyper's size hint is exact for a Content-Length body, 0.. otherwise.
+    let declared = body.size_hint().lower();
+    let capacity = match usize::try_from(declared) {
+        Ok(n) if n <= limit => n,
+        _ => return Err(BodyError::DeclaredTooLarge { declared, limit }),
+    };
+    let mut buf = BytesMut::with_capacity(capacity);
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(BodyError::Stalled(idle)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyError::Read(e)),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers (chunked bodies) carry nothing the admin API uses.
+        if let Ok(data) = frame.into_data() {
+            if data.len() > limit - buf.len() {
+                return Err(BodyError::TooLarge { limit });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -307,4 +398,45 @@ fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     r.headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_takes_any_blank_run() {
+        for value in [
+            "Bearer t0k-en",
+            "bearer t0k-en",
+            "BEARER t0k-en",
+            "bEaReR t0k-en",
+            "Bearer   t0k-en",
+            "Bearer\tt0k-en",
+            "Bearer \t t0k-en \t",
+            " Bearer t0k-en",
+        ] {
+            assert_eq!(bearer_token(value), Some("t0k-en"), "{value:?}");
+        }
+        // token68 may end in '=' padding.
+        assert_eq!(bearer_token("bearer YWJj=="), Some("YWJj=="));
+    }
+
+    #[test]
+    fn other_schemes_and_missing_tokens_are_not_bearer_tokens() {
+        for value in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer \t ",
+            "Bearert0k-en",
+            "Bearer-t0k-en",
+            "Basic t0k-en",
+            "Bear t0k-en",
+            "Bearerx t0k-en",
+            "t0k-en",
+        ] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 }

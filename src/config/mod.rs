@@ -58,8 +58,20 @@ pub const DEFAULT_EJECT_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_SNAPSHOT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_SNAPSHOT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// A snapshot file or download larger than this is refused.
-pub const DEFAULT_SNAPSHOT_MAX_BYTES: usize = 512 * 1024 * 1024;
+/// A snapshot file, download or `PUT /snapshot` body larger than this is
+/// refused. Sized from the largest snapshot benchmarked: the `large` scale
+/// of `portcullis-gen-snapshot` (100k deployments, 1M IP rules) is about
+/// 75 MB of JSON, and `benches/compare.sh` re-applies a ~71 MiB one through
+/// `PUT /snapshot`. 128 MiB (134 MB) is ~1.8x that: room to grow, while
+/// still bounding the memory one snapshot can take (the whole body is
+/// buffered before it is parsed, and the parse tree and compiled tables
+/// come on top). Raise it deliberately for a larger fleet.
+pub const DEFAULT_SNAPSHOT_MAX_BYTES: usize = 128 * 1024 * 1024;
+/// Admin API: the longest a request body (`PUT /snapshot`, `POST /explain`)
+/// may go without a single byte arriving. It bounds each pause, not the
+/// whole upload, so a large snapshot over a slow link still goes through,
+/// while a stalled client gets 408 and its connection is closed.
+pub const DEFAULT_ADMIN_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -258,6 +270,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token for `PUT /snapshot`; without it, `PUT` is refused.
     pub token_file: Option<PathBuf>,
+    /// Longest pause while reading a request body: 408 and close after it.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub body_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -267,6 +282,7 @@ impl Default for AdminConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9901))),
             token_file: None,
+            body_timeout: DEFAULT_ADMIN_BODY_TIMEOUT,
         }
     }
 }
@@ -431,6 +447,7 @@ impl Config {
             ("snapshot.poll_interval", self.snapshot.poll_interval),
             ("snapshot.fetch_timeout", self.snapshot.fetch_timeout),
             ("log.access_flush_interval", self.log.access_flush_interval),
+            ("admin.body_timeout", self.admin.body_timeout),
         ] {
             if d.is_zero() {
                 errors.push(format!("{key} must be greater than zero"));
@@ -540,6 +557,8 @@ mod tests {
         );
         assert_eq!(c.server.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(c.admin.listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.admin.body_timeout, DEFAULT_ADMIN_BODY_TIMEOUT);
+        assert_eq!(c.snapshot.max_bytes, DEFAULT_SNAPSHOT_MAX_BYTES);
         assert!(c.log.access);
     }
 

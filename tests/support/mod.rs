@@ -1463,6 +1463,8 @@ pub struct ServeOptions {
     /// `snapshot.max_bytes`; the default when `None`.
     pub max_bytes: Option<usize>,
     pub poll_interval: &'static str,
+    /// `admin.body_timeout`; the default when `None`.
+    pub admin_body_timeout: Option<&'static str>,
 }
 
 impl ServeOptions {
@@ -1472,6 +1474,7 @@ impl ServeOptions {
             state_dir: None,
             max_bytes: None,
             poll_interval: "100ms",
+            admin_body_timeout: None,
         }
     }
 
@@ -1489,6 +1492,11 @@ impl ServeOptions {
 
     pub fn max_bytes(mut self, n: usize) -> Self {
         self.max_bytes = Some(n);
+        self
+    }
+
+    pub fn admin_body_timeout(mut self, d: &'static str) -> Self {
+        self.admin_body_timeout = Some(d);
         self
     }
 }
@@ -1671,6 +1679,10 @@ fn serve_toml(
         .max_bytes
         .map(|n| format!("max_bytes = {n}"))
         .unwrap_or_default();
+    let body_timeout = o
+        .admin_body_timeout
+        .map(|d| format!("body_timeout = {d:?}"))
+        .unwrap_or_default();
     format!(
         r#"
 [server]
@@ -1700,6 +1712,7 @@ poll_interval = "{poll}"
 [admin]
 listen = "{admin}"
 token_file = {token:?}
+{body_timeout}
 "#,
         cert = cert.display().to_string(),
         key = key.display().to_string(),

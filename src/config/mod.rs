@@ -187,6 +187,10 @@ impl Default for TlsConfig {
 pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// DER OCSPResponse to staple for this certificate; read with it, at
+    /// start. The operator's tooling fetches and refreshes it.
+    #[serde(default)]
+    pub ocsp: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -495,6 +499,7 @@ impl Config {
                 .map(|c| tls::CertificateFiles {
                     cert: c.cert.clone(),
                     key: c.key.clone(),
+                    ocsp: c.ocsp.clone(),
                 })
                 .collect(),
             handshake_timeout: self.tls.handshake_timeout,
@@ -573,6 +578,57 @@ mod tests {
         let zero = MINIMAL.replace("[server]", "[server]\nmax_connections = 0");
         let e = Config::from_toml(&zero).unwrap_err().to_string();
         assert!(e.contains("server.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn ocsp_is_an_optional_per_certificate_key() {
+        let c = Config::from_toml(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.tls_settings().certificates[0].ocsp, None);
+        let with = MINIMAL.replace(
+            "key = \"k.pem\"",
+            "key = \"k.pem\"\nocsp = \"certs/c.ocsp.der\"",
+        );
+        let c = Config::from_toml(&with).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.tls_settings().certificates[0].ocsp.as_deref(),
+            Some(Path::new("certs/c.ocsp.der"))
+        );
+    }
+
+    #[test]
+    fn ocsp_file_is_read_with_its_certificate_and_a_bad_one_is_named() {
+        let dir = crate::tls::testing::TempDir::new();
+        let pair = tls::self_signed(&["a.es.example.com".to_owned()]).expect("generates");
+        let cert = dir.write("c.pem", &pair.cert_pem);
+        let key = dir.write("k.pem", &pair.key_pem);
+        let settings_with = |ocsp: &Path| {
+            let text = MINIMAL
+                .replace("\"c.pem\"", &format!("\"{}\"", cert.display()))
+                .replace(
+                    "key = \"k.pem\"",
+                    &format!("key = \"{}\"\nocsp = \"{}\"", key.display(), ocsp.display()),
+                );
+            Config::from_toml(&text)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .tls_settings()
+        };
+
+        let good = dir.write("c.ocsp.der", [0x30, 0x03, 0x0a, 0x01, 0x06]);
+        tls::server_config(&settings_with(&good)).unwrap_or_else(|e| panic!("{e}"));
+
+        let missing = dir.path("absent.ocsp.der");
+        let e = tls::server_config(&settings_with(&missing)).expect_err("missing file");
+        assert_eq!(e.to_string(), format!("cannot read {}", missing.display()));
+
+        let empty = dir.write("empty.ocsp.der", "");
+        let e = tls::server_config(&settings_with(&empty)).expect_err("empty file");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "OCSP response file {} is unusable: it is empty",
+                empty.display()
+            )
+        );
     }
 
     #[test]

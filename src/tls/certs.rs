@@ -7,7 +7,9 @@
 //!   unverifiable pair is rejected too), so a mismatched pair fails at start
 //!   rather than in every handshake;
 //! - `dns_names` are the leaf's subjectAltName dNSName entries, ASCII
-//!   lowercased, without a trailing dot.
+//!   lowercased, without a trailing dot;
+//! - an OCSP response, when configured, is one complete DER SEQUENCE small
+//!   enough to staple (see [`check_ocsp`]); it is not otherwise parsed.
 //!
 //! Chain order and validity dates are the operator's responsibility; clients
 //! verify both.
@@ -22,7 +24,16 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use rustls::{Error as RustlsError, InconsistentKeys};
 
-use super::{CertificateFiles, TlsError, crypto_provider};
+use super::{CertificateFiles, OcspProblem, TlsError, crypto_provider};
+
+/// Largest OCSP response that can be stapled. In TLS 1.3 it travels in the
+/// leaf's `CertificateEntry` extensions, whose total length is a 16-bit
+/// field: 65535 bytes less the extension header (type and length, 4 bytes)
+/// and the `CertificateStatus` header (type and 24-bit length, 4 bytes).
+/// rustls does not check this when it writes the handshake (a larger
+/// response would corrupt every handshake with that certificate), so it is
+/// checked at load. Real responses are a few kilobytes at most.
+pub const MAX_OCSP_RESPONSE_BYTES: usize = 0xffff - 4 - 4;
 
 /// A certificate chain with its signing key and the DNS names it serves.
 #[derive(Debug, Clone)]
@@ -59,23 +70,72 @@ pub(super) fn load_with_provider(
     origin: &str,
     provider: &CryptoProvider,
 ) -> Result<LoadedCertificate, TlsError> {
-    load(cert_pem, origin, key_pem, origin, provider)
+    load(cert_pem, origin, key_pem, origin, None, provider)
 }
 
-/// Reads and loads one configured pair; errors name the file at fault.
+/// Reads and loads one configured pair and, if configured, its OCSP
+/// response; errors name the file at fault.
 pub(super) fn load_files(
     files: &CertificateFiles,
     provider: &CryptoProvider,
 ) -> Result<LoadedCertificate, TlsError> {
     let cert_pem = read(&files.cert)?;
     let key_pem = read(&files.key)?;
+    let ocsp = files.ocsp.as_deref().map(read_ocsp).transpose()?;
     load(
         &cert_pem,
         &files.cert.display().to_string(),
         &key_pem,
         &files.key.display().to_string(),
+        ocsp,
         provider,
     )
+}
+
+/// Reads an OCSP response file and sanity-checks it (see [`check_ocsp`]).
+fn read_ocsp(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let der = read(path)?;
+    check_ocsp(&der).map_err(|problem| TlsError::Ocsp {
+        path: path.to_owned(),
+        problem,
+    })?;
+    Ok(der)
+}
+
+/// Checks that `der` is exactly one DER SEQUENCE (the outer shape of an
+/// OCSPResponse) of at most [`MAX_OCSP_RESPONSE_BYTES`]. That catches the
+/// likely mistakes (an empty or truncated file from an interrupted refresh,
+/// PEM or base64 text, a concatenation, the wrong file) without an OCSP
+/// parser; what is inside the SEQUENCE is not looked at.
+pub(super) fn check_ocsp(der: &[u8]) -> Result<(), OcspProblem> {
+    let Some((&first_byte, rest)) = der.split_first() else {
+        return Err(OcspProblem::Empty);
+    };
+    if first_byte != 0x30 {
+        return Err(OcspProblem::NotSequence { first_byte });
+    }
+    if der.len() > MAX_OCSP_RESPONSE_BYTES {
+        return Err(OcspProblem::TooLarge {
+            len: der.len(),
+            max: MAX_OCSP_RESPONSE_BYTES,
+        });
+    }
+    // Definite length: short form, or long form with one or two length
+    // bytes; anything longer could not fit under the size limit above.
+    let (declared, content) = match rest {
+        [n @ 0..=0x7f, content @ ..] => (usize::from(*n), content),
+        [0x81, n, content @ ..] => (usize::from(*n), content),
+        [0x82, hi, lo, content @ ..] => (usize::from(u16::from_be_bytes([*hi, *lo])), content),
+        _ => return Err(OcspProblem::BadLength),
+    };
+    match content.len().checked_sub(declared) {
+        None => Err(OcspProblem::Truncated {
+            declared,
+            actual: content.len(),
+        }),
+        Some(0) => Ok(()),
+        Some(extra) => Err(OcspProblem::TrailingData { extra }),
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -90,6 +150,7 @@ fn load(
     cert_origin: &str,
     key_pem: &[u8],
     key_origin: &str,
+    ocsp: Option<Vec<u8>>,
     provider: &CryptoProvider,
 ) -> Result<LoadedCertificate, TlsError> {
     let chain = parse_chain(cert_pem, cert_origin)?;
@@ -109,7 +170,7 @@ fn load(
             source,
         })?;
 
-    let certified_key = CertifiedKey::new(chain, signing_key);
+    let mut certified_key = CertifiedKey::new(chain, signing_key);
     // Unlike `CertifiedKey::from_der`, treat "could not compare" as an error:
     // every key type we accept can report its public key, so an unknown
     // result means something is wrong with the pair.
@@ -129,6 +190,9 @@ fn load(
             });
         }
     }
+
+    // rustls staples this for clients that send `status_request`.
+    certified_key.ocsp = ocsp;
 
     Ok(LoadedCertificate {
         certified_key: Arc::new(certified_key),

@@ -20,12 +20,25 @@
 //! - **Resumption** through a bounded in-memory session cache (TLS 1.2
 //!   session ids, TLS 1.3 stateful tickets) and, when enabled, stateless
 //!   tickets encrypted under keys that rotate automatically.
+//! - **OCSP stapling** when a certificate has an `ocsp` file: its bytes are
+//!   sent, in TLS 1.3 and 1.2, in every full handshake whose client asks
+//!   (`status_request`); resumed handshakes carry no certificate, so no staple.
+//!   The file is read with the certificate (at start) and only sanity
+//!   checked; see [`CertificateFiles::ocsp`] for what is and is not checked.
+//!
+//! The proxy never fetches OCSP responses itself. Doing so would give the
+//! data plane outbound connections to every CA's responder, with their
+//! outages, retries and caching to handle, and would need a full OCSP parser
+//! and signature check to decide whether a response is good enough to serve.
+//! Operators' certificate tooling already fetches and verifies responses
+//! (e.g. `openssl ocsp -issuer … -cert … -url … -respout`), so it owns that
+//! decision and refreshes the file; the proxy serves exactly those bytes.
 
 mod certs;
 mod handshake;
 mod resolver;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -39,7 +52,9 @@ use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
 
-pub use certs::{LoadedCertificate, SelfSigned, load_certified_key, self_signed};
+pub use certs::{
+    LoadedCertificate, MAX_OCSP_RESPONSE_BYTES, SelfSigned, load_certified_key, self_signed,
+};
 pub use handshake::{HandshakeError, alpn_is_h2, handshake, sni_of};
 pub use resolver::SniResolver;
 
@@ -64,6 +79,12 @@ pub struct CertificateFiles {
     /// PEM private key: PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1
     /// (`RSA PRIVATE KEY`).
     pub key: PathBuf,
+    /// DER-encoded OCSPResponse for the leaf (as `openssl ocsp -respout`
+    /// writes it), stapled for clients that ask. Checked only for being one
+    /// complete DER SEQUENCE of a size TLS can carry: not parsed, so neither
+    /// its status, its validity period nor that it is about this leaf is
+    /// checked. Keeping it fresh and matching is the operator's tooling's job.
+    pub ocsp: Option<PathBuf>,
 }
 
 /// TLS settings for the listener.
@@ -162,6 +183,31 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
     #[error("cannot generate a self-signed certificate")]
     SelfSigned(#[source] rcgen::Error),
+    #[error("OCSP response file {} is unusable: {problem}", path.display())]
+    Ocsp { path: PathBuf, problem: OcspProblem },
+}
+
+/// What is wrong with an OCSP response file; see [`TlsError::Ocsp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OcspProblem {
+    #[error("it is empty")]
+    Empty,
+    #[error(
+        "it starts with byte {first_byte:#04x}, not 0x30: a DER-encoded OCSPResponse is an ASN.1 SEQUENCE (is it PEM or base64 text? `openssl ocsp -respout` writes DER)"
+    )]
+    NotSequence { first_byte: u8 },
+    #[error(
+        "it is {len} bytes; a stapled response must fit in {max} bytes (TLS 1.3 extension limit)"
+    )]
+    TooLarge { len: usize, max: usize },
+    #[error("its DER SEQUENCE length is malformed")]
+    BadLength,
+    #[error(
+        "it is truncated: its DER SEQUENCE declares {declared} bytes of content but only {actual} follow"
+    )]
+    Truncated { declared: usize, actual: usize },
+    #[error("it has {extra} bytes after its DER SEQUENCE; expected exactly one OCSPResponse")]
+    TrailingData { extra: usize },
 }
 
 /// Reads every configured certificate and key, then builds the server config.

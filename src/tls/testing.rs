@@ -111,6 +111,24 @@ fn tlv(der: &[u8]) -> (u8, &[u8], &[u8]) {
     (der[0], value, rest)
 }
 
+/// One DER SEQUENCE with `content_len` bytes of filler: the outer shape of
+/// an OCSPResponse, which is all the loader checks and all rustls needs to
+/// staple it (rustls' client hands it to the verifier unparsed).
+pub(crate) fn der_sequence(content_len: usize) -> Vec<u8> {
+    let mut der = vec![0x30];
+    match u8::try_from(content_len) {
+        Ok(n) if n < 0x80 => der.push(n),
+        Ok(n) => der.extend([0x81, n]),
+        Err(_) => {
+            let n = u16::try_from(content_len).expect("test sequences fit in 64 KiB");
+            der.push(0x82);
+            der.extend(n.to_be_bytes());
+        }
+    }
+    der.extend((0..content_len).map(|i| (i % 251) as u8));
+    der
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub(crate) struct TempDir(PathBuf);
 

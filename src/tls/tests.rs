@@ -1,17 +1,22 @@
 //! Handshakes over loopback TCP between a rustls client and [`handshake()`].
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, SupportedProtocolVersion};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, HandshakeKind, ProtocolVersion, SignatureScheme,
+    SupportedProtocolVersion,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::testing::{Leaf, TestCa};
+use super::testing::{Leaf, TempDir, TestCa, der_sequence};
 use super::*;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +33,11 @@ impl Server {
     async fn start(leaves: &[&Leaf], settings: Settings) -> Self {
         let pems: Vec<_> = leaves.iter().map(|leaf| leaf.pems()).collect();
         let config = server_config_from_pems(&pems, &settings).expect("server config");
+        Self::serve(config, settings.handshake_timeout).await
+    }
+
+    /// Runs [`handshake()`] with `config` on a loopback listener.
+    async fn serve(config: Arc<ServerConfig>, timeout: Duration) -> Self {
         let acceptor = TlsAcceptor::from(config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -36,7 +46,6 @@ impl Server {
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                let timeout = settings.handshake_timeout;
                 tokio::spawn(async move {
                     match handshake(&acceptor, tcp, timeout).await {
                         Ok(mut tls) => {
@@ -313,4 +322,124 @@ async fn client_rejecting_the_certificate_is_protocol() {
     })
     .await;
     assert_eq!(kind, "protocol");
+}
+
+/// Checks the server's chain as rustls' default verifier does (against the
+/// test CA) and records the OCSP response stapled with it: empty when the
+/// server stapled none. rustls' own verifier accepts but ignores it.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    stapled: Mutex<Vec<Vec<u8>>>,
+}
+
+impl RecordingVerifier {
+    fn new(ca: &TestCa) -> Arc<Self> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(ca.roots()), provider)
+            .build()
+            .expect("verifier");
+        Arc::new(Self {
+            inner,
+            stapled: Mutex::default(),
+        })
+    }
+
+    fn stapled(&self) -> Vec<Vec<u8>> {
+        self.stapled.lock().expect("not poisoned").clone()
+    }
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.stapled
+            .lock()
+            .expect("not poisoned")
+            .push(ocsp_response.to_vec());
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[tokio::test]
+async fn ocsp_response_is_stapled_only_for_the_certificate_that_has_one() {
+    let ca = TestCa::new();
+    let stapled = ca.leaf(&["stapled.es.example.com"]);
+    let plain = ca.leaf(&["plain.es.example.com"]);
+    let dir = TempDir::new();
+    // Real responses are about this size; it needs the two-byte DER length.
+    let response = der_sequence(1500);
+    let settings = Settings {
+        certificates: vec![
+            CertificateFiles {
+                cert: dir.write("stapled.pem", &stapled.cert_pem),
+                key: dir.write("stapled.key", &stapled.key_pem),
+                ocsp: Some(dir.write("stapled.ocsp.der", &response)),
+            },
+            CertificateFiles {
+                cert: dir.write("plain.pem", &plain.cert_pem),
+                key: dir.write("plain.key", &plain.key_pem),
+                ocsp: None,
+            },
+        ],
+        ..Settings::default()
+    };
+    let config = server_config(&settings).expect("server config");
+    let mut server = Server::serve(config, settings.handshake_timeout).await;
+
+    for (versions, version) in [
+        (ALL, ProtocolVersion::TLSv1_3),
+        (TLS12, ProtocolVersion::TLSv1_2),
+    ] {
+        for (sni, leaf, want) in [
+            ("stapled.es.example.com", &stapled, &response[..]),
+            ("plain.es.example.com", &plain, &[][..]),
+        ] {
+            // A fresh client each time: a resumed session sends no
+            // certificate, hence no staple.
+            let verifier = RecordingVerifier::new(&ca);
+            let config = ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_protocol_versions(versions)
+            .expect("client versions")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+            let seen = connect(server.addr, &Arc::new(config), sni).await;
+            assert_eq!(seen.version, Some(version), "{sni}");
+            assert_eq!(seen.leaf, leaf.der, "{sni}");
+            assert_eq!(verifier.stapled(), [want.to_vec()], "{sni} {version:?}");
+            assert!(server.next().await.is_ok());
+        }
+    }
 }

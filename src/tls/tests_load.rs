@@ -1,10 +1,10 @@
 //! Loading certificates and keys, and the shape of the built config.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, PKCS_RSA_SHA256};
 
-use super::testing::{TempDir, TestCa, unwrap_pkcs8};
+use super::testing::{TempDir, TestCa, der_sequence, unwrap_pkcs8};
 use super::*;
 
 fn files(cert: &Path, key: &Path) -> Settings {
@@ -12,6 +12,7 @@ fn files(cert: &Path, key: &Path) -> Settings {
         certificates: vec![CertificateFiles {
             cert: cert.to_owned(),
             key: key.to_owned(),
+            ocsp: None,
         }],
         ..Settings::default()
     }
@@ -196,4 +197,130 @@ fn in_memory_pairs_are_named_by_index() {
         err.to_string(),
         "no private key (PKCS#8, SEC1 or PKCS#1) found in pems[1]"
     );
+}
+
+/// Settings for one certificate with an OCSP response file holding `ocsp`
+/// (or naming a file that does not exist, for `None`); returns the OCSP path.
+fn with_ocsp(dir: &TempDir, ocsp: Option<&[u8]>) -> (Settings, PathBuf) {
+    let leaf = TestCa::new().leaf(&["a.example.com"]);
+    let mut settings = files(
+        &dir.write("cert.pem", &leaf.cert_pem),
+        &dir.write("key.pem", &leaf.key_pem),
+    );
+    let path = match ocsp {
+        Some(contents) => dir.write("a.ocsp.der", contents),
+        None => dir.path("absent.ocsp.der"),
+    };
+    settings.certificates[0].ocsp = Some(path.clone());
+    (settings, path)
+}
+
+#[test]
+fn ocsp_file_is_attached_to_its_certificate_as_is() {
+    let dir = TempDir::new();
+    let response = der_sequence(1500);
+    let (mut settings, _) = with_ocsp(&dir, Some(&response));
+    let provider = crypto_provider();
+
+    let loaded = certs::load_files(&settings.certificates[0], &provider).expect("loads");
+    assert_eq!(loaded.certified_key.ocsp.as_deref(), Some(&response[..]));
+    server_config(&settings).expect("config with OCSP");
+
+    settings.certificates[0].ocsp = None;
+    let loaded = certs::load_files(&settings.certificates[0], &provider).expect("loads");
+    assert_eq!(loaded.certified_key.ocsp, None);
+}
+
+#[test]
+fn missing_ocsp_file_is_named() {
+    let dir = TempDir::new();
+    let (settings, missing) = with_ocsp(&dir, None);
+    let err = server_config(&settings).expect_err("missing OCSP file");
+    assert!(
+        matches!(err, TlsError::Read { ref path, .. } if *path == missing),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("cannot read {}", missing.display())
+    );
+}
+
+#[test]
+fn unusable_ocsp_files_are_named_with_the_problem() {
+    let mut truncated = der_sequence(1500);
+    truncated.truncate(1000);
+    let two = [der_sequence(10), der_sequence(10)].concat();
+    let cases: [(&[u8], OcspProblem); 7] = [
+        (b"", OcspProblem::Empty),
+        (
+            b"MIIBvQoBAKCCAbYw",
+            OcspProblem::NotSequence { first_byte: b'M' },
+        ),
+        (
+            &truncated,
+            OcspProblem::Truncated {
+                declared: 1500,
+                actual: 996,
+            },
+        ),
+        (&two, OcspProblem::TrailingData { extra: 12 }),
+        (&[0x30], OcspProblem::BadLength),
+        // Indefinite length is BER, not DER.
+        (&[0x30, 0x80, 0x00, 0x00], OcspProblem::BadLength),
+        (
+            &der_sequence(MAX_OCSP_RESPONSE_BYTES),
+            OcspProblem::TooLarge {
+                len: MAX_OCSP_RESPONSE_BYTES + 4,
+                max: MAX_OCSP_RESPONSE_BYTES,
+            },
+        ),
+    ];
+    for (contents, want) in cases {
+        let dir = TempDir::new();
+        let (settings, file) = with_ocsp(&dir, Some(contents));
+        let err = server_config(&settings).expect_err("bad OCSP file");
+        assert!(
+            matches!(err, TlsError::Ocsp { ref path, problem } if *path == file && problem == want),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("OCSP response file {} is unusable: {want}", file.display())
+        );
+    }
+}
+
+#[test]
+fn ocsp_problems_say_what_is_wrong() {
+    let show = |p: OcspProblem| p.to_string();
+    assert_eq!(show(OcspProblem::Empty), "it is empty");
+    assert!(
+        show(OcspProblem::NotSequence { first_byte: b'-' }).starts_with(
+            "it starts with byte 0x2d, not 0x30: a DER-encoded OCSPResponse is an ASN.1 SEQUENCE"
+        )
+    );
+    assert_eq!(
+        show(OcspProblem::Truncated {
+            declared: 9,
+            actual: 2
+        }),
+        "it is truncated: its DER SEQUENCE declares 9 bytes of content but only 2 follow"
+    );
+}
+
+#[test]
+fn ocsp_size_limit_is_what_tls_13_can_carry() {
+    // 4 header bytes (0x30 0x82 and two length bytes) plus the content.
+    let largest = der_sequence(MAX_OCSP_RESPONSE_BYTES - 4);
+    assert_eq!(largest.len(), MAX_OCSP_RESPONSE_BYTES);
+    assert_eq!(certs::check_ocsp(&largest), Ok(()));
+    assert!(matches!(
+        certs::check_ocsp(&der_sequence(MAX_OCSP_RESPONSE_BYTES - 3)),
+        Err(OcspProblem::TooLarge { .. })
+    ));
+    // Every length form is accepted when it matches.
+    for len in [0, 5, 0x7f, 0x80, 0xff, 0x100, 1500] {
+        assert_eq!(certs::check_ocsp(&der_sequence(len)), Ok(()), "{len}");
+    }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::access_log::Format as LineFormat;
 use portcullis::endpoint::{PrivateEndpoint, VpceId};
 use portcullis::explain;
 use portcullis::policy::{
@@ -21,9 +22,10 @@ use portcullis::route::Router;
     about = "Ingress filter for hosted Elasticsearch deployments"
 )]
 struct Cli {
-    /// Log format for operational and access logs
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// Log format for operational and access logs (default: the config's
+    /// `log.format`, else text)
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,7 +102,7 @@ enum Format {
     Json,
 }
 
-impl From<LogFormat> for portcullis::access_log::Format {
+impl From<LogFormat> for LineFormat {
     fn from(f: LogFormat) -> Self {
         match f {
             LogFormat::Text => Self::Text,
@@ -133,7 +135,6 @@ fn main() -> ExitCode {
         Command::Check { snapshot } => check(&snapshot),
         Command::Explain(args) => explain_cmd(&args),
         Command::Run { config } => {
-            let _logs = init_logging(cli.log_format);
             let mut config = match portcullis::Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -141,16 +142,19 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            config.log.format = cli.log_format.into();
+            if let Some(format) = cli.log_format {
+                config.log.format = format.into();
+            }
+            let _logs = init_logging(config.log.format);
             serve_until_signalled(|shutdown| portcullis::serve(config, shutdown))
         }
         Command::Demo { port, admin_port } => {
-            let _logs = init_logging(cli.log_format);
+            let format = cli.log_format.map_or_else(LineFormat::default, Into::into);
+            let _logs = init_logging(format);
             let ports = portcullis::demo::DemoPorts {
                 proxy: port,
                 admin: admin_port,
             };
-            let format = cli.log_format.into();
             serve_until_signalled(|shutdown| portcullis::demo::run(ports, format, shutdown))
         }
     }
@@ -158,7 +162,7 @@ fn main() -> ExitCode {
 
 /// Logs go to stdout through a background writer; keep the returned guard
 /// alive so buffered lines are flushed at exit.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(format: LineFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -166,8 +170,8 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .with_env_filter(filter)
         .with_writer(writer);
     match format {
-        LogFormat::Text => builder.with_ansi(false).init(),
-        LogFormat::Json => builder
+        LineFormat::Text => builder.with_ansi(false).init(),
+        LineFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)

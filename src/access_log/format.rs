@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime};
 use crate::endpoint::PrivateEndpoint;
 
 /// The line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
     Text,

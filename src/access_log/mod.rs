@@ -14,12 +14,13 @@
 //! target off still turns the access log off.
 
 pub mod format;
+mod metrics;
 pub mod writer;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{IntCounter, Opts, Registry};
+use prometheus::Registry;
 
 pub use format::{Format, Line};
 pub use writer::{Sink, WriterSettings, WriterThread};
@@ -61,11 +62,7 @@ impl AccessLog {
         sink: Sink,
         registry: &Registry,
     ) -> Result<(Self, WriterThread), StartError> {
-        let dropped = IntCounter::with_opts(Opts::new(
-            "portcullis_access_log_dropped_lines_total",
-            "Access-log lines dropped because the log consumer could not keep up",
-        ))?;
-        registry.register(Box::new(dropped.clone()))?;
+        let dropped = metrics::register(registry)?;
         let (writer, thread) =
             Writer::start(sink, settings, Box::new(dropped)).map_err(StartError::Thread)?;
         Ok((Self { writer, format }, thread))

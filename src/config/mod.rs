@@ -311,8 +311,8 @@ pub struct LogConfig {
     /// lines are dropped and counted
     /// (`portcullis_access_log_dropped_lines_total`).
     pub access_max_buffered_bytes: usize,
-    /// Set from `--log-format`, not from the file.
-    #[serde(skip)]
+    /// `text` or `json`, for operational and access logs alike;
+    /// `--log-format` on the command line wins.
     pub format: access_log::Format,
 }
 

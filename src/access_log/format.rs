@@ -156,12 +156,12 @@ fn write_text(l: &Line<'_>, out: &mut Vec<u8>) {
     out.push(b'\n');
 }
 
-fn int(n: impl itoa::Integer, out: &mut Vec<u8>) {
+pub fn int(n: impl itoa::Integer, out: &mut Vec<u8>) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Milliseconds with microsecond precision (`0.120`).
-fn millis(d: Duration, out: &mut Vec<u8>) {
+pub fn millis(d: Duration, out: &mut Vec<u8>) {
     let micros = d.as_micros();
     int(micros / 1000, out);
     out.push(b'.');
@@ -181,7 +181,7 @@ fn pad(n: impl Into<u128>, width: usize, out: &mut Vec<u8>) {
 
 /// A JSON string literal; also tracing's quoted text value for the ASCII
 /// strings these fields hold.
-fn json_str(s: &str, out: &mut Vec<u8>) {
+pub fn json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -211,7 +211,7 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn ip(ip: IpAddr, out: &mut Vec<u8>) {
+pub fn ip(ip: IpAddr, out: &mut Vec<u8>) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -229,7 +229,7 @@ fn ip(ip: IpAddr, out: &mut Vec<u8>) {
     }
 }
 
-fn socket_addr(addr: SocketAddr, out: &mut Vec<u8>) {
+pub fn socket_addr(addr: SocketAddr, out: &mut Vec<u8>) {
     match addr {
         SocketAddr::V4(a) => ip(IpAddr::V4(*a.ip()), out),
         SocketAddr::V6(a) => {
@@ -242,7 +242,7 @@ fn socket_addr(addr: SocketAddr, out: &mut Vec<u8>) {
     int(addr.port(), out);
 }
 
-fn endpoint(e: Option<PrivateEndpoint>, out: &mut Vec<u8>) {
+pub fn endpoint(e: Option<PrivateEndpoint>, out: &mut Vec<u8>) {
     match e {
         None => {}
         Some(PrivateEndpoint::AwsVpce(id)) => {
@@ -263,7 +263,7 @@ fn endpoint(e: Option<PrivateEndpoint>, out: &mut Vec<u8>) {
 
 /// RFC 3339 UTC with `frac` fractional digits (3 or 6):
 /// `2026-11-18T11:06:40.123Z`.
-fn rfc3339(t: SystemTime, frac: usize, out: &mut Vec<u8>) {
+pub fn rfc3339(t: SystemTime, frac: usize, out: &mut Vec<u8>) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

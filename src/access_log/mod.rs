@@ -81,11 +81,22 @@ impl AccessLog {
         tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
     }
 
-    /// Queues one line. Never blocks on I/O; drops (and counts) the line
-    /// when too much is waiting.
+    /// Queues one request's line. Never blocks on I/O; drops (and
+    /// counts) the line when too much is waiting.
     pub fn log(&self, line: &Line<'_>) {
         let format = self.format;
         self.writer.append(|out| format::write(format, line, out));
+    }
+
+    /// The configured line format, for other kinds of lines.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Queues a line of another kind: `write` appends it, newline
+    /// included, in [`AccessLog::format`] (see [`format`]'s helpers).
+    pub fn log_with(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.writer.append(write);
     }
 }
 

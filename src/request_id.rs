@@ -72,8 +72,13 @@ impl RequestId {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
+    /// The header value. One allocation, shared by its clones: the
+    /// response and the forwarded request both carry it.
     pub fn header_value(&self) -> http::HeaderValue {
-        http::HeaderValue::from_bytes(&self.0)
+        // `from_owner` keeps the bytes and a reference count in one
+        // allocation; a `Vec`-backed value would allocate again on its
+        // first clone.
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(self.0))
             .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
     }
 }

@@ -72,8 +72,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// What the request rewrite needs to know.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarded<'a> {
-    /// The client address (from the PROXY header, or the TCP peer).
-    pub client: IpAddr,
+    /// `X-Forwarded-For`: the client address (from the PROXY header, or the
+    /// TCP peer), made once per connection with [`client_header_value`].
+    pub client: &'a HeaderValue,
     /// `X-Cloud-Request-Id`, sent to the backend too.
     pub request_id: &'a HeaderValue,
 }
@@ -91,7 +92,7 @@ pub fn rewrite_request(
     }
     parts
         .headers
-        .insert(X_FORWARDED_FOR.clone(), ip_header_value(fwd.client));
+        .insert(X_FORWARDED_FOR.clone(), fwd.client.clone());
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
@@ -155,16 +156,22 @@ fn origin_form(uri: &Uri, method: &Method) -> Uri {
     Uri::from(pq)
 }
 
-fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    // Formatted into a stack buffer: an IP address is at most 45 bytes.
-    let mut buf = [0u8; 64];
+/// The `X-Forwarded-For` value for a client. Made once per connection:
+/// its clones share one allocation.
+pub fn client_header_value(ip: IpAddr) -> HeaderValue {
+    // An IP address is at most 45 bytes of text (an IPv4-mapped IPv6
+    // address written out in full); the buffer becomes the allocation.
+    let mut buf = [0u8; 48];
     let len = {
         let mut w = &mut buf[..];
         let before = w.len();
         let _ = std::io::Write::write_fmt(&mut w, format_args!("{ip}"));
         before - w.len()
     };
-    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    // `from_owner`: the bytes and their reference count in one allocation,
+    // so cloning the value per request allocates nothing.
+    let bytes = bytes::Bytes::from_owner(buf).slice(..len);
+    HeaderValue::from_maybe_shared(bytes).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
@@ -213,7 +220,7 @@ mod tests {
         rewrite_request(
             &mut parts,
             Forwarded {
-                client: "2001:db8::7".parse().unwrap(),
+                client: &client_header_value("2001:db8::7".parse().unwrap()),
                 request_id: &HeaderValue::from_static("id-1"),
             },
             || None,
@@ -257,7 +264,7 @@ mod tests {
         rewrite_request(
             &mut parts,
             Forwarded {
-                client: "192.0.2.1".parse().unwrap(),
+                client: &client_header_value("192.0.2.1".parse().unwrap()),
                 request_id: &HeaderValue::from_static("id-2"),
             },
             || Some(HeaderValue::from_static("10.0.0.5:9200")),
@@ -282,7 +289,7 @@ mod tests {
         rewrite_request(
             &mut parts,
             Forwarded {
-                client: "192.0.2.1".parse().unwrap(),
+                client: &client_header_value("192.0.2.1".parse().unwrap()),
                 request_id: &id,
             },
             || None,
@@ -298,7 +305,7 @@ mod tests {
         let mut parts = request(http::Request::get("/").version(Version::HTTP_10));
         let id = HeaderValue::from_static("id");
         let fwd = Forwarded {
-            client: "192.0.2.1".parse().unwrap(),
+            client: &client_header_value("192.0.2.1".parse().unwrap()),
             request_id: &id,
         };
         rewrite_request(&mut parts, fwd, || {

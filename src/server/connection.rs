@@ -19,6 +19,7 @@ use super::Proxy;
 use super::activity::{Activity, ActivityIo, Expired};
 use super::service;
 use crate::endpoint::ClientIdentity;
+use crate::forward::headers::client_header_value;
 use crate::proxy_protocol::{self, Prefixed};
 use crate::shutdown::{Phase, Shutdown};
 use crate::tls;
@@ -27,6 +28,8 @@ use crate::tls;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub client: ClientIdentity,
+    /// `X-Forwarded-For` for every request on the connection.
+    pub forwarded_for: http::HeaderValue,
     pub peer: SocketAddr,
     pub sni: Option<Box<str>>,
     pub activity: Arc<Activity>,
@@ -70,6 +73,7 @@ pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shut
         let h2 = tls::alpn_is_h2(&stream);
         let activity = Arc::new(Activity::new(!h2));
         let info = Arc::new(ConnInfo {
+            forwarded_for: client_header_value(accepted.client.source),
             client: accepted.client,
             peer,
             sni: tls::sni_of(&stream).map(Into::into),

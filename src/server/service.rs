@@ -137,7 +137,7 @@ async fn respond(
     };
     let product = decision.target.map(|t| t.product);
     let fwd = Forwarded {
-        client: conn.client.source,
+        client: &conn.forwarded_for,
         request_id,
     };
     let sent = Instant::now();

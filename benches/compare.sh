@@ -16,12 +16,34 @@
 # portcullis, the same fixed-rate load with a 1M-rule snapshot re-applied
 # every second through `PUT /snapshot`, against a quiet run.
 #
+# Access logs. With --logs both (the default) the keep-alive and the
+# new-connection phases run twice per proxy, in a fresh process each: access
+# log on and access log off. The idle-memory, open-loop and reload phases run
+# once, with the access log on, as operators run the proxies. The targets
+# compare portcullis's log-on figures with nginx's and HAProxy's log-on ones.
+#   nginx       buffered JSON (log_format escape=json, the fields portcullis
+#               writes), `access_log FILE json_log buffer=64k flush=1s`.
+#   HAProxy     a JSON-shaped log-format with the same fields, sent as syslog
+#               over UDP to 127.0.0.1 (`log 127.0.0.1:PORT len 4096 local0`),
+#               received by `socat` on core 1 into a file: the usual
+#               deployment (a local syslog daemon); HAProxy sends with
+#               MSG_DONTWAIT and never blocks on it. (Not `log stdout` into a
+#               file: HAProxy's manual says that blocks.)
+#   portcullis  its shipped defaults ([log] access unset = on), stdout to a
+#               file; `--log-format json` (JSON is what nginx writes here;
+#               --portcullis-log-format text for the default text format).
+#               Off: `[log] access = false`.
+# After every logged run the script counts the lines the log received and
+# the report prints them against the responses, so a log that silently
+# writes nothing (or drops lines) shows.
+#
 # Results: a markdown table on stdout and in target/compare/results.md; all
 # numbers in target/compare/results.json.
 #
 #   benches/compare.sh                  # 10 s per phase
 #   benches/compare.sh --quick          # 3 s per phase, 1000 idle connections, medium snapshot
 #   benches/compare.sh --duration 15 --repeat 2
+#   benches/compare.sh --logs off       # the old table: every access log off
 #   benches/compare.sh --smoke          # the CI smoke run (.ci/loadgen-smoke), ~2 s
 #
 # Options: --duration S (per phase), --repeat N (best of N per CPU and
@@ -30,11 +52,14 @@
 # --connections N (keep-alive and open loop), --idle N (idle connections),
 # --rate R (open-loop rate; default: a quarter of the slowest proxy's
 # keep-alive rate), --denied-share PCT (clients from a denied range, default 10),
+# --logs both|on|off (access logs; default both, see above),
+# --portcullis-log-format json|text (default json),
 # --proxies "nginx haproxy portcullis", --reload-scale small|medium|large,
 # --no-reload, --no-install, --no-build (use the release binaries as they
 # are), --report-only (rebuild the tables from the last run's raw files),
 # --port-base P (backend P, nginx P+1, HAProxy
-# P+2, portcullis P+3, its admin API P+4; default 24400).
+# P+2, portcullis P+3, its admin API P+4, HAProxy's syslog sink P+5 (UDP);
+# default 24400).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -56,6 +81,8 @@ INSTALL=1
 BUILD=1
 REPORT_ONLY=0
 PORT_BASE=24400
+LOGS=both
+PORTCULLIS_LOG_FORMAT=json
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -71,6 +98,8 @@ while (($#)); do
         --rate) RATE="$2"; shift 2 ;;
         --denied-share) DENIED_SHARE="$2"; shift 2 ;;
         --proxies) PROXIES="$2"; shift 2 ;;
+        --logs) LOGS="$2"; shift 2 ;;
+        --portcullis-log-format) PORTCULLIS_LOG_FORMAT="$2"; shift 2 ;;
         --reload-scale) RELOAD_SCALE="$2"; shift 2 ;;
         --no-reload) RELOAD=0; shift ;;
         --no-install) INSTALL=0; shift ;;
@@ -81,6 +110,19 @@ while (($#)); do
         *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+case "$LOGS" in
+    both) MODES="on off" ;;
+    on) MODES=on ;;
+    off) MODES=off ;;
+    *) echo "compare.sh: --logs is both, on or off" >&2; exit 2 ;;
+esac
+case "$PORTCULLIS_LOG_FORMAT" in
+    json|text) ;;
+    *) echo "compare.sh: --portcullis-log-format is json or text" >&2; exit 2 ;;
+esac
+# The access-log mode of the phases that run once (idle, open loop, reload).
+MAIN_MODE=on
+[ "$LOGS" = off ] && MAIN_MODE=off
 
 OUT="$ROOT/target/compare"
 WORK="$OUT/work"
@@ -89,9 +131,10 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/release"
 BACKEND_PORT=$PORT_BASE
 ADMIN_PORT=$((PORT_BASE + 4))
+SYSLOG_PORT=$((PORT_BASE + 5))
 declare -A PORT=([nginx]=$((PORT_BASE + 1)) [haproxy]=$((PORT_BASE + 2)) [portcullis]=$((PORT_BASE + 3)))
-declare -A LABEL=([nginx]=nginx [haproxy]=HAProxy [portcullis]=portcullis)
 HOST=bench.es.bench.test
+DEPLOYMENT=c0ffee00000000000000000000000001
 FORBIDDEN='{"ok":false,"message":"Forbidden due to traffic filtering. Please see the Elastic documentation on Traffic Filtering for more information."}'
 # Allowed clients come from these ranges (all in the allow list); denied
 # ones from 198.18.0.0/15, which no list entry covers.
@@ -130,8 +173,7 @@ stop() {
 }
 
 wait_port() { # port seconds
-    local i
-    for i in $(seq $(($2 * 10))); do
+    for _ in $(seq $(($2 * 10))); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
         sleep 0.1
     done
@@ -151,6 +193,10 @@ install_tools() {
     command -v jq >/dev/null 2>&1 || need+=(jq)
     command -v curl >/dev/null 2>&1 || need+=(curl)
     command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+    # HAProxy's syslog sink, when its access log is on.
+    if [ "$LOGS" != off ] && [[ " $PROXIES " == *" haproxy "* ]]; then
+        command -v socat >/dev/null 2>&1 || need+=(socat)
+    fi
     if ((${#need[@]})); then
         ((INSTALL)) || die "missing ${need[*]} (and --no-install given)"
         log "installing ${need[*]}"
@@ -203,9 +249,9 @@ make_allow_list() {
     awk '{ print $1 " 1;" }' "$WORK/allow.lst" >"$WORK/allow.geo"
     printf '%s' "$FORBIDDEN" >"$WORK/403.json"
     # The same list as one portcullis IP policy.
-    jq -R -s -c --arg backend "127.0.0.1:$BACKEND_PORT" '
+    jq -R -s -c --arg backend "127.0.0.1:$BACKEND_PORT" --arg deployment "$DEPLOYMENT" '
         (split("\n") | map(select(length > 0)) | map({source: .})) as $rules
-        | {deployments: [{id: "c0ffee00000000000000000000000001", alias: "bench",
+        | {deployments: [{id: $deployment, alias: "bench",
                           region: "aws-us-east-1",
                           resources: {es: {backends: [$backend]}},
                           policies: ["bench-allow-list"]}],
@@ -218,7 +264,7 @@ make_allow_list() {
 SEARCH_RESPONSE='{"took":3,"timed_out":false,"_shards":{"total":1,"successful":1,"skipped":0,"failed":0},"hits":{"total":{"value":2,"relation":"eq"},"max_score":1.3862942,"hits":[{"_index":"logs-2024.11.23","_id":"kxbP9ZMBa1DUwN2qYH3u","_score":1.3862942,"_source":{"@timestamp":"2024-11-23T18:47:12.384Z","message":"GET /api/v1/orders 200 12ms","service":{"name":"checkout"},"host":{"name":"web-07"}}},{"_index":"logs-2024.11.23","_id":"lBbP9ZMBa1DUwN2qYH3u","_score":1.3862942,"_source":{"@timestamp":"2024-11-23T18:47:13.019Z","message":"GET /api/v1/cart 200 8ms","service":{"name":"checkout"},"host":{"name":"web-02"}}}]}}'
 
 write_configs() {
-    mkdir -p "$WORK/backend" "$WORK/nginx"
+    mkdir -p "$WORK/backend" "$WORK/nginx" "$WORK/haproxy" "$WORK/portcullis"
     cat >"$WORK/backend/nginx.conf" <<EOF
 worker_processes 1;
 pid $WORK/backend/nginx.pid;
@@ -238,20 +284,42 @@ http {
     }
 }
 EOF
-    cat >"$WORK/nginx/nginx.conf" <<EOF
+    # Access logs: the fields portcullis writes (src/server/service.rs
+    # Record::emit). What nginx cannot know (deployment, decision, policy)
+    # comes from constants and from the geo it filters with.
+    cat >"$WORK/nginx/log-on.conf" <<'EOF'
+map $allowed $log_decision { 1 allowed; default denied; }
+map $allowed $log_reason { 1 ip; default unmatched; }
+map $allowed $log_status_reason { 1 ""; default BLOCKED_BY_TRAFFIC_FILTER; }
+map $allowed $log_policy { 1 bench-allow-list; default ""; }
+log_format json_log escape=json '{"time":"$time_iso8601","request_id":"$request_id",'
+    '"client_ip":"$proxy_protocol_addr","peer":"$realip_remote_addr:$realip_remote_port",'
+    '"endpoint":"","sni":"$ssl_server_name","host":"$host",'
+    '"deployment":"@DEPLOYMENT@","product":"es",'
+    '"method":"$request_method","path":"$uri","version":"$server_protocol",'
+    '"status":$status,"bytes":$body_bytes_sent,"duration_s":$request_time,'
+    '"decision":"$log_decision","reason":"$log_reason",'
+    '"status_reason":"$log_status_reason","policy":"$log_policy"}';
+access_log @WORK@/nginx/access.log json_log buffer=64k flush=1s;
+EOF
+    sed -i "s|@WORK@|$WORK|; s|@DEPLOYMENT@|$DEPLOYMENT|" "$WORK/nginx/log-on.conf"
+    echo 'access_log off;' >"$WORK/nginx/log-off.conf"
+    local mode
+    for mode in on off; do
+        cat >"$WORK/nginx/nginx-$mode.conf" <<EOF
 worker_processes 1;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 worker_rlimit_nofile 65536;
 events { worker_connections 30000; }
 http {
-    access_log off;
     keepalive_timeout 600s;
     keepalive_requests 100000000;
     geo \$allowed {
         default 0;
         include $WORK/allow.geo;
     }
+    include $WORK/nginx/log-$mode.conf;
     upstream es {
         server 127.0.0.1:$BACKEND_PORT;
         keepalive 256;
@@ -279,13 +347,33 @@ http {
     }
 }
 EOF
-    cat >"$WORK/haproxy.cfg" <<EOF
+    done
+    # HAProxy: syslog over UDP to a local sink (see the header). The same
+    # fields as nginx's, JSON-shaped; %{+E}o escapes '"' and '\' in every
+    # string. The decision fields come from one variable set past the deny
+    # rule. %B counts headers too; the TCP peer before PROXY is not
+    # available to a 2.6 log-format, so "peer" stays empty.
+    local log_global="" log_defaults="" log_frontend="" log_allowed=""
+    for mode in on off; do
+        if [ "$mode" = on ]; then
+            log_global="    log 127.0.0.1:$SYSLOG_PORT len 4096 local0 info"
+            log_defaults="    log global"
+            log_frontend='    capture request header Host len 128
+    unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    log-format '"'"'%{+E}o{"time":"%tr","request_id":"%ID","client_ip":"%ci","peer":"","endpoint":"","sni":"%[ssl_fc_sni]","host":"%[capture.req.hdr(0)]","deployment":"'"$DEPLOYMENT"'","product":"es","method":"%HM","path":"%HPO","version":"%HV","status":%ST,"bytes":%B,"duration_ms":%Ta,"decision":"%[var(txn.allowed,0),iif(allowed,denied)]","reason":"%[var(txn.allowed,0),iif(ip,unmatched)]","status_reason":"%[var(txn.allowed,0),iif(,BLOCKED_BY_TRAFFIC_FILTER)]","policy":"%[var(txn.allowed,0),iif(bench-allow-list,)]"}'"'"
+            log_allowed="    http-request set-var(txn.allowed) bool(1)"
+        else
+            log_global="" log_defaults="" log_frontend="" log_allowed=""
+        fi
+        cat >"$WORK/haproxy-$mode.cfg" <<EOF
 global
     nbthread 1
     # Two descriptors per connection (client, server) within ulimit -n.
     maxconn $(( ($(ulimit -n) - 200) / 2 ))
+$log_global
 defaults
     mode http
+$log_defaults
     option http-keep-alive
     timeout connect 3s
     timeout client 600s
@@ -294,8 +382,10 @@ defaults
     timeout http-keep-alive 600s
 frontend fe
     bind 127.0.0.1:${PORT[haproxy]} accept-proxy ssl crt $WORK/haproxy.pem alpn http/1.1 ssl-min-ver TLSv1.3
+$log_frontend
     acl allowed src -f $WORK/allow.lst
     http-request return status 403 content-type application/json file $WORK/403.json if !allowed
+$log_allowed
     http-request set-header X-Forwarded-For %[src]
     http-request set-header X-Forwarded-Proto https
     http-request del-header X-Found-Cluster
@@ -304,11 +394,16 @@ backend es
     http-reuse always
     server s1 127.0.0.1:$BACKEND_PORT
 EOF
+    done
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/admin.token"
 }
 
-portcullis_config() { # snapshot-file
-    cat >"$WORK/portcullis.toml" <<EOF
+# portcullis_config SNAPSHOT-FILE: portcullis-on.toml (the shipped logging
+# defaults: no [log] section) and portcullis-off.toml ([log] access = false).
+portcullis_config() {
+    local mode
+    for mode in on off; do
+        cat >"$WORK/portcullis-$mode.toml" <<EOF
 [server]
 listen = ["127.0.0.1:${PORT[portcullis]}"]
 zones = ["bench.test"]
@@ -330,10 +425,11 @@ poll_interval = "3600s"
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 token_file = "$WORK/admin.token"
-
-[log]
-access = false
 EOF
+        if [ "$mode" = off ]; then
+            printf '\n[log]\naccess = false\n' >>"$WORK/portcullis-$mode.toml"
+        fi
+    done
 }
 
 # ---------------------------------------------------------------- servers
@@ -341,24 +437,45 @@ start_backend() {
     taskset -c 1 nginx -p "$WORK/backend" -c "$WORK/backend/nginx.conf" -g 'daemon off;' \
         >"$WORK/backend/stdout.log" 2>&1 &
     STARTED+=($!)
-    BACKEND_PID=$!
     wait_port "$BACKEND_PORT" 10 || die "backend did not start: $(tail -5 "$WORK/backend/error.log" 2>/dev/null)"
 }
 
-# start_proxy NAME: sets PROXY_PID and PIDS (all its processes).
+# HAProxy's syslog receiver: datagrams (one log line each, newline
+# included) appended to a file, on core 1 with the load generator.
+start_syslog_sink() {
+    mkdir -p "$WORK/haproxy"
+    taskset -c 1 socat -u "UDP-RECV:$SYSLOG_PORT,bind=127.0.0.1,rcvbuf=4194304" \
+        "OPEN:$WORK/haproxy/syslog.log,creat,append" 2>>"$WORK/haproxy/socat.log" &
+    SINK_PID=$!
+    STARTED+=("$SINK_PID")
+    local hex
+    hex=$(printf ':%04X ' "$SYSLOG_PORT")
+    for _ in $(seq 50); do
+        grep -q "$hex" /proc/net/udp && return 0
+        kill -0 "$SINK_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    die "the syslog sink did not start: $(tail -3 "$WORK/haproxy/socat.log")"
+}
+
+# start_proxy NAME MODE (on|off: access log): sets PROXY_PID and PIDS (all
+# its processes).
 start_proxy() {
-    local name="$1"
+    local name="$1" mode="$2"
     case "$name" in
         nginx)
-            taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' \
-                >"$WORK/nginx/stdout.log" 2>&1 &
+            taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx-$mode.conf" -g 'daemon off;' \
+                >>"$WORK/nginx/stdout.log" 2>&1 &
             ;;
         haproxy)
-            taskset -c 0 haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+            if [ "$mode" = on ]; then start_syslog_sink; fi
+            taskset -c 0 haproxy -db -f "$WORK/haproxy-$mode.cfg" >>"$WORK/haproxy/stdout.log" 2>&1 &
             ;;
         portcullis)
-            TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN/portcullis" run --config "$WORK/portcullis.toml" \
-                >"$WORK/portcullis.log" 2>&1 &
+            # O_APPEND (>>), so the file can be emptied between phases.
+            env -u RUST_LOG TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN/portcullis" \
+                --log-format "$PORTCULLIS_LOG_FORMAT" run --config "$WORK/portcullis-$mode.toml" \
+                >>"$WORK/portcullis/stdout-$mode.log" 2>&1 &
             ;;
     esac
     PROXY_PID=$!
@@ -372,9 +489,9 @@ start_proxy() {
             kill -0 "$PROXY_PID" 2>/dev/null || break
             sleep 0.1
         done
-        ((ok)) || die "portcullis not ready: $(tail -5 "$WORK/portcullis.log")"
+        ((ok)) || die "portcullis not ready: $(tail -5 "$WORK/portcullis/stdout-$mode.log")"
     else
-        wait_port "${PORT[$name]}" "$wait_s" || die "$name did not start"
+        wait_port "${PORT[$name]}" "$wait_s" || die "$name did not start: $(tail -5 "$WORK/$name/stdout.log")"
     fi
     sleep 0.3
     PIDS=("$PROXY_PID")
@@ -385,16 +502,76 @@ start_proxy() {
     fi
 }
 
+# stop_proxy NAME PID: the proxy, then HAProxy's syslog sink once the last
+# datagrams are in.
+stop_proxy() {
+    stop "$2"
+    if [ "$1" = haproxy ] && [ -n "${SINK_PID:-}" ]; then
+        sleep 0.2
+        stop "$SINK_PID"
+        SINK_PID=
+    fi
+}
+
+# ------------------------------------------------------------- access logs
+access_log_file() {
+    case "$1" in
+        nginx) echo "$WORK/nginx/access.log" ;;
+        haproxy) echo "$WORK/haproxy/syslog.log" ;;
+        portcullis) echo "$WORK/portcullis/stdout-on.log" ;;
+    esac
+}
+
+# Lines the access log holds (portcullis's stdout also has operational
+# lines: only the access ones count).
+access_lines() {
+    local file
+    file=$(access_log_file "$1")
+    [ -f "$file" ] || { echo 0; return; }
+    case "$1" in
+        portcullis) grep -c 'portcullis::access' "$file" || true ;;
+        *) wc -l <"$file" ;;
+    esac
+}
+
+# Long enough for nginx's `flush=1s`, portcullis's log writer thread and
+# the sink to have written everything.
+log_settle() { sleep 1.3; }
+
+# log_reset NAME: empties the log after warm-up, before a measured run.
+# All three write with O_APPEND, so truncating is safe.
+log_reset() {
+    log_settle
+    : >"$(access_log_file "$1")"
+}
+
+# log_take NAME SAMPLE-FILE: the number of lines written since log_reset
+# (a sample of them kept), then empties the log again.
+log_take() {
+    local file lines
+    log_settle
+    file=$(access_log_file "$1")
+    lines=$(access_lines "$1")
+    if [ "$1" = portcullis ]; then
+        grep -m 2 'portcullis::access' "$file" >"$2" || true
+    else
+        head -n 2 "$file" >"$2"
+    fi
+    : >"$file"
+    echo "$lines"
+}
+
 # --------------------------------------------------------------------- load
 # loadgen NAME ARGS...: JSON on stdout.
 loadgen() {
     local name="$1"
     shift
-    local measure=() p
+    local measure=() sources=() p
     for p in "${PIDS[@]}"; do measure+=(--measure-pid "$p"); done
+    for p in "${ALLOWED_SOURCES[@]}"; do sources+=(--source "$p"); done
     taskset -c 1 "$BIN/portcullis-loadgen" --target "127.0.0.1:${PORT[$name]}" --host "$HOST" \
         --ca "$WORK/cert.pem" --tls-version 1.3 --kx x25519 \
-        $(printf -- '--source %s ' "${ALLOWED_SOURCES[@]}") \
+        "${sources[@]}" \
         --denied-source "$DENIED_SOURCE" --denied-share "$DENIED_SHARE" \
         --timeout 10s "${measure[@]}" --json "$@"
 }
@@ -402,65 +579,86 @@ loadgen() {
 # core 0 busy jiffies and total jiffies.
 core0() { awk '/^cpu0 / { print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9 }' /proc/stat; }
 
-# phase NAME PHASE RUN ARGS...: runs the load generator once, saves its JSON
-# with how busy core 0 was (to spot other load on the proxy's core).
+# phase NAME PHASE MODE RUN ARGS...: runs the load generator once, saves its
+# JSON with how busy core 0 was (to spot other load on the proxy's core)
+# and, with the access log on (MODE), how many lines the log received.
 phase() {
-    local name="$1" kind="$2" r="$3"
-    shift 3
-    local file="$RAW/$name-$kind-$r.json" before after b0 t0 b1 t1
+    local name="$1" kind="$2" mode="$3" r="$4"
+    shift 4
+    local base="$RAW/$name-$kind-$mode-$r" before after b0 t0 b1 t1 lines=null
     before=$(core0)
-    loadgen "$name" "$@" >"$file.tmp" 2>"$RAW/$name-$kind-$r.stderr" || true
+    loadgen "$name" "$@" >"$base.tmp" 2>"$base.stderr" || true
     after=$(core0)
-    if ! jq -e . "$file.tmp" >/dev/null 2>&1; then
-        die "$name $kind: load generator failed: $(tail -3 "$RAW/$name-$kind-$r.stderr")"
+    if ! jq -e 'has("rps")' "$base.tmp" >/dev/null 2>&1; then
+        die "$name $kind: load generator failed: $(tail -3 "$base.stderr")"
     fi
+    if [ "$mode" = on ]; then lines=$(log_take "$name" "$base.log-sample"); fi
     read -r b0 t0 <<<"$before"
     read -r b1 t1 <<<"$after"
-    jq --arg phase "$kind" \
+    jq --arg phase "$kind" --arg mode "$mode" --argjson lines "$lines" \
         --argjson busy "$(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.3f", (t > 0 ? b / t : 0) }')" \
-        '. + {phase: $phase, core0_busy: $busy}' "$file.tmp" >"$file"
-    rm -f "$file.tmp"
-    log "$(jq -r --arg n "$name" --arg k "$kind" '"\($n) \($k): \(.rps) req/s, \(.server.cpu_us_per_request // "-") µs/req, \(.server.cpu_us_per_connection // "-") µs/conn, p99 \(.latency_us.p99 // "-") µs, errors \(.errors), 200/403/other \(.status."200")/\(.status."403")/\(.status.other), idle B/conn \(.idle.rss_bytes_per_connection // "-"), core0 busy \(.core0_busy)"' "$file")"
+        '. + {phase: $phase, access_log: $mode, access_log_lines: $lines, core0_busy: $busy}' "$base.tmp" >"$base.json"
+    rm -f "$base.tmp"
+    log "$(jq -r --arg n "$name" '"\($n) \(.phase) (log \(.access_log)): \(.rps) req/s, \(.server.cpu_us_per_request // "-") µs/req, \(.server.cpu_us_per_connection // "-") µs/conn, p99 \(.latency_us.p99 // "-") µs, errors \(.errors), 200/403/other \(.status."200")/\(.status."403")/\(.status.other), idle B/conn \(.idle.rss_bytes_per_connection // "-"), log lines \(.access_log_lines // "-") for \(.requests) responses, core0 busy \(.core0_busy)"' "$base.json")"
+    # A log that received nothing makes a proxy look cheap: say so loudly
+    # (the report shows the counts too).
+    if [ "$mode" = on ] && jq -e '.requests > 0 and .access_log_lines < 0.98 * .requests' "$base.json" >/dev/null; then
+        log "WARNING: $name $kind: the access log received $lines lines for $(jq .requests "$base.json") responses"
+    fi
 }
 
-# One fresh process per repetition: the idle-memory baseline must not
-# include memory the allocator kept from an earlier run.
+# warm_up NAME MODE: caches, upstream keep-alive pools, lazily allocated
+# state; then an empty access log.
+warm_up() {
+    loadgen "$1" --connections 16 --duration 1s >/dev/null 2>&1 || true
+    if [ "$2" = on ]; then log_reset "$1"; fi
+}
+
+# One fresh process per repetition and access-log mode: the idle-memory
+# baseline must not include memory the allocator kept from an earlier run.
+# The idle phase runs in the MAIN_MODE process only.
 measure_proxy() {
-    local name="$1" r
+    local name="$1" r mode modes
     for r in $(seq "$REPEAT"); do
-        log "== $name ($r/$REPEAT)"
-        start_proxy "$name"
-        # Warm-up: caches, upstream keep-alive pools, lazily allocated state.
-        loadgen "$name" --connections 16 --duration 1s >/dev/null 2>&1 || true
-        phase "$name" idle "$r" --mode idle --connections "$IDLE_CONNS" \
-            --duration "${IDLE_HOLD}s" --connect-concurrency 32
-        phase "$name" keepalive "$r" --connections "$CONNS" --duration "${DURATION}s"
-        phase "$name" newconn "$r" --connections "$NEWCONN_CONNS" --requests-per-connection 1 \
-            --duration "${DURATION}s"
-        stop "$PROXY_PID"
+        read -r -a modes <<<"$MODES"
+        # Alternate which mode goes first.
+        if ((r % 2 == 0 && ${#modes[@]} == 2)); then modes=("${modes[1]}" "${modes[0]}"); fi
+        for mode in "${modes[@]}"; do
+            log "== $name, access log $mode ($r/$REPEAT)"
+            start_proxy "$name" "$mode"
+            warm_up "$name" "$mode"
+            if [ "$mode" = "$MAIN_MODE" ]; then
+                phase "$name" idle "$mode" "$r" --mode idle --connections "$IDLE_CONNS" \
+                    --duration "${IDLE_HOLD}s" --connect-concurrency 32
+            fi
+            phase "$name" keepalive "$mode" "$r" --connections "$CONNS" --duration "${DURATION}s"
+            phase "$name" newconn "$mode" "$r" --connections "$NEWCONN_CONNS" --requests-per-connection 1 \
+                --duration "${DURATION}s"
+            stop_proxy "$name" "$PROXY_PID"
+        done
     done
 }
 
 # All proxies run at once (an idle proxy costs nothing) and the open-loop
 # runs take turns, so a burst of load from elsewhere on the machine hits
-# every proxy alike rather than one of them.
+# every proxy alike rather than one of them. Access logs as in MAIN_MODE.
 measure_open() {
     local n r
     declare -A main all
     for n in $PROXIES; do
-        start_proxy "$n"
+        start_proxy "$n" "$MAIN_MODE"
         main[$n]=$PROXY_PID
         all[$n]="${PIDS[*]}"
-        loadgen "$n" --connections 16 --duration 1s >/dev/null 2>&1 || true
     done
+    for n in $PROXIES; do warm_up "$n" "$MAIN_MODE"; done
     for r in $(seq "$OPEN_REPEAT"); do
         for n in $PROXIES; do
             read -r -a PIDS <<<"${all[$n]}"
-            phase "$n" open "$r" --mode open --rate "$RATE" --connections "$CONNS" \
+            phase "$n" open "$MAIN_MODE" "$r" --mode open --rate "$RATE" --connections "$CONNS" \
                 --duration "${DURATION}s"
         done
     done
-    for n in $PROXIES; do stop "${main[$n]}"; done
+    for n in $PROXIES; do stop_proxy "$n" "${main[$n]}"; done
 }
 
 reload_under_load() {
@@ -482,9 +680,9 @@ reload_under_load() {
     RELOAD_RULES=$(jq '[.policies[] | select(.type == "ip") | .rules | length] | add' "$WORK/snapshot-large.json")
     portcullis_config "$WORK/snapshot-large.json"
     log "== portcullis reload under load ($RELOAD_RULES IP rules, $((RELOAD_BYTES / 1048576)) MiB per PUT)"
-    start_proxy portcullis
-    loadgen portcullis --connections 16 --duration 1s >/dev/null 2>&1 || true
-    phase portcullis reload-quiet 1 --mode open --rate "$RATE" --connections "$CONNS" --duration "${DURATION}s"
+    start_proxy portcullis "$MAIN_MODE"
+    warm_up portcullis "$MAIN_MODE"
+    phase portcullis reload-quiet "$MAIN_MODE" 1 --mode open --rate "$RATE" --connections "$CONNS" --duration "${DURATION}s"
 
     local token
     token=$(cat "$WORK/admin.token")
@@ -508,7 +706,7 @@ reload_under_load() {
     STARTED+=("$reloader")
     # Give the first PUT a head start so reloads overlap the whole run.
     sleep 0.2
-    phase portcullis reload-busy 1 --mode open --rate "$RATE" --connections "$CONNS" --duration "${DURATION}s"
+    phase portcullis reload-busy "$MAIN_MODE" 1 --mode open --rate "$RATE" --connections "$CONNS" --duration "${DURATION}s"
     for _ in $(seq 600); do kill -0 "$reloader" 2>/dev/null || break; sleep 0.1; done
     stop "$reloader"
     RELOADS_OK=$(awk '$1 == 200' "$WORK/reloads.log" | wc -l)
@@ -516,47 +714,65 @@ reload_under_load() {
     RELOAD_PUT_S=$(awk '$1 == 200 { s += $2; n++ } END { printf "%.2f", n ? s / n : 0 }' "$WORK/reloads.log")
     RELOAD_VERSION=$(curl -s "http://127.0.0.1:$ADMIN_PORT/snapshot" | jq -r '.snapshot.version // .version // "?"')
     log "reloads: $RELOADS_OK of $RELOADS_ALL PUTs applied (mean PUT ${RELOAD_PUT_S}s), version now $RELOAD_VERSION"
-    stop "$PROXY_PID"
+    stop_proxy portcullis "$PROXY_PID"
 }
 
 # ------------------------------------------------------------------ results
-# best PHASE-FILES-GLOB JQ-EXPR min|max: the best value over repeats.
+# best NAME PHASE MODE JQ-EXPR min|max|median: over the repeats of a phase.
 best() {
-    local name="$1" kind="$2" expr="$3" how="$4"
+    local name="$1" kind="$2" mode="$3" expr="$4" how="$5"
     [ "$how" = median ] && how='sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end'
 
     jq -s "map($expr) | map(select(. != null)) | if length == 0 then null else $how end" \
-        "$RAW/$name-$kind-"*.json 2>/dev/null || echo null
+        "$RAW/$name-$kind-$mode-"*.json 2>/dev/null || echo null
+}
+
+# One proxy's figures from all its runs (best of the repeats for CPU and
+# memory, the median for open-loop latency), per access-log mode.
+proxy_results() {
+    jq -s '
+        def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+                           else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+        def runs(kind; mode): map(select(.phase == kind and .access_log == mode));
+        def best(f; how): map(f) | map(select(. != null)) | if length == 0 then null else how end;
+        def diff(a; b): if a == null or b == null then null else ((a - b) * 10 | round) / 10 end;
+        def logged(kind): map(select(.phase == kind and .access_log == "on"))
+            | if length == 0 then null
+              else {lines: (map(.access_log_lines // 0) | add), responses: (map(.requests) | add), runs: length} end;
+        . as $all
+        | ([$all[] | select(.phase == "open" or .phase == "idle") | .access_log] | first // null) as $main
+        | {keepalive: ({on: null, off: null} | with_entries(.key as $m | .value = ($all | runs("keepalive"; $m)
+                | if length == 0 then null else
+                    {rps: best(.rps; max), cpu_us_per_request: best(.server.cpu_us_per_request; min),
+                     user_us_per_request: best(.server.user_us_per_request; min),
+                     cpu_share: best(.server.cpu_share; max), p99_us: best(.latency_us.p99; min)} end))),
+           newconn: ({on: null, off: null} | with_entries(.key as $m | .value = ($all | runs("newconn"; $m)
+                | if length == 0 then null else
+                    {per_s: best(.connections_per_s; max),
+                     cpu_us_per_connection: best(.server.cpu_us_per_connection; min),
+                     user_us_per_connection: best(.server.user_us_per_connection; min)} end))),
+           idle: ($all | runs("idle"; $main) | {access_log: $main,
+                  rss_bytes_per_connection: best(.idle.rss_bytes_per_connection; min),
+                  connections_held: best(.idle.held_at_end; max)}),
+           open: ($all | runs("open"; $main) | {access_log: $main,
+                  p50_us: (map(.latency_us.p50) | median), p99_us: (map(.latency_us.p99) | median),
+                  p99_9_us: (map(.latency_us.p99_9) | median), max_us: (map(.latency_us.max) | median)}),
+           access_log_lines: {idle: ($all | logged("idle")), keepalive: ($all | logged("keepalive")),
+                              newconn: ($all | logged("newconn")), open: ($all | logged("open"))},
+           errors: ($all | map(.errors) | add),
+           status: ($all | map(.status) | {"200": (map(."200") | add), "403": (map(."403") | add), other: (map(.other) | add)}),
+           runs: ($all | group_by(.phase))}
+        | .access_log_cost = {
+            keepalive_cpu_us_per_request: diff(.keepalive.on.cpu_us_per_request; .keepalive.off.cpu_us_per_request),
+            keepalive_user_us_per_request: diff(.keepalive.on.user_us_per_request; .keepalive.off.user_us_per_request),
+            newconn_cpu_us_per_connection: diff(.newconn.on.cpu_us_per_connection; .newconn.off.cpu_us_per_connection)}
+    ' "$RAW/$1"-{idle,keepalive,newconn,open}-*.json
 }
 
 results() {
     local n json="{}"
     for n in $PROXIES; do
-        json=$(jq --arg n "$n" \
-            --argjson ka_rps "$(best "$n" keepalive .rps max)" \
-            --argjson ka_cpu "$(best "$n" keepalive .server.cpu_us_per_request min)" \
-            --argjson ka_user "$(best "$n" keepalive .server.user_us_per_request min)" \
-            --argjson nc_user "$(best "$n" newconn .server.user_us_per_connection min)" \
-            --argjson ka_share "$(best "$n" keepalive .server.cpu_share max)" \
-            --argjson ka_p99 "$(best "$n" keepalive .latency_us.p99 min)" \
-            --argjson nc_cps "$(best "$n" newconn .connections_per_s max)" \
-            --argjson nc_cpu "$(best "$n" newconn .server.cpu_us_per_connection min)" \
-            --argjson idle_b "$(best "$n" idle .idle.rss_bytes_per_connection min)" \
-            --argjson idle_n "$(best "$n" idle .idle.held_at_end max)" \
-            --argjson p50 "$(best "$n" open .latency_us.p50 median)" \
-            --argjson p99 "$(best "$n" open .latency_us.p99 median)" \
-            --argjson p999 "$(best "$n" open .latency_us.p99_9 median)" \
-            --argjson omax "$(best "$n" open .latency_us.max median)" \
-            --argjson errors "$(jq -s 'map(.errors) | add' "$RAW/$n"-{idle,keepalive,newconn,open}-*.json)" \
-            --argjson status "$(jq -s 'map(.status) | {"200": (map(."200") | add), "403": (map(."403") | add), other: (map(.other) | add)}' "$RAW/$n"-{keepalive,newconn,open}-*.json)" \
-            --argjson runs "$(jq -s 'group_by(.phase)' "$RAW/$n"-{idle,keepalive,newconn,open}-*.json)" \
-            '.[$n] = {keepalive_rps: $ka_rps, keepalive_cpu_us_per_request: $ka_cpu,
-                      keepalive_user_us_per_request: $ka_user, newconn_user_us_per_connection: $nc_user,
-                      keepalive_cpu_share: $ka_share, keepalive_p99_us: $ka_p99,
-                      newconn_per_s: $nc_cps, newconn_cpu_us_per_connection: $nc_cpu,
-                      idle_rss_bytes_per_connection: $idle_b, idle_connections_held: $idle_n,
-                      open_p50_us: $p50, open_p99_us: $p99, open_p99_9_us: $p999, open_max_us: $omax,
-                      errors: $errors, status: $status, runs: $runs}' <<<"$json")
+        json=$(jq --arg n "$n" --argjson p "$(proxy_results "$n")" '.[$n] = $p' <<<"$json")
     done
     if ((RELOAD)) && [ -n "${RELOADS_ALL:-}" ]; then
         json=$(jq --argjson quiet "$(jq -s '.' "$RAW"/portcullis-reload-quiet-*.json)" \
@@ -575,13 +791,19 @@ results() {
         --arg portcullis "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
         --argjson duration "$DURATION" --argjson repeat "$REPEAT" --argjson open_repeat "$OPEN_REPEAT" --argjson conns "$CONNS" \
         --argjson newconns "$NEWCONN_CONNS" --argjson idle "$IDLE_CONNS" --argjson rate "$RATE" \
-        --argjson denied "$DENIED_SHARE" \
+        --argjson denied "$DENIED_SHARE" --arg modes "$MODES" --arg main_mode "$MAIN_MODE" \
+        --arg pc_format "$PORTCULLIS_LOG_FORMAT" \
         '{machine: {date: $date, kernel: $kernel, cpu: $cpu, cores: $cores, loadavg_at_end: $load,
                     nginx: $nginx, haproxy: $haproxy, openssl: $openssl, portcullis: $portcullis},
           settings: {duration_s: $duration, repeat: $repeat, open_repeat: $open_repeat, keepalive_connections: $conns,
                      newconn_connections: $newconns, idle_connections: $idle, open_rate: $rate,
                      denied_share_percent: $denied, allow_list_cidrs: 10000,
-                     tls: "TLS 1.3, ECDSA P-256, X25519, no resumption"}} + .' <<<"$json")
+                     tls: "TLS 1.3, ECDSA P-256, X25519, no resumption",
+                     access_log: {modes: ($modes | split(" ")), idle_open_reload: $main_mode,
+                                  nginx: "JSON (log_format escape=json), access_log FILE buffer=64k flush=1s",
+                                  haproxy: "JSON-shaped log-format, syslog over UDP to 127.0.0.1 (socat on core 1 into a file)",
+                                  portcullis: "shipped defaults ([log] access on), --log-format \($pc_format), stdout to a file",
+                                  off: "nginx access_log off; HAProxy no log; portcullis [log] access = false"}}} + .' <<<"$json")
     printf '%s\n' "$json" >"$OUT/results.json"
     markdown "$OUT/results.json" | tee "$OUT/results.md"
 }
@@ -589,49 +811,71 @@ results() {
 markdown() {
     jq -r --arg proxies "$PROXIES" '
         def num: if . == null then "–" elif (. | type) == "number" then
-            (if . >= 100 then (. | round | tostring) else ((. * 10 | round) / 10 | tostring | if test("\\.") then . else . + ".0" end) end) else tostring end;
+            (if . >= 100 or . <= -100 then (. | round | tostring) else ((. * 10 | round) / 10 | tostring | if test("\\.") then . else . + ".0" end) end) else tostring end;
         def ratio(a; b): if a == null or b == null or b == 0 then "–" else ((a / b * 100 | round) / 100 | tostring) + "×" end;
         . as $r
         | ($proxies | split(" ")) as $ps
         | ($ps | map(select(. != "portcullis"))) as $others
+        | $r.settings.access_log.modes as $modes
+        | $r.settings.access_log.idle_open_reload as $mm
+        | (if $mm == "on" then "access log on" else "access log off" end) as $mml
+        | ($modes | length == 2) as $both
         | def bestof(f; how): [$others[] | $r[.] | f | select(. != null)] | if length == 0 then null else how end;
           def row(lbl; f; target):
             "| \(lbl) | " + ([$ps[] | $r[.] | f | num] | join(" | "))
             + (if ($ps | index("portcullis")) and target != null then " | \(target) |" else " | |" end);
+          def vs(f; how; what): "\(ratio($r.portcullis | f; bestof(f; how))) \(what)";
+          def logcell: if . == null then "–" else "\(.lines) / \(.responses)"
+            + (if .responses > 0 and .lines < 0.98 * .responses then " ⚠" else "" end) end;
+          def onoff(k; f): . as $p | [$modes[] as $m | $p[k][$m] | f | num] | join(" / ");
           "## portcullis vs nginx vs HAProxy\n",
           "\($r.machine.cores) cores (\($r.machine.cpu)), kernel \($r.machine.kernel); nginx \($r.machine.nginx), HAProxy \($r.machine.haproxy), OpenSSL \($r.machine.openssl); portcullis \($r.machine.portcullis). Each proxy pinned to core 0 (one worker) and the only one under load; load generator and backend (nginx `return 200`, ~600 B) on core 1. TLS 1.3, ECDSA P-256, X25519, full handshakes. 10 000-CIDR allow list, \($r.settings.denied_share_percent)% of clients from a denied range (403). \($r.settings.duration_s) s per phase; CPU and memory: best of \($r.settings.repeat) runs (fresh process each); open-loop latency: median of \($r.settings.open_repeat) interleaved runs.\n",
+          "Access logs \(if $both then "on and off: the keep-alive and new-connection phases run once with each (a fresh process each); idle memory and the open loop run with the log on, as operators run them. Targets compare portcullis with the better of nginx and HAProxy, log on." else "\($modes[0]) in every phase." end) Log on: nginx \($r.settings.access_log.nginx); HAProxy \($r.settings.access_log.haproxy); portcullis \($r.settings.access_log.portcullis). Same fields in all three (time, request id, client address, SNI, host, deployment, method, path, status, bytes, duration, decision, reason, status reason, policy). The log line counts below are what each log actually received.\n",
           "| metric | " + ($ps | map(if . == "haproxy" then "HAProxy" else . end) | join(" | ")) + " | portcullis vs target |",
           "|---|" + ($ps | map("---:") | join("|")) + "|---|",
-          row("keep-alive req/s (closed loop, \($r.settings.keepalive_connections) conns)"; .keepalive_rps; null),
-          row("proxy CPU share during it (1.0 = core saturated)"; .keepalive_cpu_share; null),
-          row("**CPU µs per keep-alive request**"; .keepalive_cpu_us_per_request;
-              "\(ratio($r.portcullis.keepalive_cpu_us_per_request; bestof(.keepalive_cpu_us_per_request; min))) of best (≤ 0.75×)"),
-          row("… of which user space (utime; the rest is kernel TCP)"; .keepalive_user_us_per_request;
-              "\(ratio($r.portcullis.keepalive_user_us_per_request; bestof(.keepalive_user_us_per_request; min))) of best"),
-          row("new TLS connections/s (1 request each, \($r.settings.newconn_connections) conns)"; .newconn_per_s; null),
-          row("**CPU µs per new TLS connection**"; .newconn_cpu_us_per_connection;
-              "\(ratio($r.portcullis.newconn_cpu_us_per_connection; bestof(.newconn_cpu_us_per_connection; min))) of best (≤ 0.6×)"),
-          row("… of which user space"; .newconn_user_us_per_connection;
-              "\(ratio($r.portcullis.newconn_user_us_per_connection; bestof(.newconn_user_us_per_connection; min))) of best"),
-          row("**RSS bytes per idle TLS connection** (\($r.settings.idle_connections) held)"; .idle_rss_bytes_per_connection;
-              "\(ratio($r.portcullis.idle_rss_bytes_per_connection; $r.nginx.idle_rss_bytes_per_connection)) of nginx (≤ 0.5×)"),
-          row("idle connections still open after the hold"; (.idle_connections_held | tostring); null),
-          row("open loop \($r.settings.open_rate)/s: p50 µs"; .open_p50_us; null),
-          row("open loop \($r.settings.open_rate)/s: **p99 µs**"; .open_p99_us;
-              "\(ratio($r.portcullis.open_p99_us; $r.nginx.open_p99_us)) of nginx (≤ 1×)"),
-          row("open loop \($r.settings.open_rate)/s: p99.9 µs"; .open_p99_9_us; null),
-          row("open loop \($r.settings.open_rate)/s: max µs"; .open_max_us; null),
+          ($modes[] as $m | row("keep-alive req/s (closed loop, \($r.settings.keepalive_connections) conns), access log \($m)"; .keepalive[$m].rps; null)),
+          row("proxy CPU share during it (1.0 = core saturated), log \($modes | join(" / "))"; onoff("keepalive"; .cpu_share); null),
+          ($modes[] as $m | row(if $m == $mm then "**CPU µs per keep-alive request, access log \($m)**" else "CPU µs per keep-alive request, access log \($m)" end;
+              .keepalive[$m].cpu_us_per_request;
+              vs(.keepalive[$m].cpu_us_per_request; min; if $m == $mm then "of best (≤ 0.90×)" else "of best, log \($m)" end))),
+          row("… of which user space (utime; the rest is kernel TCP), log \($modes | join(" / "))"; onoff("keepalive"; .user_us_per_request);
+              vs(.keepalive[$mm].user_us_per_request; min; "of best, log \($mm)")),
+          (if $both then row("**access log cost (on − off), µs per keep-alive request**"; .access_log_cost.keepalive_cpu_us_per_request; null) else empty end),
+          ($modes[] as $m | row("new TLS connections/s (1 request each, \($r.settings.newconn_connections) conns), access log \($m)"; .newconn[$m].per_s; null)),
+          ($modes[] as $m | row(if $m == $mm then "**CPU µs per new TLS connection, access log \($m)**" else "CPU µs per new TLS connection, access log \($m)" end;
+              .newconn[$m].cpu_us_per_connection;
+              vs(.newconn[$m].cpu_us_per_connection; min; if $m == $mm then "of best (≤ 0.55×)" else "of best, log \($m)" end))),
+          row("… of which user space, log \($modes | join(" / "))"; onoff("newconn"; .user_us_per_connection);
+              vs(.newconn[$mm].user_us_per_connection; min; "of best, log \($mm)")),
+          (if $both then row("**access log cost (on − off), µs per new TLS connection**"; .access_log_cost.newconn_cpu_us_per_connection; null) else empty end),
+          row("**RSS bytes per idle TLS connection** (\($r.settings.idle_connections) held, \($mml))"; .idle.rss_bytes_per_connection;
+              "\(ratio($r.portcullis.idle.rss_bytes_per_connection; $r.nginx.idle.rss_bytes_per_connection)) of nginx (≤ 0.75×)"),
+          row("idle connections still open after the hold"; (.idle.connections_held | tostring); null),
+          row("open loop \($r.settings.open_rate)/s, \($mml): p50 µs"; .open.p50_us; null),
+          row("open loop \($r.settings.open_rate)/s, \($mml): **p99 µs**"; .open.p99_us;
+              "\(ratio($r.portcullis.open.p99_us; $r.nginx.open.p99_us)) of nginx (≤ 1×)"),
+          row("open loop \($r.settings.open_rate)/s, \($mml): p99.9 µs"; .open.p99_9_us; null),
+          row("open loop \($r.settings.open_rate)/s, \($mml): max µs"; .open.max_us; null),
+          (if $modes | index("on") then
+            (["idle (1 request per connection)", "idle"], ["keep-alive", "keepalive"], ["new TLS connection", "newconn"], ["open loop", "open"])
+            | . as [$lbl, $k]
+            | select([$ps[] | $r[.].access_log_lines[$k]] | any(. != null))
+            | row("access log lines received / responses, \($lbl) runs"; .access_log_lines[$k] | logcell; null)
+          else empty end),
           row("errors (all phases)"; (.errors | tostring); null),
           row("responses 200 / 403 / other"; (.status | "\(."200") / \(."403") / \(.other)"); null),
+          (if $modes | index("on") then
+            "\n⚠ marks a log that received fewer than 98% as many lines as the load generator counted responses (a dropping or misconfigured log makes a proxy look cheap). A few more lines than responses is normal: requests in flight when a run ends are logged but not counted."
+          else empty end),
           (if $r.reload then
             "\n### portcullis: reload under load\n",
-            "\($r.reload.ip_rules) IP rules (\($r.reload.scale) synthetic snapshot + the bench list), \($r.reload.snapshot_bytes / 1048576 | floor) MiB, `PUT /snapshot` with a new version every second (or back-to-back when a PUT takes longer): \($r.reload.applied) of \($r.reload.puts) applied, mean PUT \($r.reload.mean_put_seconds) s. Open loop at \($r.settings.open_rate)/s.\n",
-            "| run | req/s | p50 µs | p99 µs | p99.9 µs | max µs | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-            ($r.reload.quiet[] | "| quiet | \(.rps) | \(.latency_us.p50) | \(.latency_us.p99) | \(.latency_us.p99_9) | \(.latency_us.max) | \(.errors) |"),
-            ($r.reload.reloading[] | "| reloading every 1 s | \(.rps) | \(.latency_us.p50) | \(.latency_us.p99) | \(.latency_us.p99_9) | \(.latency_us.max) | \(.errors) |")
+            "\($r.reload.ip_rules) IP rules (\($r.reload.scale) synthetic snapshot + the bench list), \($r.reload.snapshot_bytes / 1048576 | floor) MiB, `PUT /snapshot` with a new version every second (or back-to-back when a PUT takes longer): \($r.reload.applied) of \($r.reload.puts) applied, mean PUT \($r.reload.mean_put_seconds) s. Open loop at \($r.settings.open_rate)/s, \($mml).\n",
+            "| run | req/s | p50 µs | p99 µs | p99.9 µs | max µs | errors | access log lines |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            ($r.reload.quiet[] | "| quiet | \(.rps) | \(.latency_us.p50) | \(.latency_us.p99) | \(.latency_us.p99_9) | \(.latency_us.max) | \(.errors) | \(.access_log_lines // "–") |"),
+            ($r.reload.reloading[] | "| reloading every 1 s | \(.rps) | \(.latency_us.p50) | \(.latency_us.p99) | \(.latency_us.p99_9) | \(.latency_us.max) | \(.errors) | \(.access_log_lines // "–") |")
           else empty end),
-          "\nOther load on the proxy core (share of core 0 busy with anything but the proxy, per run; high values mean a noisy run): " + ([($ps[] as $p | $r[$p].runs[][] | select(.phase != "idle") | "\($p) \(.phase) \(((.core0_busy - (.server.cpu_share // 0)) * 100 | round) / 100)"), ($r.reload // {} | (.quiet // [])[], (.reloading // [])[] | "portcullis \(.phase) \(((.core0_busy - (.server.cpu_share // 0)) * 100 | round) / 100)")] | join(", ")) + "."
+          "\nOther load on the proxy core (share of core 0 busy with anything but the proxy, per run; high values mean a noisy run): " + ([($ps[] as $p | $r[$p].runs[][] | select(.phase != "idle") | "\($p) \(.phase) log \(.access_log) \(((.core0_busy - (.server.cpu_share // 0)) * 100 | round) / 100)"), ($r.reload // {} | (.quiet // [])[], (.reloading // [])[] | "portcullis \(.phase) \(((.core0_busy - (.server.cpu_share // 0)) * 100 | round) / 100)")] | join(", ")) + "."
     ' "$1"
 }
 
@@ -639,7 +883,7 @@ markdown() {
 # Variables the report needs, saved so --report-only can rebuild it.
 save_state() {
     declare -p DURATION REPEAT OPEN_REPEAT CONNS NEWCONN_CONNS IDLE_CONNS RATE DENIED_SHARE PROXIES RELOAD \
-        RELOAD_SCALE >"$RAW/state.env"
+        RELOAD_SCALE LOGS MODES MAIN_MODE PORTCULLIS_LOG_FORMAT >"$RAW/state.env"
     if [ -n "${RELOADS_ALL:-}" ]; then
         declare -p RELOADS_ALL RELOADS_OK RELOAD_PUT_S RELOAD_BYTES RELOAD_RULES >>"$RAW/state.env"
     fi
@@ -656,6 +900,7 @@ main() {
     for p in $BACKEND_PORT $ADMIN_PORT "${PORT[@]}"; do
         port_free "$p" || die "port $p is in use"
     done
+    ! grep -q "$(printf ':%04X ' "$SYSLOG_PORT")" /proc/net/udp || die "UDP port $SYSLOG_PORT is in use"
     rm -rf "$WORK" "$RAW"
     mkdir -p "$WORK" "$RAW"
     if ((BUILD)); then build; fi
@@ -666,13 +911,13 @@ main() {
     write_configs
     portcullis_config "$WORK/snapshot.json"
     start_backend
-    log "duration ${DURATION}s per phase, repeat $REPEAT, $IDLE_CONNS idle connections, proxies: $PROXIES"
+    log "duration ${DURATION}s per phase, repeat $REPEAT, $IDLE_CONNS idle connections, proxies: $PROXIES, access logs: $LOGS"
 
     local n
     for n in $PROXIES; do measure_proxy "$n"; done
     if [ "$RATE" = auto ]; then
         local slowest
-        slowest=$(for n in $PROXIES; do best "$n" keepalive .rps max; done | sort -n | head -1)
+        slowest=$(for n in $PROXIES; do best "$n" keepalive "$MAIN_MODE" .rps max; done | sort -n | head -1)
         RATE=$(awk -v r="$slowest" 'BEGIN { x = int(r / 4 / 500) * 500; print (x < 500 ? 500 : x) }')
         log "open-loop rate: $RATE/s (a quarter of the slowest keep-alive rate, $slowest/s)"
     fi

@@ -253,8 +253,8 @@ impl Settings {
 /// The configurations measured.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum LogSetup {
-    /// `[log] access = true`, events formatted by the subscriber
-    /// [`init_logging`] installs.
+    /// `[log] access = true`: lines formatted by the access log (on the
+    /// request's worker), written by its own thread into `io::sink()`.
     AccessOn,
     /// `[log] access = false`.
     AccessOff,
@@ -267,6 +267,15 @@ impl LogSetup {
         match self {
             Self::AccessOn => "access log on",
             Self::AccessOff => "access log off",
+        }
+    }
+
+    /// Where access-log lines go: formatted on the proxy's worker (so
+    /// counted) and written by the access log's own thread into a sink.
+    fn sink(self) -> Option<portcullis::access_log::Sink> {
+        match self {
+            Self::AccessOn => Some(Box::new(std::io::sink())),
+            Self::AccessOff => None,
         }
     }
 
@@ -500,9 +509,14 @@ path = {snapshot_path:?}
                     .build()
                     .expect("proxy runtime");
                 runtime.block_on(async move {
-                    let server =
-                        Server::bind(&config, tls, store, &portcullis::metrics::registry())
-                            .expect("bind proxy");
+                    let server = Server::bind_with_access_log(
+                        &config,
+                        tls,
+                        store,
+                        &portcullis::metrics::registry(),
+                        log.sink(),
+                    )
+                    .expect("bind proxy");
                     let _ = tx.send(server.local_addrs()[0]);
                     // Ends when the trigger fires (or the watchdog does).
                     let _ = tokio::spawn(server.run(shutdown)).await;

@@ -30,7 +30,10 @@ pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request line plus headers, HTTP/1.1; header list, HTTP/2.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
-pub const DEFAULT_MAX_HEADERS: usize = 128;
+/// HAProxy's limit (`tune.http.maxhdr` 101), and the most hyper parses
+/// into arrays on the stack: above 100 it allocates 8 KiB of header arrays
+/// on the heap for every request.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_URI_BYTES: usize = 16 * 1024;
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 128;
 /// Streams a client may reset before the server has accepted them; bounds

@@ -12,8 +12,11 @@
 //! keep-alive connection or a refused connect moves the request to the next
 //! connection or node without losing its body.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -259,14 +262,45 @@ impl Dispatched {
     }
 }
 
-pub type ResponseFuture =
-    std::pin::Pin<Box<dyn Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+/// The backend's response to a dispatched request. One allocation per
+/// request: hyper's send future, boxed once and polled where it is.
+pub struct ResponseFuture(ResponseState);
+
+enum ResponseState {
+    Pending(Pin<Box<SendFuture>>),
+    Failed(Option<hyper::Error>),
+}
+
+type SendFuture = dyn Future<
+        Output = Result<
+            Response<Incoming>,
+            hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+        >,
+    > + Send;
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Incoming>, hyper::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            ResponseState::Pending(fut) => fut.as_mut().poll(cx).map_err(|e| e.into_error()),
+            ResponseState::Failed(e) => match e.take() {
+                Some(e) => Poll::Ready(Err(e)),
+                // Polled again after it failed: a caller bug, not the
+                // backend's; never reached by `Forwarder`.
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
 
 /// The outcome of offering a request to a connection.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a transient return value; boxing the request would allocate on every request"
-)]
 enum TrySend {
     /// Queued on the connection; the future yields the response.
     Sent(ResponseFuture),
@@ -284,19 +318,19 @@ fn try_send(tx: &mut Sender, req: Request<UpstreamBody>) -> TrySend {
     // ready for one (it decides before the returned future is polled); if
     // it is not, or the connection dies before writing it, the error
     // carries the request back. One poll, with a no-op waker, tells which.
-    let mut fut = Box::pin(tx.try_send_request(req));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut fut: Pin<Box<SendFuture>> = Box::pin(tx.try_send_request(req));
+    let mut cx = Context::from_waker(std::task::Waker::noop());
     match fut.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(Err(mut e)) => match e.take_message() {
+        Poll::Ready(Err(mut e)) => match e.take_message() {
             Some(req) => TrySend::Back(req),
-            None => TrySend::Sent(Box::pin(async move { Err(e.into_error()) })),
+            None => TrySend::Sent(ResponseFuture(ResponseState::Failed(Some(e.into_error())))),
         },
-        std::task::Poll::Ready(Ok(resp)) => TrySend::Sent(Box::pin(async move { Ok(resp) })),
-        std::task::Poll::Pending => {
-            TrySend::Sent(Box::pin(
-                async move { fut.await.map_err(|e| e.into_error()) },
-            ))
-        }
+        // Answered on the first poll: cannot happen in practice (the
+        // backend has not even seen the request), but keep the answer.
+        Poll::Ready(Ok(resp)) => TrySend::Sent(ResponseFuture(ResponseState::Pending(Box::pin(
+            std::future::ready(Ok(resp)),
+        )))),
+        Poll::Pending => TrySend::Sent(ResponseFuture(ResponseState::Pending(fut))),
     }
 }
 

@@ -118,6 +118,12 @@ pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shut
                 .max_header_size(h.max_header_bytes)
                 .max_buf_size((h.max_header_bytes * 2).max(16 * 1024))
                 .max_headers(h.max_headers)
+                // One flat buffer per response instead of a vector of
+                // slices: rustls's `write_vectored` collects the slices into
+                // a fresh `Vec` on every write. Copying a response's bytes
+                // once more costs less than that allocation (and encryption
+                // copies them anyway).
+                .writev(false)
                 .keep_alive(true)
                 .serve_connection(io, svc);
             Box::pin(drive(

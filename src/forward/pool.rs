@@ -300,7 +300,10 @@ impl std::fmt::Debug for ResponseFuture {
     }
 }
 
-/// The outcome of offering a request to a connection.
+/// The outcome of offering a request to a connection. Returned and
+/// matched at once, never stored: boxing the request to even out the
+/// variants would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 enum TrySend {
     /// Queued on the connection; the future yields the response.
     Sent(ResponseFuture),

@@ -1,7 +1,7 @@
 //! Explain: route and decide a described request, and say why, for people
 //! (`portcullis explain`, text) and programs (`--format json`,
-//! `POST /explain`). Same code path as the data plane: [`Router::route`]
-//! then [`decide`].
+//! `POST /explain`). Same code as the data plane: [`Router::evaluate`],
+//! and [`Local::for_decision`] for the answer a refusal gets.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::endpoint::{ClientIdentity, PrivateEndpoint};
-use crate::policy::{Decision, PolicySet, Reason, Rules, Snapshot, Verdict, decide};
+use crate::policy::{Decision, PolicySet, Reason, Rules, Snapshot, Verdict};
+use crate::response::Local;
 use crate::route::{RouteInput, Router};
 
 /// A request to explain.
@@ -21,23 +22,14 @@ pub struct Query<'a> {
     pub client: ClientIdentity,
 }
 
-/// Routes and decides `query` exactly as the data plane would.
+/// Routes and decides `query` exactly as the data plane does.
 pub fn explain(set: &PolicySet, router: &Router, query: &Query<'_>) -> Decision {
     let input = RouteInput {
         host: Some(query.host),
         found_cluster: query.found_cluster,
         sni: query.sni,
     };
-    match router.route(set, &input) {
-        Ok(target) => decide(
-            set,
-            &crate::policy::RequestFacts {
-                target,
-                client: query.client,
-            },
-        ),
-        Err(e) => Decision::unrouted(e.reason()),
-    }
+    router.evaluate(set, &input, query.client)
 }
 
 /// The JSON form (SPEC §5).
@@ -76,16 +68,13 @@ pub fn to_text(
     let mut out = String::new();
     let who = describe_client(&query.client);
     let Some(target) = d.target else {
-        let (status, why) = match d.reason {
-            Reason::Misdirected => (
-                421,
-                "the TLS server name names a different deployment than the request",
-            ),
-            _ => (
-                404,
-                "no known deployment resource matches the host or X-Found-Cluster",
-            ),
+        let why = match d.reason {
+            Reason::Misdirected => {
+                "the TLS server name names a different deployment than the request"
+            }
+            _ => "no known deployment resource matches the host or X-Found-Cluster",
         };
+        let status = Local::for_decision(d).map_or(0, |l| l.status().as_u16());
         let _ = writeln!(
             out,
             "{} ({}): {who} → {}",

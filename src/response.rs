@@ -6,6 +6,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::forward::{ForwardError, ResponseBody};
+use crate::policy::{Decision, Reason, Verdict};
 
 /// A request answered here instead of by a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,31 @@ impl Local {
             Self::NotImplemented => NOT_IMPLEMENTED,
             Self::Healthy => HEALTHY,
             Self::Draining => DRAINING,
+        }
+    }
+
+    /// The answer to a request its decision does not forward; `None` for
+    /// one it does. The one mapping from decisions to answers: serving,
+    /// the access log and `explain` all use it.
+    pub fn for_decision(d: &Decision) -> Option<Self> {
+        match (d.verdict, d.target) {
+            (Verdict::Denied, _) | (_, None) => Some(match d.reason {
+                Reason::UnknownDeployment => Self::UnknownResource,
+                Reason::Misdirected => Self::Misdirected,
+                _ => Self::Forbidden,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The access log's `status_reason` for answers routing or policy
+    /// chose (SPEC §9).
+    pub fn status_reason(self) -> Option<&'static str> {
+        match self {
+            Self::Forbidden => Some("BLOCKED_BY_TRAFFIC_FILTER"),
+            Self::UnknownResource => Some("UNKNOWN_RESOURCE"),
+            Self::Misdirected => Some("MISDIRECTED"),
+            _ => None,
         }
     }
 

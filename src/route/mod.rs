@@ -7,7 +7,10 @@
 //! trailing dot, and never allocates: names are lowercased into a stack
 //! buffer and looked up in the snapshot's name map.
 
-use crate::policy::{DeploymentIndex, PolicySet, Product, Reason, Target};
+use crate::endpoint::ClientIdentity;
+use crate::policy::{
+    Decision, DeploymentIndex, PolicySet, Product, Reason, RequestFacts, Target, decide,
+};
 
 /// Longest DNS name (RFC 1035); anything longer names no deployment.
 pub const MAX_HOST_LEN: usize = 253;
@@ -78,6 +81,20 @@ impl Router {
     pub fn any_zone() -> Self {
         Self {
             zones: Box::new([]),
+        }
+    }
+
+    /// Routes one request and decides it: the data plane's whole
+    /// decision, used alike by serving and by `explain`.
+    pub fn evaluate(
+        &self,
+        set: &PolicySet,
+        input: &RouteInput<'_>,
+        client: ClientIdentity,
+    ) -> Decision {
+        match self.route(set, input) {
+            Ok(target) => decide(set, &RequestFacts { target, client }),
+            Err(e) => Decision::unrouted(e.reason()),
         }
     }
 

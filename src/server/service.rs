@@ -32,7 +32,7 @@ use super::connection::ConnInfo;
 use crate::access_log::{AccessLog, Line};
 use crate::forward::headers::X_FOUND_CLUSTER;
 use crate::forward::{Forwarded, ResponseBody};
-use crate::policy::{Decision, Reason, RequestFacts, Verdict, decide};
+use crate::policy::Decision;
 use crate::reload::Loaded;
 use crate::request_id::{self, RequestId};
 use crate::response::Local;
@@ -102,38 +102,23 @@ async fn respond(
         found_cluster,
         sni: conn.sni.as_deref(),
     };
-    let decision = match proxy.router.route(&snapshot.set, &input) {
-        Ok(target) => decide(
-            &snapshot.set,
-            &RequestFacts {
-                target,
-                client: conn.client,
-            },
-        ),
-        Err(e) => Decision::unrouted(e.reason()),
-    };
+    let decision = proxy.router.evaluate(&snapshot.set, &input, conn.client);
     record.decision = Some(decision);
     record.snapshot = Some(snapshot.clone());
     proxy.metrics.request(&decision);
 
-    let backends = match (decision.verdict, decision.target) {
-        (Verdict::Denied, _) | (_, None) => {
-            // The request body is never read, so never sent anywhere.
-            return match decision.reason {
-                Reason::UnknownDeployment => Local::UnknownResource,
-                Reason::Misdirected => Local::Misdirected,
-                _ => Local::Forbidden,
-            }
-            .response();
-        }
-        (_, Some(target)) => match snapshot
+    if let Some(refused) = Local::for_decision(&decision) {
+        // The request body is never read, so never sent anywhere.
+        return refused.response();
+    }
+    let backends = match decision.target.and_then(|target| {
+        snapshot
             .set
-            .deployment(target.deployment)
-            .and_then(|d| d.backends(target.product))
-        {
-            Some(b) => b,
-            None => return Local::UnknownResource.response(),
-        },
+            .deployment(target.deployment)?
+            .backends(target.product)
+    }) {
+        Some(b) => b,
+        None => return Local::UnknownResource.response(),
     };
     let product = decision.target.map(|t| t.product);
     let fwd = Forwarded {
@@ -310,14 +295,12 @@ impl Record {
     }
 
     fn status_reason(&self) -> &'static str {
-        match self.decision {
-            Some(d) if d.verdict == Verdict::Denied && d.target.is_some() => {
-                "BLOCKED_BY_TRAFFIC_FILTER"
-            }
-            Some(d) if d.reason == Reason::UnknownDeployment => "UNKNOWN_RESOURCE",
-            Some(d) if d.reason == Reason::Misdirected => "MISDIRECTED",
-            _ => self.upstream_error.unwrap_or(""),
-        }
+        self.decision
+            .as_ref()
+            .and_then(Local::for_decision)
+            .and_then(Local::status_reason)
+            .or(self.upstream_error)
+            .unwrap_or("")
     }
 }
 

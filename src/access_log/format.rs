@@ -162,16 +162,17 @@ pub fn int(n: impl itoa::Integer, out: &mut Vec<u8>) {
 
 /// Milliseconds with microsecond precision (`0.120`).
 pub fn millis(d: Duration, out: &mut Vec<u8>) {
-    let micros = d.as_micros();
+    // u64 arithmetic: 128-bit division is a libcall, and this runs per line.
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     int(micros / 1000, out);
     out.push(b'.');
     pad(micros % 1000, 3, out);
 }
 
-/// `n` zero-padded to `width` digits (n < 10^width).
-fn pad(n: impl Into<u128>, width: usize, out: &mut Vec<u8>) {
-    let mut digits = [b'0'; 10];
-    let mut n: u128 = n.into();
+/// `n` zero-padded to `width` digits (n < 10^width, width ≤ 8).
+fn pad(n: impl Into<u64>, width: usize, out: &mut Vec<u8>) {
+    let mut digits = [b'0'; 8];
+    let mut n = (n.into() % 10_u64.pow(width as u32)) as u32;
     for d in digits[..width].iter_mut().rev() {
         *d = b'0' + (n % 10) as u8;
         n /= 10;

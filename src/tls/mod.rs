@@ -303,7 +303,7 @@ fn build(
 /// build), otherwise aws-lc-rs. Passing it explicitly, rather than relying on
 /// rustls' implicit default, means config construction cannot panic when
 /// more than one provider is compiled in.
-fn crypto_provider() -> Arc<CryptoProvider> {
+pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))

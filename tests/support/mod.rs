@@ -1422,22 +1422,9 @@ fn push_tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
     out.extend_from_slice(value);
 }
 
-/// CRC32C (Castagnoli), bit by bit: an implementation independent of the
-/// proxy's table-driven one.
-pub fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+/// CRC32C (Castagnoli), from the same crate as the proxy's; the PROXY unit
+/// tests pin it to the RFC 3720 vectors.
+pub use crc32c::crc32c;
 
 // ---------------------------------------------------------------- the whole process: `portcullis::serve`
 //

@@ -531,7 +531,12 @@ impl Config {
                 passthrough::MAX_BUFFER_BYTES
             ));
         }
-        if let Some(addr) = rc.listen.iter().find(|a| self.server.listen.contains(a)) {
+        // Port 0 (an ephemeral port, as tests use) cannot clash.
+        if let Some(addr) = rc
+            .listen
+            .iter()
+            .find(|a| a.port() != 0 && self.server.listen.contains(a))
+        {
             errors.push(format!(
                 "remote_cluster.listen: {addr} is also in server.listen"
             ));

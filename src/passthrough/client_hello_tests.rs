@@ -289,3 +289,30 @@ fn the_largest_possible_record_is_read_in_full() {
         })
     );
 }
+
+#[test]
+fn the_committed_fuzz_seeds_parse_as_named() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/client_hello");
+    let read =
+        |name: &str| std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("seed {name}: {e}"));
+    assert_eq!(
+        parse(&read("sni")),
+        Ok(Parsed::Complete {
+            sni: Some("abc123.es.example.com")
+        })
+    );
+    for name in ["no_sni", "no_extensions"] {
+        assert_eq!(
+            parse(&read(name)),
+            Ok(Parsed::Complete { sni: None }),
+            "{name}"
+        );
+    }
+    for name in ["bad_sni_twice", "bad_not_tls"] {
+        assert!(parse(&read(name)).is_err(), "{name}");
+    }
+    assert!(matches!(
+        parse(&read("truncated")),
+        Ok(Parsed::Incomplete { .. })
+    ));
+}

@@ -138,7 +138,7 @@ haproxy_cfg() {
     cat <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 4000
 defaults
     mode tcp
     timeout connect 3s

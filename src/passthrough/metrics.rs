@@ -104,8 +104,11 @@ impl End {
 
 #[derive(Debug, Clone)]
 pub struct PassthroughMetrics {
-    connections: IntCounterVec,
-    ends: IntCounterVec,
+    /// `remote_cluster_connections_total` children, in [`Outcome::ALL`]
+    /// order: one atomic add per connection, no label lookup.
+    connections: [IntCounter; Outcome::ALL.len()],
+    /// `remote_cluster_connection_ends_total` children, [`End::ALL`] order.
+    ends: [IntCounter; End::ALL.len()],
     pub active: IntGauge,
     pub client_to_backend: IntCounter,
     pub backend_to_client: IntCounter,
@@ -131,21 +134,25 @@ impl PassthroughMetrics {
             ),
             &["direction"],
         )?;
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "remote_cluster_connections_total",
+                "Remote-cluster connections by what became of them",
+            ),
+            &["result"],
+        )?;
+        let ends = IntCounterVec::new(
+            Opts::new(
+                "remote_cluster_connection_ends_total",
+                "Spliced remote-cluster connections by how they ended",
+            ),
+            &["end"],
+        )?;
+        // Every label value shows from the start, at 0: alerts on a rate
+        // need the series to exist.
         let m = Self {
-            connections: IntCounterVec::new(
-                Opts::new(
-                    "remote_cluster_connections_total",
-                    "Remote-cluster connections by what became of them",
-                ),
-                &["result"],
-            )?,
-            ends: IntCounterVec::new(
-                Opts::new(
-                    "remote_cluster_connection_ends_total",
-                    "Spliced remote-cluster connections by how they ended",
-                ),
-                &["end"],
-            )?,
+            connections: Outcome::ALL.map(|o| connections.with_label_values(&[o.as_str()])),
+            ends: End::ALL.map(|e| ends.with_label_values(&[e.as_str()])),
             active: IntGauge::new(
                 "remote_cluster_connections_active",
                 "Remote-cluster connections open now (routing or spliced)",
@@ -153,31 +160,59 @@ impl PassthroughMetrics {
             client_to_backend: bytes.with_label_values(&["client_to_backend"]),
             backend_to_client: bytes.with_label_values(&["backend_to_client"]),
         };
-        registry.register(Box::new(m.connections.clone()))?;
-        registry.register(Box::new(m.ends.clone()))?;
+        registry.register(Box::new(connections))?;
+        registry.register(Box::new(ends))?;
         registry.register(Box::new(m.active.clone()))?;
         registry.register(Box::new(bytes))?;
-        // Every label value shows from the start, at 0: alerts on a rate
-        // need the series to exist.
-        for o in Outcome::ALL {
-            m.connections.with_label_values(&[o.as_str()]);
-        }
-        for e in End::ALL {
-            m.ends.with_label_values(&[e.as_str()]);
-        }
         Ok(m)
     }
 
     pub fn outcome(&self, o: Outcome) {
-        self.connections.with_label_values(&[o.as_str()]).inc();
+        if let Some(c) = self.connections.get(o as usize) {
+            c.inc();
+        }
     }
 
     pub fn ended(&self, e: End) {
-        self.ends.with_label_values(&[e.as_str()]).inc();
+        if let Some(c) = self.ends.get(e as usize) {
+            c.inc();
+        }
     }
 
     pub fn opened(&self) -> Open {
         self.active.inc();
         Open(self.active.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_arrays_are_in_declaration_order_and_counted_once() {
+        for (i, o) in Outcome::ALL.into_iter().enumerate() {
+            assert_eq!(o as usize, i, "{}", o.as_str());
+        }
+        for (i, e) in End::ALL.into_iter().enumerate() {
+            assert_eq!(e as usize, i, "{}", e.as_str());
+        }
+        let registry = Registry::new();
+        let m = PassthroughMetrics::register(&registry).expect("registers");
+        m.outcome(Outcome::NoResource);
+        m.ended(End::Revoked);
+        let text = String::from_utf8(crate::metrics::render(&registry)).expect("UTF-8");
+        assert!(
+            text.contains("remote_cluster_connections_total{result=\"no_resource\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remote_cluster_connections_total{result=\"spliced\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remote_cluster_connection_ends_total{end=\"revoked\"} 1"),
+            "{text}"
+        );
     }
 }

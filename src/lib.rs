@@ -5,7 +5,8 @@
 //! [`server`] accepts it, [`proxy_protocol`] learns who the client is
 //! ([`endpoint`]), [`tls`] terminates TLS, [`route`] finds the deployment,
 //! [`policy`] decides, [`forward`] carries allowed requests to the backend
-//! and [`response`] answers the rest. [`reload`] keeps the policy snapshot
+//! and [`response`] answers the rest. [`passthrough`] is the remote-cluster
+//! listener: TLS not terminated, routed by SNI, spliced. [`reload`] keeps the policy snapshot
 //! current, [`metrics`] and [`explain`] make it observable.
 
 // One audited exception, `memory::release_free_memory` (an FFI call into
@@ -22,6 +23,7 @@ pub mod explain;
 pub mod forward;
 pub mod memory;
 pub mod metrics;
+pub mod passthrough;
 pub mod policy;
 pub mod proxy_protocol;
 pub mod reload;
@@ -102,6 +104,9 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     ));
     for addr in server.local_addrs() {
         tracing::info!(%addr, "listening");
+    }
+    for addr in server.remote_cluster_addrs() {
+        tracing::info!(%addr, filter = config.remote_cluster.filter, "remote-cluster pass-through listening");
     }
     readiness.set_listening();
 

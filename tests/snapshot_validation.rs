@@ -1057,7 +1057,7 @@ fn resources_and_backends() {
             },
             &[(
                 "deployments[0].resources.elasticsearch",
-                "unknown product \"elasticsearch\" (expected es, kb, apm, fleet or ent)",
+                "unknown product \"elasticsearch\" (expected es, kb, apm, fleet, ent or remote_cluster)",
             )],
         ),
         (
@@ -1119,6 +1119,7 @@ fn ipv6_backends_and_all_products_are_valid() {
         "apm": { "backends": ["10.0.2.5:8200"] },
         "fleet": { "backends": ["10.0.3.5:8220"] },
         "ent": { "backends": ["10.0.4.5:3002"] },
+        "remote_cluster": { "backends": ["10.0.5.5:9400"] },
     });
     let s = parse_ok(&v);
     let resources = &s.deployments[0].resources;

@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use portcullis::endpoint::PrivateEndpoint;
+use portcullis::passthrough::client_hello;
 use portcullis::proxy_protocol::crc32c::crc32c;
 use portcullis::proxy_protocol::{Command, Limits, Parsed, parse};
 
@@ -372,15 +373,89 @@ fn route(dir: &Path) {
     }
 }
 
+/// A ClientHello record with `extensions`, built by hand: TLS 1.2
+/// version, fixed random, one cipher suite, null compression.
+fn client_hello_record(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x5a; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    let mut exts = Vec::new();
+    for (kind, data) in extensions {
+        exts.extend_from_slice(&kind.to_be_bytes());
+        exts.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
+        exts.extend_from_slice(data);
+    }
+    body.extend_from_slice(&u16::try_from(exts.len()).unwrap().to_be_bytes());
+    body.extend_from_slice(&exts);
+    let len = u32::try_from(body.len()).unwrap().to_be_bytes();
+    let mut handshake = vec![1, len[1], len[2], len[3]];
+    handshake.extend_from_slice(&body);
+    let mut record = vec![0x16, 3, 1];
+    record.extend_from_slice(&u16::try_from(handshake.len()).unwrap().to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// `server_name` extension data with one `host_name`.
+fn server_name(host: &[u8]) -> Vec<u8> {
+    let mut list = vec![0];
+    list.extend_from_slice(&u16::try_from(host.len()).unwrap().to_be_bytes());
+    list.extend_from_slice(host);
+    let mut data = u16::try_from(list.len()).unwrap().to_be_bytes().to_vec();
+    data.extend_from_slice(&list);
+    data
+}
+
+/// ClientHello seeds, each checked against the outcome its name promises.
+fn client_hello(dir: &Path) {
+    let sni = |h: &[u8]| (0u16, server_name(h));
+    let alpn = (16u16, b"\x00\x0c\x02h2\x08http/1.1".to_vec());
+    let groups = (10u16, vec![0, 4, 0, 29, 0, 23]);
+    let mut split = client_hello_record(&[sni(b"abc123.es.example.com")]);
+    split.truncate(60);
+    let seeds: Vec<(&str, Vec<u8>, Result<Option<&str>, ()>)> = vec![
+        (
+            "sni",
+            client_hello_record(&[groups.clone(), sni(b"abc123.es.example.com"), alpn.clone()]),
+            Ok(Some("abc123.es.example.com")),
+        ),
+        ("no_sni", client_hello_record(&[groups, alpn]), Ok(None)),
+        ("no_extensions", client_hello_record(&[]), Ok(None)),
+        (
+            "bad_sni_twice",
+            client_hello_record(&[sni(b"a.es.test"), sni(b"b.es.test")]),
+            Err(()),
+        ),
+        ("bad_not_tls", b"GET / HTTP/1.1\r\n\r\n".to_vec(), Err(())),
+    ];
+    for (name, bytes, want) in &seeds {
+        let got = match client_hello::parse(bytes) {
+            Ok(client_hello::Parsed::Complete { sni }) => Ok(sni),
+            Ok(client_hello::Parsed::Incomplete { .. }) => panic!("seed {name} is incomplete"),
+            Err(_) => Err(()),
+        };
+        assert_eq!(&got, want, "seed {name}");
+        write(dir, name, bytes);
+    }
+    // A truncated one: every prefix of a ClientHello is incomplete.
+    assert!(matches!(
+        client_hello::parse(&split),
+        Ok(client_hello::Parsed::Incomplete { .. })
+    ));
+    write(dir, "truncated", &split);
+}
+
 fn main() {
     let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = fuzz.parent().expect("fuzz/ has a parent");
-    for target in ["proxy_protocol", "snapshot", "route"] {
+    for target in ["proxy_protocol", "snapshot", "route", "client_hello"] {
         let dir = fuzz.join("corpus").join(target);
         fs::create_dir_all(&dir).expect("create corpus dir");
         match target {
             "proxy_protocol" => proxy_protocol(&dir),
             "snapshot" => snapshot(&dir, root),
+            "client_hello" => client_hello(&dir),
             _ => route(&dir),
         }
         println!("wrote {}", dir.display());

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::access_log;
+use crate::passthrough;
 use crate::policy::{PolicyOptions, UnassociatedPrivateTraffic};
 use crate::proxy_protocol;
 use crate::tls;
@@ -93,6 +94,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub remote_cluster: RemoteClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -341,6 +344,42 @@ impl LogConfig {
     }
 }
 
+/// The remote-cluster TLS pass-through listener (SPEC §2.1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteClusterConfig {
+    /// Pass-through listeners (Elastic Cloud uses 9400); none when empty.
+    pub listen: Vec<SocketAddr>,
+    /// Apply the deployment's policies at connect time, and close a
+    /// connection a later snapshot would deny.
+    pub filter: bool,
+    /// From the end of the PROXY header to a complete ClientHello.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub client_hello_timeout: Duration,
+    /// Largest ClientHello (TLS record included) read while looking for
+    /// the SNI.
+    pub client_hello_max_bytes: usize,
+    /// A spliced connection with no byte in either direction for this long
+    /// is closed.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_timeout: Duration,
+    /// Splice buffer per direction, per connection.
+    pub buffer_bytes: usize,
+}
+
+impl Default for RemoteClusterConfig {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            filter: false,
+            client_hello_timeout: passthrough::DEFAULT_CLIENT_HELLO_TIMEOUT,
+            client_hello_max_bytes: passthrough::DEFAULT_CLIENT_HELLO_MAX_BYTES,
+            idle_timeout: passthrough::DEFAULT_IDLE_TIMEOUT,
+            buffer_bytes: passthrough::DEFAULT_BUFFER_BYTES,
+        }
+    }
+}
+
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -355,10 +394,11 @@ pub enum ConfigError {
 }
 
 /// Keys whose environment override is a comma-separated list.
-const LIST_KEYS: [&str; 3] = [
+const LIST_KEYS: [&str; 4] = [
     "server.listen",
     "server.zones",
     "proxy_protocol.trusted_sources",
+    "remote_cluster.listen",
 ];
 
 impl Config {
@@ -455,6 +495,14 @@ impl Config {
             ("snapshot.fetch_timeout", self.snapshot.fetch_timeout),
             ("log.access_flush_interval", self.log.access_flush_interval),
             ("admin.body_timeout", self.admin.body_timeout),
+            (
+                "remote_cluster.client_hello_timeout",
+                self.remote_cluster.client_hello_timeout,
+            ),
+            (
+                "remote_cluster.idle_timeout",
+                self.remote_cluster.idle_timeout,
+            ),
         ] {
             if d.is_zero() {
                 errors.push(format!("{key} must be greater than zero"));
@@ -466,6 +514,35 @@ impl Config {
             errors.push(
                 "proxy_protocol.trusted_sources is empty: in required mode no connection could be accepted; list the load balancers' addresses".to_owned(),
             );
+        }
+        let rc = &self.remote_cluster;
+        if !(passthrough::MIN_CLIENT_HELLO_MAX_BYTES..=passthrough::MAX_CLIENT_HELLO_MAX_BYTES)
+            .contains(&rc.client_hello_max_bytes)
+        {
+            errors.push(format!(
+                "remote_cluster.client_hello_max_bytes must be between {} and {} (one TLS record)",
+                passthrough::MIN_CLIENT_HELLO_MAX_BYTES,
+                passthrough::MAX_CLIENT_HELLO_MAX_BYTES
+            ));
+        }
+        if !(passthrough::MIN_BUFFER_BYTES..=passthrough::MAX_BUFFER_BYTES)
+            .contains(&rc.buffer_bytes)
+        {
+            errors.push(format!(
+                "remote_cluster.buffer_bytes must be between {} and {}",
+                passthrough::MIN_BUFFER_BYTES,
+                passthrough::MAX_BUFFER_BYTES
+            ));
+        }
+        // Port 0 (an ephemeral port, as tests use) cannot clash.
+        if let Some(addr) = rc
+            .listen
+            .iter()
+            .find(|a| a.port() != 0 && self.server.listen.contains(a))
+        {
+            errors.push(format!(
+                "remote_cluster.listen: {addr} is also in server.listen"
+            ));
         }
         if self.tls.certificates.is_empty() {
             errors.push("tls.certificates: at least one certificate is needed".to_owned());
@@ -509,6 +586,18 @@ impl Config {
             session_cache_size: self.tls.session_cache_size,
             session_tickets: self.tls.session_tickets,
             cipher_preference: self.tls.cipher_preference,
+        }
+    }
+
+    pub fn remote_cluster_settings(&self) -> passthrough::Settings {
+        let rc = &self.remote_cluster;
+        passthrough::Settings {
+            filter: rc.filter,
+            client_hello_timeout: rc.client_hello_timeout,
+            client_hello_max_bytes: rc.client_hello_max_bytes,
+            connect_timeout: self.upstream.connect_timeout,
+            idle_timeout: rc.idle_timeout,
+            buffer_bytes: rc.buffer_bytes,
         }
     }
 
@@ -568,6 +657,48 @@ mod tests {
         assert_eq!(c.admin.body_timeout, DEFAULT_ADMIN_BODY_TIMEOUT);
         assert_eq!(c.snapshot.max_bytes, DEFAULT_SNAPSHOT_MAX_BYTES);
         assert!(c.log.access);
+        assert!(
+            c.remote_cluster.listen.is_empty(),
+            "no pass-through listener by default"
+        );
+        assert!(!c.remote_cluster.filter);
+        assert_eq!(
+            c.remote_cluster.idle_timeout,
+            passthrough::DEFAULT_IDLE_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn remote_cluster_section_is_checked() {
+        let on = format!(
+            "{MINIMAL}\n[remote_cluster]\nlisten = [\"127.0.0.1:9400\"]\nfilter = true\nidle_timeout = \"2m\"\n"
+        );
+        let c = Config::from_toml(&on).unwrap_or_else(|e| panic!("{e}"));
+        let s = c.remote_cluster_settings();
+        assert!(s.filter);
+        assert_eq!(s.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.connect_timeout, DEFAULT_UPSTREAM_CONNECT_TIMEOUT);
+        for (bad, key) in [
+            (
+                "client_hello_max_bytes = 10",
+                "remote_cluster.client_hello_max_bytes",
+            ),
+            (
+                "client_hello_max_bytes = 100000",
+                "remote_cluster.client_hello_max_bytes",
+            ),
+            ("buffer_bytes = 0", "remote_cluster.buffer_bytes"),
+            ("idle_timeout = \"0s\"", "remote_cluster.idle_timeout"),
+            (
+                "client_hello_timeout = \"0s\"",
+                "remote_cluster.client_hello_timeout",
+            ),
+            ("listen = [\"0.0.0.0:9243\"]", "also in server.listen"),
+        ] {
+            let text = format!("{MINIMAL}\n[remote_cluster]\n{bad}\n");
+            let e = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -183,6 +183,40 @@ impl Pool {
         Ok(tx)
     }
 
+    /// A plain TCP connection for TLS pass-through (the remote-cluster
+    /// listener): the same walk as [`Pool::dispatch`] from `start`, skipping
+    /// ejected nodes, with each connect failure counted towards the node's
+    /// ejection and passing on to the next node. Nothing is pooled.
+    pub async fn connect_stream(
+        &self,
+        nodes: &[SocketAddr],
+        start: usize,
+    ) -> Result<(SocketAddr, TcpStream), ForwardError> {
+        let mut last = ForwardError::NoHealthyBackend;
+        for i in 0..nodes.len() {
+            let Some(&addr) = nodes.get((start + i) % nodes.len()) else {
+                break;
+            };
+            let node = self.node(addr);
+            if node.health.is_ejected() {
+                continue;
+            }
+            let connect = TcpStream::connect(addr);
+            match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+                Ok(Ok(tcp)) => {
+                    node.health.succeeded();
+                    return Ok((addr, tcp));
+                }
+                Ok(Err(e)) => last = ForwardError::Connect(addr, e),
+                Err(_) => last = ForwardError::ConnectTimeout(addr),
+            }
+            if let Some(period) = node.health.failed(&self.settings.ejection) {
+                tracing::warn!(backend = %addr, error = %last, ?period, "backend node ejected");
+            }
+        }
+        Err(last)
+    }
+
     /// Drops idle connections that expired or were closed by the backend,
     /// and nodes left with nothing. Called periodically.
     pub fn sweep(&self) {

@@ -48,7 +48,13 @@ pub enum Enforcement {
     DryRun,
 }
 
-/// A deployment resource kind, the `{product}` label of a hostname.
+/// A deployment resource kind: a key of a deployment's `resources`.
+///
+/// The HTTP products ([`Product::HTTP`]) are also the `{product}` label of a
+/// host name. [`Product::RemoteCluster`] is the remote-cluster (TLS
+/// pass-through) resource: only the pass-through listener routes to it, by
+/// SNI; no host name or `X-Found-Cluster` value names it, so an HTTP request
+/// can never reach its backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Product {
@@ -57,10 +63,23 @@ pub enum Product {
     Apm,
     Fleet,
     Ent,
+    #[serde(rename = "remote_cluster")]
+    RemoteCluster,
 }
 
 impl Product {
-    pub const ALL: [Product; 5] = [Self::Es, Self::Kb, Self::Apm, Self::Fleet, Self::Ent];
+    /// Every resource kind, in index order.
+    pub const ALL: [Product; 6] = [
+        Self::Es,
+        Self::Kb,
+        Self::Apm,
+        Self::Fleet,
+        Self::Ent,
+        Self::RemoteCluster,
+    ];
+
+    /// The products an HTTP request can name (host label, `X-Found-Cluster`).
+    pub const HTTP: [Product; 5] = [Self::Es, Self::Kb, Self::Apm, Self::Fleet, Self::Ent];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -69,12 +88,20 @@ impl Product {
             Self::Apm => "apm",
             Self::Fleet => "fleet",
             Self::Ent => "ent",
+            Self::RemoteCluster => "remote_cluster",
         }
     }
 
-    /// Parses a product label; expects lowercase input.
+    /// Parses the product label of an HTTP host name; expects lowercase
+    /// input. Only [`Product::HTTP`] products: `remote_cluster` is not a
+    /// host label.
     pub fn parse(label: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == label)
+        Self::HTTP.into_iter().find(|p| p.as_str() == label)
+    }
+
+    /// Parses a snapshot `resources` key: any resource kind.
+    pub fn parse_resource(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == key)
     }
 
     /// Dense index, for per-product arrays.

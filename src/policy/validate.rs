@@ -709,10 +709,12 @@ fn resources(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<BTreeMap<Pr
     let mut ok = true;
     for (name, v) in map {
         let path = path.key(name);
-        let Some(product) = Product::parse(name) else {
+        let Some(product) = Product::parse_resource(name) else {
             errs.add(
                 path,
-                format!("unknown product \"{name}\" (expected es, kb, apm, fleet or ent)"),
+                format!(
+                    "unknown product \"{name}\" (expected es, kb, apm, fleet, ent or remote_cluster)"
+                ),
             );
             ok = false;
             continue;

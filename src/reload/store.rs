@@ -6,6 +6,10 @@
 //! keep what they loaded until they finish; a swap affects the next request
 //! on every connection. A snapshot is applied only after it parsed,
 //! validated and compiled, and only if its version is newer.
+//!
+//! Long-lived connections that must follow policy changes (the filtered
+//! remote-cluster pass-through, SPEC §2.1) [`subscribe`](Store::subscribe)
+//! to the version of every swap.
 
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwapOption, Guard};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::policy::{PolicyOptions, PolicySet, SnapshotErrors, Stats, parse_snapshot};
 
@@ -100,6 +105,9 @@ pub struct Store {
     current: ArcSwapOption<Loaded>,
     /// Serialises appliers so the version check and the swap are one step.
     apply: Mutex<()>,
+    /// The version of the snapshot in force, sent after every swap (0
+    /// before the first).
+    swapped: watch::Sender<u64>,
 }
 
 impl Store {
@@ -132,6 +140,16 @@ impl Store {
                 running: running.meta.version,
             });
         }
-        Ok(self.current.swap(Some(Arc::new(next))))
+        let version = next.meta.version;
+        let previous = self.current.swap(Some(Arc::new(next)));
+        // After the swap: a subscriber woken by this sees the new snapshot.
+        self.swapped.send_replace(version);
+        Ok(previous)
+    }
+
+    /// Observes swaps: the receiver changes (to the new version) each time
+    /// a snapshot is applied. Cheap; one per long-lived connection is fine.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.swapped.subscribe()
     }
 }

@@ -6,6 +6,12 @@
 //! (product `es`). Matching is case-insensitive, ignores a port and a
 //! trailing dot, and never allocates: names are lowercased into a stack
 //! buffer and looked up in the snapshot's name map.
+//!
+//! The remote-cluster listener (SPEC §2.1) routes by SNI alone, with its
+//! own forms: `{cluster_id}.{Z}` or `{alias}.{Z}`
+//! ([`Router::remote_cluster_deployment`]). Its resource,
+//! [`Product::RemoteCluster`], is never a host label, so HTTP routing cannot
+//! reach it.
 
 use crate::endpoint::ClientIdentity;
 use crate::policy::{
@@ -138,6 +144,28 @@ impl Router {
             || self.zones.iter().any(|z| name.eq_ignore_ascii_case(z))
     }
 
+    /// The deployment a remote-cluster connection's SNI names (SPEC §2.1):
+    /// `{cluster_id}.{Z}` or `{alias}.{Z}` for a configured zone `Z` (any
+    /// first label in any-zone mode). Case, one trailing dot and a port are
+    /// ignored as for host names. Whether the deployment has a
+    /// `remote_cluster` resource is the caller's check.
+    pub fn remote_cluster_deployment(&self, set: &PolicySet, sni: &str) -> Option<DeploymentIndex> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let host = normalise_host(sni, &mut buf)?;
+        let name = if self.zones.is_empty() {
+            host.split('.').next().unwrap_or_default()
+        } else {
+            self.zones.iter().find_map(|z| {
+                let rest = host.strip_suffix(&**z)?;
+                rest.strip_suffix('.')
+            })?
+        };
+        if name.is_empty() || name.contains('.') {
+            return None;
+        }
+        set.find_deployment(name, true)
+    }
+
     /// The deployment and product a host name denotes, if it is a
     /// deployment host name.
     pub fn host_target(&self, set: &PolicySet, host: &str) -> Option<(DeploymentIndex, Product)> {
@@ -266,5 +294,74 @@ mod tests {
         assert_eq!(any_zone_prefix("abc.example.com"), "abc");
         assert_eq!(any_zone_prefix("abc"), "abc");
         assert_eq!(any_zone_prefix("abc.es"), "abc.es");
+    }
+
+    fn remote_cluster_world() -> PolicySet {
+        let json = r#"{"version": 1, "deployments": [
+            {"id": "abc123", "alias": "my-alias", "region": "aws-us-east-1",
+             "resources": {"es": {"backends": ["127.0.0.1:9200"]},
+                           "remote_cluster": {"backends": ["127.0.0.1:9400"]}}},
+            {"id": "rconly", "region": "aws-us-east-1",
+             "resources": {"remote_cluster": {"backends": ["127.0.0.1:9401"]}}}
+        ], "policies": []}"#;
+        let snapshot = crate::policy::parse_snapshot(json.as_bytes()).expect("valid");
+        PolicySet::compile(&snapshot, crate::policy::PolicyOptions::default())
+    }
+
+    #[test]
+    fn remote_cluster_sni_takes_cluster_id_or_alias_directly_under_a_zone() {
+        let set = remote_cluster_world();
+        let r = Router::new(&["es.example.com"]);
+        let abc = set.find_deployment("abc123", false);
+        assert!(abc.is_some());
+        for sni in [
+            "abc123.es.example.com",
+            "my-alias.es.example.com",
+            "ABC123.ES.example.com.",
+            "my-alias.es.example.com:9400",
+        ] {
+            assert_eq!(r.remote_cluster_deployment(&set, sni), abc, "{sni}");
+        }
+        for sni in [
+            "abc123.es.es.example.com",
+            "my-alias.remote_cluster.es.example.com",
+            "abc123.example.com",
+            "es.example.com",
+            ".es.example.com",
+            "nope.es.example.com",
+            "127.0.0.1",
+            "",
+        ] {
+            assert_eq!(r.remote_cluster_deployment(&set, sni), None, "{sni}");
+        }
+    }
+
+    #[test]
+    fn https_routing_never_reaches_the_remote_cluster_resource() {
+        let set = remote_cluster_world();
+        let r = Router::new(&["es.example.com"]);
+        for host in [
+            "abc123.remote_cluster.es.example.com",
+            "my-alias.remote_cluster.es.example.com",
+            "rconly.es.example.com",
+        ] {
+            let input = RouteInput {
+                host: Some(host),
+                ..RouteInput::default()
+            };
+            assert_eq!(r.route(&set, &input), Err(RouteError::Unknown), "{host}");
+        }
+        for header in ["rconly", "abc123.remote_cluster", "my-alias.remote_cluster"] {
+            let input = RouteInput {
+                found_cluster: Some(header),
+                ..RouteInput::default()
+            };
+            assert_eq!(r.route(&set, &input), Err(RouteError::Unknown), "{header}");
+        }
+        let ok = RouteInput {
+            host: Some("abc123.es.example.com"),
+            ..RouteInput::default()
+        };
+        assert_eq!(r.route(&set, &ok).map(|t| t.product), Ok(Product::Es));
     }
 }

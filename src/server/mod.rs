@@ -11,12 +11,16 @@
 //!   connections are asked to finish (HTTP/1.1 closes after the current
 //!   response, HTTP/2 sends GOAWAY), and after `server.shutdown_grace`
 //!   whatever is left is dropped.
+//! - The remote-cluster pass-through listeners (`[remote_cluster] listen`,
+//!   [`crate::passthrough`]) share the connection limit, the drain and the
+//!   grace period with the HTTPS listeners.
 
 mod activity;
 mod connection;
 mod metrics;
 mod service;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
@@ -37,6 +41,7 @@ use crate::access_log::{self, AccessLog, WriterThread};
 use crate::config::Config;
 use crate::forward::metrics::UpstreamMetrics;
 use crate::forward::{ActiveChecks, Ejection, Forwarder, PoolSettings};
+use crate::passthrough::PassThrough;
 use crate::proxy_protocol;
 use crate::reload::Store;
 use crate::request_id::RequestIds;
@@ -98,6 +103,8 @@ pub struct Server {
     proxy: Arc<Proxy>,
     access_log: Option<WriterThread>,
     listeners: Vec<TcpListener>,
+    /// The remote-cluster pass-through and its listeners, when configured.
+    remote_cluster: Option<(Arc<PassThrough>, Vec<TcpListener>)>,
     health_checks: Option<ActiveChecks>,
     max_connections: usize,
     grace: Duration,
@@ -127,6 +134,11 @@ impl Server {
         access_sink: Option<access_log::Sink>,
     ) -> Result<Self, ServerError> {
         let s = &config.server;
+        let ejection = Ejection {
+            after_failures: config.upstream.eject_after_failures,
+            base: config.upstream.eject_base,
+            max: config.upstream.eject_max,
+        };
         let (access_log, access_thread) = match access_sink {
             Some(sink) => {
                 let (log, thread) = AccessLog::start(
@@ -139,6 +151,22 @@ impl Server {
             }
             None => (None, None),
         };
+        let remote_cluster = match config.remote_cluster.listen.as_slice() {
+            [] => None,
+            addrs => {
+                let pass = PassThrough::new(
+                    config.remote_cluster_settings(),
+                    ejection,
+                    config.proxy_protocol_settings(),
+                    Router::new(&s.zones),
+                    store.clone(),
+                    access_log.clone(),
+                    registry,
+                )?;
+                let listeners = bind_all(addrs)?;
+                Some((Arc::new(pass), listeners))
+            }
+        };
         let proxy = Proxy {
             snapshot: store,
             router: Router::new(&s.zones),
@@ -147,11 +175,7 @@ impl Server {
                     connect_timeout: config.upstream.connect_timeout,
                     idle_timeout: config.upstream.idle_timeout,
                     max_idle_per_backend: config.upstream.max_idle_per_backend,
-                    ejection: Ejection {
-                        after_failures: config.upstream.eject_after_failures,
-                        base: config.upstream.eject_base,
-                        max: config.upstream.eject_max,
-                    },
+                    ejection,
                 },
                 config.upstream.response_timeout,
             ),
@@ -176,15 +200,12 @@ impl Server {
             request_ids: RequestIds::new(),
             draining: AtomicBool::new(false),
         };
-        let listeners = s
-            .listen
-            .iter()
-            .map(|&addr| listen(addr).map_err(|source| ServerError::Bind { addr, source }))
-            .collect::<Result<_, _>>()?;
+        let listeners = bind_all(&s.listen)?;
         Ok(Self {
             proxy: Arc::new(proxy),
             access_log: access_thread,
             listeners,
+            remote_cluster,
             health_checks: config
                 .upstream
                 .health_check_interval
@@ -206,6 +227,15 @@ impl Server {
             .collect()
     }
 
+    /// The bound remote-cluster pass-through addresses (port 0 resolved);
+    /// empty when there is no `[remote_cluster] listen`.
+    pub fn remote_cluster_addrs(&self) -> Vec<SocketAddr> {
+        self.remote_cluster
+            .iter()
+            .flat_map(|(_, listeners)| listeners.iter().filter_map(|l| l.local_addr().ok()))
+            .collect()
+    }
+
     /// Serves until `shutdown` drains, then finishes open connections
     /// within the grace period.
     pub async fn run(mut self, mut shutdown: Shutdown) {
@@ -220,6 +250,26 @@ impl Server {
                 tracker.clone(),
                 conns.clone(),
             ));
+        }
+        let mut pass_sweeper = None;
+        if let Some((pass, listeners)) = self.remote_cluster.take() {
+            for listener in listeners {
+                tracker.spawn(accept_loop(
+                    pass.clone(),
+                    listener,
+                    limit.clone(),
+                    tracker.clone(),
+                    conns.clone(),
+                ));
+            }
+            let every = (pass.pool().settings().connect_timeout).max(Duration::from_secs(1));
+            pass_sweeper = Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    pass.pool().sweep();
+                }
+            }));
         }
         let sweeper = tokio::spawn(sweep_pool(self.proxy.clone()));
         let checker = self
@@ -241,6 +291,9 @@ impl Server {
         inner.abort();
         tracker.wait().await;
         sweeper.abort();
+        if let Some(s) = pass_sweeper {
+            s.abort();
+        }
         if let Some(c) = checker {
             c.abort();
         }
@@ -250,6 +303,53 @@ impl Server {
             let _ =
                 tokio::task::spawn_blocking(move || thread.close(access_log::CLOSE_TIMEOUT)).await;
         }
+    }
+}
+
+fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
+    addrs
+        .iter()
+        .map(|&addr| listen(addr).map_err(|source| ServerError::Bind { addr, source }))
+        .collect()
+}
+
+/// What an accept loop hands its connections to: the HTTPS proxy or the
+/// remote-cluster pass-through.
+trait Handler: Send + Sync + 'static {
+    /// A connection was closed at once: `server.max_connections` reached.
+    fn over_limit(&self);
+    /// Serves one accepted connection to its end.
+    fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+impl Handler for Proxy {
+    fn over_limit(&self) {
+        self.metrics.connection_ended("limit");
+    }
+
+    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
+        let _open = self.metrics.connection_opened();
+        connection::serve(self, tcp, peer, shutdown).await;
+    }
+}
+
+impl Handler for PassThrough {
+    fn over_limit(&self) {
+        PassThrough::over_limit(self);
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = ()> + Send {
+        PassThrough::serve(self, tcp, peer, shutdown)
     }
 }
 
@@ -267,8 +367,8 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(
-    proxy: Arc<Proxy>,
+async fn accept_loop<H: Handler>(
+    handler: Arc<H>,
     listener: TcpListener,
     limit: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -297,15 +397,13 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            proxy.metrics.connection_ended("limit");
+            handler.over_limit();
             drop(tcp);
             continue;
         };
-        let proxy = proxy.clone();
-        let shutdown = shutdown.clone();
+        let serve = handler.clone().serve(tcp, peer, shutdown.clone());
         tracker.spawn(async move {
-            let _open = proxy.metrics.connection_opened();
-            connection::serve(proxy.clone(), tcp, peer, shutdown).await;
+            serve.await;
             drop(permit);
         });
     }

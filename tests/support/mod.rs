@@ -497,6 +497,9 @@ pub struct ProxyOptions {
     pub response_timeout: &'static str,
     pub request_header_timeout: &'static str,
     pub idle_timeout: &'static str,
+    /// TOML appended to the generated configuration (extra sections, such
+    /// as `[remote_cluster]`).
+    pub extra_toml: String,
 }
 
 impl Default for ProxyOptions {
@@ -508,6 +511,7 @@ impl Default for ProxyOptions {
             response_timeout: "5s",
             request_header_timeout: "10s",
             idle_timeout: "60s",
+            extra_toml: String::new(),
         }
     }
 }
@@ -519,6 +523,9 @@ pub struct TestProxy {
     pub config: portcullis::Config,
     /// Its access log (JSON lines).
     pub access_log: MemorySink,
+    /// `[remote_cluster] listen` addresses, bound (empty when none).
+    pub remote_cluster: Vec<SocketAddr>,
+    pub registry: prometheus::Registry,
     trigger: Trigger,
     task: JoinHandle<()>,
     _dir: TempDir,
@@ -564,7 +571,10 @@ path = {snapshot:?}
 
 [log]
 access_flush_interval = "5ms"
+
+{extra}
 "#,
+            extra = options.extra_toml,
             mode = options.mode,
             read_timeout = options.read_timeout,
             response_timeout = options.response_timeout,
@@ -580,15 +590,17 @@ access_flush_interval = "5ms"
         apply_snapshot(&store, &config, snapshot);
         let tls = portcullis::tls::server_config(&config.tls_settings()).expect("TLS config");
         let access_log = MemorySink::default();
+        let registry = portcullis::metrics::registry();
         let server = Server::bind_with_access_log(
             &config,
             tls,
             store.clone(),
-            &portcullis::metrics::registry(),
+            &registry,
             Some(Box::new(access_log.clone())),
         )
         .expect("bind proxy");
         let addr = server.local_addrs()[0];
+        let remote_cluster = server.remote_cluster_addrs();
         let (trigger, shutdown) = portcullis::shutdown::channel();
         let task = tokio::spawn(server.run(shutdown));
         Self {
@@ -596,6 +608,8 @@ access_flush_interval = "5ms"
             store,
             config,
             access_log,
+            remote_cluster,
+            registry,
             trigger,
             task,
             _dir: dir,
@@ -1943,4 +1957,253 @@ fn parse_sample(line: &str) -> Option<Sample> {
         labels,
         value,
     })
+}
+
+// ---------------------------------------------------------------- remote cluster (TLS pass-through)
+
+/// The remote-cluster node's own PKI, separate from [`pki`] (the proxy's):
+/// a client that trusts only this CA and completes a handshake proves the
+/// proxy did not terminate TLS.
+pub struct NodePki {
+    pub ca: CertificateDer<'static>,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+pub fn node_pki() -> &'static NodePki {
+    static NODE: OnceLock<NodePki> = OnceLock::new();
+    NODE.get_or_init(|| {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "remote-cluster node test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let leaf = CertificateParams::new(vec!["*.es.test".to_owned(), "es.test".to_owned()])
+            .expect("valid names");
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
+        let cert = leaf.signed_by(&key, &issuer).expect("leaf certificate");
+        let key_der =
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("PKCS#8 key");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .expect("node certificate");
+        NodePki {
+            ca: issuer.der().clone(),
+            server: Arc::new(server),
+        }
+    })
+}
+
+/// A TLS server standing for a deployment's remote-cluster port, on
+/// `127.0.0.1:0`: after the handshake it writes `sni=<name>\n` (the SNI it
+/// received), echoes every byte, and on the client's EOF writes `bye\n`
+/// and closes.
+pub struct TlsNode {
+    pub addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl TlsNode {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind node");
+        let addr = listener.local_addr().expect("node address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let acceptor = tokio_rustls::TlsAcceptor::from(node_pki().server.clone());
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().unwrap_or_default().to_owned();
+                    if tls
+                        .write_all(format!("sni={sni}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if tls.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    let _ = tls.write_all(b"bye\n").await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        Self {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TLS client trusting only the node CA.
+pub fn node_client_tls(send_sni: bool) -> Arc<rustls::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates({
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(node_pki().ca.clone()).expect("node CA");
+        roots
+    })
+    .with_no_client_auth();
+    tls.enable_sni = send_sni;
+    Arc::new(tls)
+}
+
+/// A client connection through the pass-through listener to a [`TlsNode`].
+pub struct RcConn {
+    pub tls: tokio_rustls::client::TlsStream<TcpStream>,
+    /// What the node reported as the SNI it received.
+    pub sni_seen: String,
+}
+
+impl RcConn {
+    /// PROXY `preamble`, then TLS for `name` (sent as SNI when `send_sni`),
+    /// then the node's `sni=` line. `Err` when the proxy closes the
+    /// connection instead.
+    pub async fn connect(
+        addr: SocketAddr,
+        preamble: &[u8],
+        name: &str,
+        send_sni: bool,
+    ) -> Result<Self, String> {
+        let attempt = async {
+            let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            tcp.write_all(preamble).await.map_err(|e| e.to_string())?;
+            let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+            let mut tls = tokio_rustls::TlsConnector::from(node_client_tls(send_sni))
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            let line = read_line(&mut tls).await?;
+            let sni_seen = line
+                .strip_prefix("sni=")
+                .ok_or_else(|| format!("unexpected first line {line:?}"))?
+                .to_owned();
+            Ok(Self { tls, sni_seen })
+        };
+        within("pass-through connect", attempt).await
+    }
+
+    /// Writes `bytes` and reads the same number back (the node echoes).
+    pub async fn echo(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.tls.write_all(bytes).await?;
+        let mut back = vec![0u8; bytes.len()];
+        self.tls.read_exact(&mut back).await?;
+        if back != bytes {
+            return Err(io::Error::other("echo differs"));
+        }
+        Ok(())
+    }
+
+    /// Reads to EOF (or an error); panics if still open after `limit`.
+    pub async fn read_to_end_within(&mut self, limit: Duration) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        let r = tokio::time::timeout(limit, self.tls.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("pass-through connection still open after {limit:?}"));
+        r.map(|_| out).map_err(|e| e.to_string())
+    }
+}
+
+async fn read_line<S: AsyncRead + Unpin>(io: &mut S) -> Result<String, String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match io.read(&mut byte).await {
+            Ok(0) => return Err(format!("closed after {line:?}")),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    String::from_utf8(line).map_err(|e| e.to_string())
+}
+
+/// `[remote_cluster]` for [`ProxyOptions::extra_toml`]: one listener on
+/// loopback, `filter` as given, and `more` lines.
+pub fn remote_cluster_toml(filter: bool, more: &str) -> String {
+    format!("[remote_cluster]\nlisten = [\"127.0.0.1:0\"]\nfilter = {filter}\n{more}\n")
+}
+
+impl TestProxy {
+    /// The first remote-cluster listener.
+    pub fn rc_addr(&self) -> SocketAddr {
+        *self
+            .remote_cluster
+            .first()
+            .expect("the test configured [remote_cluster] listen")
+    }
+
+    /// The proxy's metrics now.
+    pub fn metrics(&self) -> Metrics {
+        let text = String::from_utf8(portcullis::metrics::render(&self.registry))
+            .expect("metrics are UTF-8");
+        Metrics::parse(&text)
+    }
+
+    /// Starts draining, as SIGTERM does.
+    pub fn drain(&self) {
+        self.trigger.drain();
+    }
+
+    /// The remote-cluster access-log lines (`"message":"connection"`), once
+    /// there are `count`.
+    pub async fn connection_lines(&self, count: usize) -> Vec<Value> {
+        let mut found = Vec::new();
+        eventually(Duration::from_secs(10), "remote-cluster log lines", || {
+            found = self
+                .access_log
+                .lines()
+                .into_iter()
+                .filter(|l| l.contains("\"message\":\"connection\""))
+                .collect();
+            let enough = found.len() >= count;
+            async move { enough }
+        })
+        .await;
+        found
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
 }

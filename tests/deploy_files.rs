@@ -935,7 +935,7 @@ struct Family {
 }
 
 /// The real registry, as every module registers into it: the reloader's
-/// `SnapshotMetrics`, and `Server::bind_with_access_log` (server, upstream
+/// `SnapshotMetrics`, and `Server::bind_with_access_log` with a `[remote_cluster]` listener (server, upstream, remote-cluster
 /// and access-log metrics). Labelled families show in `gather()` only once
 /// observed, so each is driven here: a snapshot read at boot from a missing
 /// file and restored from the state directory, then applied, stale and
@@ -1003,6 +1003,8 @@ key = {key:?}
 path = "unused.json"
 [log]
 access_flush_interval = "5ms"
+[remote_cluster]
+listen = ["127.0.0.1:0"]
 "#,
         cert = dir.write("cert.pem", &pki.cert_pem),
         key = dir.write("key.pem", &pki.key_pem),

@@ -60,6 +60,8 @@
 # --port-base P (backend P, nginx P+1, HAProxy
 # P+2, portcullis P+3, its admin API P+4, HAProxy's syslog sink P+5 (UDP);
 # default 24400).
+# Environment: PORTCULLIS_BIN, the portcullis binary to measure (default
+# target/release/portcullis; e.g. one built with another allocator).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -129,6 +131,7 @@ WORK="$OUT/work"
 RAW="$OUT/raw"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/release"
+PORTCULLIS_BIN="${PORTCULLIS_BIN:-$BIN/portcullis}"
 BACKEND_PORT=$PORT_BASE
 ADMIN_PORT=$((PORT_BASE + 4))
 SYSLOG_PORT=$((PORT_BASE + 5))
@@ -473,7 +476,7 @@ start_proxy() {
             ;;
         portcullis)
             # O_APPEND (>>), so the file can be emptied between phases.
-            env -u RUST_LOG TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN/portcullis" \
+            env -u RUST_LOG TOKIO_WORKER_THREADS=1 taskset -c 0 "$PORTCULLIS_BIN" \
                 --log-format "$PORTCULLIS_LOG_FORMAT" run --config "$WORK/portcullis-$mode.toml" \
                 >>"$WORK/portcullis/stdout-$mode.log" 2>&1 &
             ;;

@@ -62,98 +62,147 @@ pub struct Line<'a> {
 
 /// Appends `line` and a newline to `out`.
 pub fn write(format: Format, line: &Line<'_>, out: &mut Vec<u8>) {
-    match format {
-        Format::Json => write_json(line, out),
-        Format::Text => write_text(line, out),
-    }
+    let l = line;
+    let mut f = Fields::begin(format, out, l.time, l.duration, "request", super::TARGET);
+    f.token("request_id", |o| {
+        o.extend_from_slice(l.request_id.as_bytes())
+    });
+    f.token("client_ip", |o| ip(l.client_ip, o));
+    f.token("peer", |o| socket_addr(l.peer, o));
+    f.quoted("endpoint", |o| endpoint(l.endpoint, o));
+    f.str("sni", l.sni);
+    f.str("host", l.host);
+    f.str("deployment", l.deployment);
+    f.str("product", l.product);
+    f.str("method", l.method);
+    f.str("path", l.path);
+    f.token("version", |o| o.extend_from_slice(l.version.as_bytes()));
+    f.num("status", l.status);
+    f.num("bytes", l.bytes);
+    f.millis("duration_ms", l.duration);
+    f.str("decision", l.decision);
+    f.str("reason", l.reason);
+    f.str("status_reason", l.status_reason);
+    f.str("policy", l.policy);
+    f.end();
 }
 
-fn write_json(l: &Line<'_>, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"timestamp\":\"");
-    rfc3339(l.time + l.duration, 6, out);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"time\":\"");
-    rfc3339(l.time, 3, out);
-    out.extend_from_slice(b"\",\"request_id\":");
-    json_str(l.request_id, out);
-    out.extend_from_slice(b",\"client_ip\":\"");
-    ip(l.client_ip, out);
-    out.extend_from_slice(b"\",\"peer\":\"");
-    socket_addr(l.peer, out);
-    out.extend_from_slice(b"\",\"endpoint\":\"");
-    endpoint(l.endpoint, out);
-    out.push(b'"');
-    for (key, value) in [
-        (&b",\"sni\":"[..], l.sni),
-        (b",\"host\":", l.host),
-        (b",\"deployment\":", l.deployment),
-        (b",\"product\":", l.product),
-        (b",\"method\":", l.method),
-        (b",\"path\":", l.path),
-        (b",\"version\":", l.version),
-    ] {
-        out.extend_from_slice(key);
-        json_str(value, out);
-    }
-    out.extend_from_slice(b",\"status\":");
-    int(l.status, out);
-    out.extend_from_slice(b",\"bytes\":");
-    int(l.bytes, out);
-    out.extend_from_slice(b",\"duration_ms\":");
-    millis(l.duration, out);
-    for (key, value) in [
-        (&b",\"decision\":"[..], l.decision),
-        (b",\"reason\":", l.reason),
-        (b",\"status_reason\":", l.status_reason),
-        (b",\"policy\":", l.policy),
-    ] {
-        out.extend_from_slice(key);
-        json_str(value, out);
-    }
-    out.extend_from_slice(b",\"target\":\"portcullis::access\"}\n");
+/// Writes one line field by field in either format, so every kind of line
+/// (requests here, remote-cluster connections in `passthrough`) is laid
+/// out the same way:
+///
+/// - JSON: `{"timestamp":…,"level":"INFO","message":…,"time":…, fields…,
+///   "target":…}`
+/// - text: `{timestamp}  INFO {target}: {message} time=… key=value…`, the
+///   shape of `tracing`'s text format (strings quoted, tokens bare).
+pub struct Fields<'o> {
+    format: Format,
+    out: &'o mut Vec<u8>,
+    target: &'static str,
 }
 
-fn write_text(l: &Line<'_>, out: &mut Vec<u8>) {
-    rfc3339(l.time + l.duration, 6, out);
-    out.extend_from_slice(b"  INFO portcullis::access: request time=");
-    rfc3339(l.time, 3, out);
-    out.extend_from_slice(b" request_id=");
-    out.extend_from_slice(l.request_id.as_bytes());
-    out.extend_from_slice(b" client_ip=");
-    ip(l.client_ip, out);
-    out.extend_from_slice(b" peer=");
-    socket_addr(l.peer, out);
-    out.extend_from_slice(b" endpoint=\"");
-    endpoint(l.endpoint, out);
-    out.push(b'"');
-    for (key, value) in [
-        (&b" sni="[..], l.sni),
-        (b" host=", l.host),
-        (b" deployment=", l.deployment),
-        (b" product=", l.product),
-        (b" method=", l.method),
-        (b" path=", l.path),
-    ] {
-        out.extend_from_slice(key);
-        json_str(value, out);
+impl<'o> Fields<'o> {
+    /// Starts a line for an event that began at `time` and took
+    /// `duration` (the line's timestamp is its end).
+    pub fn begin(
+        format: Format,
+        out: &'o mut Vec<u8>,
+        time: SystemTime,
+        duration: Duration,
+        message: &'static str,
+        target: &'static str,
+    ) -> Self {
+        match format {
+            Format::Json => {
+                out.extend_from_slice(b"{\"timestamp\":\"");
+                rfc3339(time + duration, 6, out);
+                out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"");
+                out.extend_from_slice(message.as_bytes());
+                out.extend_from_slice(b"\",\"time\":\"");
+                rfc3339(time, 3, out);
+                out.push(b'"');
+            }
+            Format::Text => {
+                rfc3339(time + duration, 6, out);
+                out.extend_from_slice(b"  INFO ");
+                out.extend_from_slice(target.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(message.as_bytes());
+                out.extend_from_slice(b" time=");
+                rfc3339(time, 3, out);
+            }
+        }
+        Self {
+            format,
+            out,
+            target,
+        }
     }
-    out.extend_from_slice(b" version=");
-    out.extend_from_slice(l.version.as_bytes());
-    out.extend_from_slice(b" status=");
-    int(l.status, out);
-    out.extend_from_slice(b" bytes=");
-    int(l.bytes, out);
-    out.extend_from_slice(b" duration_ms=");
-    millis(l.duration, out);
-    for (key, value) in [
-        (&b" decision="[..], l.decision),
-        (b" reason=", l.reason),
-        (b" status_reason=", l.status_reason),
-        (b" policy=", l.policy),
-    ] {
-        out.extend_from_slice(key);
-        json_str(value, out);
+
+    fn key(&mut self, key: &str) {
+        match self.format {
+            Format::Json => {
+                self.out.extend_from_slice(b",\"");
+                self.out.extend_from_slice(key.as_bytes());
+                self.out.extend_from_slice(b"\":");
+            }
+            Format::Text => {
+                self.out.push(b' ');
+                self.out.extend_from_slice(key.as_bytes());
+                self.out.push(b'=');
+            }
+        }
     }
-    out.push(b'\n');
+
+    /// A string from the request or the snapshot: quoted and escaped.
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        json_str(value, self.out);
+    }
+
+    /// A value made of characters that need no escaping (an address, an
+    /// id): quoted in JSON, bare in text.
+    pub fn token(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
+        self.key(key);
+        match self.format {
+            Format::Json => self.quoted_value(write),
+            Format::Text => write(self.out),
+        }
+    }
+
+    /// Like [`Fields::token`], but quoted in text too (it may be empty).
+    pub fn quoted(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
+        self.key(key);
+        self.quoted_value(write);
+    }
+
+    fn quoted_value(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        self.out.push(b'"');
+        write(self.out);
+        self.out.push(b'"');
+    }
+
+    pub fn num(&mut self, key: &str, n: impl itoa::Integer) {
+        self.key(key);
+        int(n, self.out);
+    }
+
+    pub fn millis(&mut self, key: &str, d: Duration) {
+        self.key(key);
+        millis(d, self.out);
+    }
+
+    /// Ends the line (newline included).
+    pub fn end(self) {
+        match self.format {
+            Format::Json => {
+                self.out.extend_from_slice(b",\"target\":\"");
+                self.out.extend_from_slice(self.target.as_bytes());
+                self.out.extend_from_slice(b"\"}\n");
+            }
+            Format::Text => self.out.push(b'\n'),
+        }
+    }
 }
 
 pub fn int(n: impl itoa::Integer, out: &mut Vec<u8>) {

@@ -17,7 +17,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use crate::access_log::Format;
-use crate::access_log::format::{endpoint, int, ip, json_str, millis, rfc3339, socket_addr};
+use crate::access_log::format::{Fields, endpoint, ip, socket_addr};
 use crate::endpoint::PrivateEndpoint;
 
 pub const TARGET: &str = "portcullis::remote_cluster";
@@ -51,93 +51,26 @@ pub struct ConnectionLine<'a> {
 
 /// Appends `line` and a newline to `out`.
 pub fn write(format: Format, line: &ConnectionLine<'_>, out: &mut Vec<u8>) {
-    match format {
-        Format::Json => write_json(line, out),
-        Format::Text => write_text(line, out),
-    }
-}
-
-fn write_json(l: &ConnectionLine<'_>, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"timestamp\":\"");
-    rfc3339(l.time + l.duration, 6, out);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"connection\",\"time\":\"");
-    rfc3339(l.time, 3, out);
-    out.extend_from_slice(b"\",\"client_ip\":\"");
-    ip(l.client_ip, out);
-    out.extend_from_slice(b"\",\"peer\":\"");
-    socket_addr(l.peer, out);
-    out.extend_from_slice(b"\",\"endpoint\":\"");
-    endpoint(l.endpoint, out);
-    out.push(b'"');
-    out.extend_from_slice(b",\"sni\":");
-    json_str(l.sni, out);
-    out.extend_from_slice(b",\"deployment\":");
-    json_str(l.deployment, out);
-    out.extend_from_slice(b",\"backend\":\"");
-    if let Some(b) = l.backend {
-        socket_addr(b, out);
-    }
-    out.push(b'"');
-    for (key, value) in [
-        (&b",\"decision\":"[..], l.decision),
-        (b",\"reason\":", l.reason),
-        (b",\"policy\":", l.policy),
-    ] {
-        out.extend_from_slice(key);
-        json_str(value, out);
-    }
-    out.extend_from_slice(b",\"bytes_client_to_backend\":");
-    int(l.client_to_backend, out);
-    out.extend_from_slice(b",\"bytes_backend_to_client\":");
-    int(l.backend_to_client, out);
-    out.extend_from_slice(b",\"duration_ms\":");
-    millis(l.duration, out);
-    out.extend_from_slice(b",\"end\":");
-    json_str(l.end, out);
-    out.extend_from_slice(b",\"target\":\"");
-    out.extend_from_slice(TARGET.as_bytes());
-    out.extend_from_slice(b"\"}\n");
-}
-
-fn write_text(l: &ConnectionLine<'_>, out: &mut Vec<u8>) {
-    rfc3339(l.time + l.duration, 6, out);
-    out.extend_from_slice(b"  INFO ");
-    out.extend_from_slice(TARGET.as_bytes());
-    out.extend_from_slice(b": connection time=");
-    rfc3339(l.time, 3, out);
-    out.extend_from_slice(b" client_ip=");
-    ip(l.client_ip, out);
-    out.extend_from_slice(b" peer=");
-    socket_addr(l.peer, out);
-    out.extend_from_slice(b" endpoint=\"");
-    endpoint(l.endpoint, out);
-    out.push(b'"');
-    out.extend_from_slice(b" sni=");
-    json_str(l.sni, out);
-    out.extend_from_slice(b" deployment=");
-    json_str(l.deployment, out);
-    out.extend_from_slice(b" backend=\"");
-    if let Some(b) = l.backend {
-        socket_addr(b, out);
-    }
-    out.push(b'"');
-    for (key, value) in [
-        (&b" decision="[..], l.decision),
-        (b" reason=", l.reason),
-        (b" policy=", l.policy),
-    ] {
-        out.extend_from_slice(key);
-        json_str(value, out);
-    }
-    out.extend_from_slice(b" bytes_client_to_backend=");
-    int(l.client_to_backend, out);
-    out.extend_from_slice(b" bytes_backend_to_client=");
-    int(l.backend_to_client, out);
-    out.extend_from_slice(b" duration_ms=");
-    millis(l.duration, out);
-    out.extend_from_slice(b" end=");
-    out.extend_from_slice(l.end.as_bytes());
-    out.push(b'\n');
+    let l = line;
+    let mut f = Fields::begin(format, out, l.time, l.duration, "connection", TARGET);
+    f.token("client_ip", |o| ip(l.client_ip, o));
+    f.token("peer", |o| socket_addr(l.peer, o));
+    f.quoted("endpoint", |o| endpoint(l.endpoint, o));
+    f.str("sni", l.sni);
+    f.str("deployment", l.deployment);
+    f.quoted("backend", |o| {
+        if let Some(b) = l.backend {
+            socket_addr(b, o);
+        }
+    });
+    f.str("decision", l.decision);
+    f.str("reason", l.reason);
+    f.str("policy", l.policy);
+    f.num("bytes_client_to_backend", l.client_to_backend);
+    f.num("bytes_backend_to_client", l.backend_to_client);
+    f.millis("duration_ms", l.duration);
+    f.token("end", |o| o.extend_from_slice(l.end.as_bytes()));
+    f.end();
 }
 
 #[cfg(test)]

@@ -205,12 +205,12 @@ impl<'o> Fields<'o> {
     }
 }
 
-pub fn int(n: impl itoa::Integer, out: &mut Vec<u8>) {
+fn int(n: impl itoa::Integer, out: &mut Vec<u8>) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Milliseconds with microsecond precision (`0.120`).
-pub fn millis(d: Duration, out: &mut Vec<u8>) {
+fn millis(d: Duration, out: &mut Vec<u8>) {
     // u64 arithmetic: 128-bit division is a libcall, and this runs per line.
     let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     int(micros / 1000, out);
@@ -231,7 +231,7 @@ fn pad(n: impl Into<u64>, width: usize, out: &mut Vec<u8>) {
 
 /// A JSON string literal; also tracing's quoted text value for the ASCII
 /// strings these fields hold.
-pub fn json_str(s: &str, out: &mut Vec<u8>) {
+fn json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -330,7 +330,7 @@ pub fn endpoint(e: Option<PrivateEndpoint>, out: &mut Vec<u8>) {
 
 /// RFC 3339 UTC with `frac` fractional digits (3 or 6):
 /// `2026-11-18T11:06:40.123Z`.
-pub fn rfc3339(t: SystemTime, frac: usize, out: &mut Vec<u8>) {
+fn rfc3339(t: SystemTime, frac: usize, out: &mut Vec<u8>) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

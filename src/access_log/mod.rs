@@ -78,7 +78,7 @@ impl AccessLog {
     /// Whether the installed `tracing` subscriber would have shown access
     /// lines (`RUST_LOG=info,portcullis::access=off` turns them off).
     pub fn enabled_by_filter() -> bool {
-        tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
+        tracing::enabled!(target: TARGET, tracing::Level::INFO)
     }
 
     /// Queues one request's line. Never blocks on I/O; drops (and

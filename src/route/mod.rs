@@ -132,16 +132,13 @@ impl Router {
         let Some(host) = host else {
             return true;
         };
-        if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
-            return true; // an IPv6 literal (`[::1]:9243`, `::1`) or a bare IP
+        let mut buf = [0u8; MAX_HOST_LEN];
+        match normalise_host(host, &mut buf) {
+            // Zones are stored lowercase, without dots at either end.
+            Some(name) => self.zones.iter().any(|z| **z == *name),
+            // Not a host name: an IP literal, or junk.
+            None => is_ip_literal(host),
         }
-        let name = match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        name.parse::<std::net::Ipv4Addr>().is_ok()
-            || self.zones.iter().any(|z| name.eq_ignore_ascii_case(z))
     }
 
     /// The deployment a remote-cluster connection's SNI names (SPEC §2.1):
@@ -229,6 +226,19 @@ fn normalise_host<'b>(host: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b
         return None;
     }
     lowercase(host, buf)
+}
+
+/// `10.0.0.7`, `10.0.0.7:9243`, `::1`, `[2001:db8::1]:9243`.
+fn is_ip_literal(host: &str) -> bool {
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 fn lowercase<'b>(s: &str, buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {

@@ -230,10 +230,15 @@ fn host_header(req: &Request<Incoming>) -> Option<&HeaderValue> {
 /// The host the request is for: the target's authority (HTTP/2, or an
 /// HTTP/1.1 absolute-form target), else `Host`.
 fn request_host(req: &Request<Incoming>) -> Option<&str> {
-    req.uri()
-        .authority()
+    host_of(req.uri(), host_header(req))
+}
+
+/// [`request_host`] from a request's parts (the access-log record keeps
+/// clones of them).
+fn host_of<'a>(uri: &'a Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
+    uri.authority()
         .map(|a| a.as_str())
-        .or_else(|| host_header(req).and_then(|v| v.to_str().ok()))
+        .or_else(|| host.and_then(|v| v.to_str().ok()))
 }
 
 /// What the access log says about one request (SPEC §9), filled in as the
@@ -319,12 +324,7 @@ impl Drop for Record {
             .and_then(|d| d.matched)
             .and_then(|m| set?.policy(m.policy))
             .map_or("", |p| &*p.id);
-        let host = self
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
-            .unwrap_or("");
+        let host = host_of(&self.uri, self.host.as_ref()).unwrap_or("");
         log.log(&Line {
             time: self.time,
             duration: self.started.elapsed(),

@@ -486,14 +486,13 @@ path = {snapshot_path:?}
             snapshot_path = snapshot_path.display().to_string(),
             log = log.toml(),
         );
-        let config = portcullis::Config::from_toml(&toml)
+        let settings = portcullis::Config::from_toml(&toml)
+            .and_then(|c| c.settings())
             .unwrap_or_else(|e| panic!("bench config is invalid: {e}\n{toml}"));
         let store = Arc::new(Store::new());
-        let loaded =
-            portcullis::reload::prepare(snapshot.as_bytes(), "bench", config.policy_options())
-                .unwrap_or_else(|e| panic!("bench snapshot is invalid: {e}"));
+        let loaded = portcullis::reload::prepare(snapshot.as_bytes(), "bench", settings.policy)
+            .unwrap_or_else(|e| panic!("bench snapshot is invalid: {e}"));
         store.apply(loaded).expect("snapshot applies");
-        let tls = portcullis::tls::server_config(&config.tls_settings()).expect("TLS config");
         let (trigger, shutdown) = portcullis::shutdown::channel();
 
         let (tx, rx) = std::sync::mpsc::channel();
@@ -509,9 +508,8 @@ path = {snapshot_path:?}
                     .build()
                     .expect("proxy runtime");
                 runtime.block_on(async move {
-                    let server = Server::bind_with_access_log(
-                        &config,
-                        tls,
+                    let server = Server::bind(
+                        &settings,
                         store,
                         &portcullis::metrics::registry(),
                         log.sink(),

@@ -51,7 +51,7 @@ pub async fn run(ports: DemoPorts, log_format: Format, shutdown: Shutdown) -> Re
     let mut config = dir.write(ports, backend_addr, &token)?;
     config.log.format = log_format;
     println!("{}", instructions(ports, &dir.0, &token));
-    let result = crate::serve(config, shutdown).await;
+    let result = crate::run(config, shutdown).await;
     drop(dir);
     result
 }

@@ -19,12 +19,8 @@ pub enum Error {
     AdminSetup(#[from] crate::admin::AdminError),
     #[error(transparent)]
     Fetch(#[from] crate::reload::fetch::FetchError),
-    #[error("cannot start the admin API on {addr}")]
-    Admin {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::settings::BindError),
     #[error("{0}")]
     Other(String),
 }

@@ -31,6 +31,7 @@ pub mod request_id;
 pub mod response;
 pub mod route;
 pub mod server;
+pub mod settings;
 pub mod shutdown;
 pub mod synth;
 pub mod tls;
@@ -39,64 +40,75 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use error::Error;
+pub use settings::{Listeners, Settings};
 pub use shutdown::Shutdown;
 
+use access_log::AccessLog;
 use admin::{Admin, Readiness};
-use reload::fetch::{FetchSettings, Fetcher};
 use reload::{Reloader, SnapshotMetrics, Source, StateDir, Store};
 use route::Router;
 use server::Server;
 use shutdown::Phase;
 
-/// Runs the proxy described by `config` until `shutdown` completes.
+/// Loads `config` into [`Settings`], binds its listeners, and runs
+/// [`serve`]: what `portcullis run` and `portcullis demo` do.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let settings = config.settings()?;
+    let listeners = Listeners::bind(&settings.listen)?;
+    serve(settings, listeners, shutdown).await
+}
+
+/// Runs the proxy on `listeners` until `shutdown` completes.
 ///
 /// Start-up order: the admin API first (so `/healthz` answers during
-/// boot), then the data-plane listeners; the snapshot is loaded in the
-/// background, and until one is in force requests get 503 and `/readyz`
-/// says not ready.
-pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+/// boot), then the data plane; the snapshot is loaded in the background,
+/// and until one is in force requests get 503 and `/readyz` says not
+/// ready.
+pub async fn serve(
+    settings: Settings,
+    listeners: Listeners,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
     let registry = metrics::registry();
     let store = Arc::new(Store::new());
-    let max_bytes = config.snapshot.max_bytes;
+    let snapshot = &settings.snapshot;
     let reloader = Arc::new(Reloader::new(
         store.clone(),
-        config.policy_options(),
-        config.snapshot.state_dir.clone().map(StateDir::new),
-        max_bytes,
+        settings.policy,
+        snapshot.state_dir.clone().map(StateDir::new),
+        snapshot.max_bytes,
         SnapshotMetrics::register(&registry).map_err(server::ServerError::from)?,
     ));
-    let source = match (&config.snapshot.path, &config.snapshot.url) {
-        (Some(path), _) => Source::file(path.clone(), max_bytes),
-        (None, Some(url)) => Source::Url(Box::new(Fetcher::new(
-            url,
-            FetchSettings {
-                timeout: config.snapshot.fetch_timeout,
-                max_bytes,
-                ca_file: config.snapshot.ca_file.clone(),
-            },
-        )?)),
-        (None, None) => return Err(Error::Other("snapshot: set path or url".into())),
-    };
+    let source = Source::new(&snapshot.source, snapshot.max_bytes)?;
 
     let readiness = Arc::new(Readiness::default());
-    let admin_listener = tokio::net::TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|source| Error::Admin {
-            addr: config.admin.listen,
-            source,
-        })?;
-    let tls = tls::server_config(&config.tls_settings())?;
-    let server = Server::bind(&config, tls, store, &registry)?;
+    let Listeners {
+        data,
+        admin: admin_listener,
+        remote_cluster,
+    } = listeners;
+    let access_sink =
+        (settings.log.access.is_some() && AccessLog::enabled_by_filter()).then(AccessLog::stdout);
+    let server = Server::new(
+        &settings,
+        data,
+        remote_cluster,
+        store,
+        &registry,
+        access_sink,
+    )?;
     let admin = Admin::new(
         reloader.clone(),
         registry,
-        Router::new(&config.server.zones),
+        Router::new(&settings.server.zones),
         readiness.clone(),
-        config.admin.token_file.as_deref(),
-        max_bytes,
-        config.admin.body_timeout,
+        settings.admin.token_file.as_deref(),
+        snapshot.max_bytes,
+        settings.admin.body_timeout,
     )?;
-    tracing::info!(addr = %config.admin.listen, "admin API listening");
+    if let Ok(addr) = admin_listener.local_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
     tokio::spawn(admin::serve(
         admin_listener,
         Arc::new(admin),
@@ -106,13 +118,13 @@ pub async fn serve(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         tracing::info!(%addr, "listening");
     }
     for addr in server.remote_cluster_addrs() {
-        tracing::info!(%addr, filter = config.remote_cluster.filter, "remote-cluster pass-through listening");
+        tracing::info!(%addr, filter = settings.remote_cluster.filter, "remote-cluster pass-through listening");
     }
     readiness.set_listening();
 
     let reload_now = Arc::new(tokio::sync::Notify::new());
     spawn_sighup(reload_now.clone());
-    let poll = config.snapshot.poll_interval;
+    let poll = settings.snapshot.poll_interval;
     let watcher = {
         let reloader = reloader.clone();
         let shutdown = shutdown.clone();

@@ -146,7 +146,7 @@ fn main() -> ExitCode {
                 config.log.format = format.into();
             }
             let _logs = init_logging(config.log.format);
-            serve_until_signalled(|shutdown| portcullis::serve(config, shutdown))
+            serve_until_signalled(|shutdown| portcullis::run(config, shutdown))
         }
         Command::Demo { port, admin_port } => {
             let format = cli.log_format.map_or_else(LineFormat::default, Into::into);

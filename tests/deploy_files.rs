@@ -1009,11 +1009,10 @@ listen = ["127.0.0.1:0"]
         cert = dir.write("cert.pem", &pki.cert_pem),
         key = dir.write("key.pem", &pki.key_pem),
     ))
+    .and_then(|c| c.settings())
     .expect("test config");
-    let tls = portcullis::tls::server_config(&config.tls_settings()).expect("TLS config");
     let sink = portcullis::access_log::MemorySink::default();
-    let server = Server::bind_with_access_log(&config, tls, store, &registry, Some(Box::new(sink)))
-        .expect("bind");
+    let server = Server::bind(&config, store, &registry, Some(Box::new(sink))).expect("bind");
     let addr = server.local_addrs()[0];
     let (trigger, shutdown) = portcullis::shutdown::channel();
     let task = tokio::spawn(server.run(shutdown));

@@ -170,37 +170,30 @@ impl Instance {
     /// from binding port 0 and closing; a collision is retried.
     async fn start(o: &Options) -> Self {
         let files = TempDir::new();
-        for _attempt in 0..5 {
-            let (data, admin) = (unused_port(), unused_port());
-            if data == admin {
-                continue;
+        let listeners = loopback_listeners();
+        let data = listeners.data[0].local_addr().expect("data address");
+        let admin = listeners.admin.local_addr().expect("admin address");
+        let settings = portcullis::Config::from_toml(&o.toml(data, admin, &files))
+            .and_then(|c| c.settings())
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        let (trigger, shutdown) = portcullis::shutdown::channel();
+        let task = tokio::spawn(portcullis::serve(settings, listeners, shutdown));
+        let deadline = Instant::now() + WAIT;
+        while !task.is_finished() && Instant::now() < deadline {
+            if let Ok(r) = admin_request(admin, Method::GET, "/healthz", &[], None).await
+                && r.status == StatusCode::OK
+            {
+                return Self {
+                    data,
+                    admin,
+                    trigger,
+                    task,
+                    _files: files,
+                };
             }
-            let config = portcullis::Config::from_toml(&o.toml(data, admin, &files))
-                .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
-            let (trigger, shutdown) = portcullis::shutdown::channel();
-            let task = tokio::spawn(portcullis::serve(config, shutdown));
-            let deadline = Instant::now() + WAIT;
-            while !task.is_finished() && Instant::now() < deadline {
-                if let Ok(r) = admin_request(admin, Method::GET, "/healthz", &[], None).await
-                    && r.status == StatusCode::OK
-                {
-                    // A port taken by someone else fails `serve` at once.
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    if !task.is_finished() {
-                        return Self {
-                            data,
-                            admin,
-                            trigger,
-                            task,
-                            _files: files,
-                        };
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert!(task.is_finished(), "serve: no /healthz within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("serve did not start on free ports");
+        panic!("serve did not answer /healthz within {WAIT:?}");
     }
 
     async fn ready(o: &Options) -> Self {

@@ -148,18 +148,16 @@ access = false
             key = key.display().to_string(),
             snapshot = snapshot_path.display().to_string(),
         );
-        let config = portcullis::Config::from_toml(&toml).expect("test config is valid");
+        let settings = portcullis::Config::from_toml(&toml)
+            .and_then(|c| c.settings())
+            .expect("test config is valid");
         let store = Arc::new(Store::new());
-        let loaded = portcullis::reload::prepare(
-            snapshot.to_string().as_bytes(),
-            "test",
-            config.policy_options(),
-        )
-        .expect("test snapshot is valid");
+        let loaded =
+            portcullis::reload::prepare(snapshot.to_string().as_bytes(), "test", settings.policy)
+                .expect("test snapshot is valid");
         store.apply(loaded).expect("snapshot applies");
-        let tls = portcullis::tls::server_config(&config.tls_settings()).expect("TLS config");
         let registry = portcullis::metrics::registry();
-        let server = Server::bind(&config, tls, store, &registry).expect("bind proxy");
+        let server = Server::bind(&settings, store, &registry, None).expect("bind proxy");
         let addr = server.local_addrs()[0];
         let (trigger, shutdown) = portcullis::shutdown::channel();
         let task = tokio::spawn(server.run(shutdown));

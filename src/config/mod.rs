@@ -16,9 +16,15 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::access_log;
+use crate::forward::{ActiveChecks, Ejection, PoolSettings};
 use crate::passthrough;
-use crate::policy::{PolicyOptions, UnassociatedPrivateTraffic};
+use crate::policy::PolicyOptions;
 use crate::proxy_protocol;
+use crate::server::{HttpSettings, Timeouts};
+use crate::settings::{
+    AdminSettings, ListenAddrs, LogSettings, ServerSettings, Settings, SnapshotSettings,
+    SnapshotSource, UpstreamSettings,
+};
 use crate::tls;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9243";
@@ -83,7 +89,7 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocolConfig,
-    pub tls: TlsConfig,
+    pub tls: tls::Settings,
     #[serde(default)]
     pub upstream: UpstreamConfig,
     #[serde(default)]
@@ -91,7 +97,7 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
-    pub policy: PolicyConfig,
+    pub policy: PolicyOptions,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -163,40 +169,6 @@ impl Default for ProxyProtocolConfig {
             max_v2_payload: proxy_protocol::DEFAULT_V2_MAX_PAYLOAD,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    pub certificates: Vec<CertificateConfig>,
-    #[serde(deserialize_with = "duration::deserialize")]
-    pub handshake_timeout: Duration,
-    pub session_cache_size: usize,
-    pub session_tickets: bool,
-    pub cipher_preference: tls::CipherPreference,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        Self {
-            certificates: Vec::new(),
-            handshake_timeout: tls::DEFAULT_HANDSHAKE_TIMEOUT,
-            session_cache_size: tls::DEFAULT_SESSION_CACHE_SIZE,
-            session_tickets: true,
-            cipher_preference: tls::CipherPreference::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// DER OCSPResponse to staple for this certificate; read with it, at
-    /// start. The operator's tooling fetches and refreshes it.
-    #[serde(default)]
-    pub ocsp: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,12 +269,6 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicyConfig {
-    pub unassociated_private_traffic: UnassociatedPrivateTraffic,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -330,16 +296,6 @@ impl Default for LogConfig {
             access_batch_bytes: access_log::DEFAULT_BATCH_BYTES,
             access_max_buffered_bytes: access_log::DEFAULT_MAX_BUFFERED_BYTES,
             format: access_log::Format::default(),
-        }
-    }
-}
-
-impl LogConfig {
-    pub fn writer_settings(&self) -> access_log::WriterSettings {
-        access_log::WriterSettings {
-            batch_bytes: self.access_batch_bytes.max(1),
-            flush_interval: self.access_flush_interval,
-            max_buffered_bytes: self.access_max_buffered_bytes,
         }
     }
 }
@@ -548,7 +504,7 @@ impl Config {
             errors.push("tls.certificates: at least one certificate is needed".to_owned());
         }
         if self.snapshot.path.is_some() == self.snapshot.url.is_some() {
-            errors.push("snapshot: set exactly one of path or url".to_owned());
+            errors.push(ONE_SOURCE.to_owned());
         }
         if let Some(url) = &self.snapshot.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -564,54 +520,109 @@ impl Config {
         }
     }
 
-    pub fn policy_options(&self) -> PolicyOptions {
-        PolicyOptions {
-            unassociated_private_traffic: self.policy.unassociated_private_traffic,
-        }
-    }
-
-    pub fn tls_settings(&self) -> tls::Settings {
-        tls::Settings {
-            certificates: self
-                .tls
-                .certificates
-                .iter()
-                .map(|c| tls::CertificateFiles {
-                    cert: c.cert.clone(),
-                    key: c.key.clone(),
-                    ocsp: c.ocsp.clone(),
-                })
-                .collect(),
-            handshake_timeout: self.tls.handshake_timeout,
-            session_cache_size: self.tls.session_cache_size,
-            session_tickets: self.tls.session_tickets,
-            cipher_preference: self.tls.cipher_preference,
-        }
-    }
-
-    pub fn remote_cluster_settings(&self) -> passthrough::Settings {
-        let rc = &self.remote_cluster;
-        passthrough::Settings {
-            filter: rc.filter,
-            client_hello_timeout: rc.client_hello_timeout,
-            client_hello_max_bytes: rc.client_hello_max_bytes,
-            connect_timeout: self.upstream.connect_timeout,
-            idle_timeout: rc.idle_timeout,
-            buffer_bytes: rc.buffer_bytes,
-        }
-    }
-
-    pub fn proxy_protocol_settings(&self) -> proxy_protocol::Settings {
-        proxy_protocol::Settings {
-            mode: self.proxy_protocol.mode,
-            trusted_sources: self.proxy_protocol.trusted_sources.clone(),
-            read_timeout: self.proxy_protocol.read_timeout,
-            limits: proxy_protocol::Limits {
-                v2_max_payload: self.proxy_protocol.max_v2_payload,
+    /// The typed settings the runtime takes: the one place TOML sections
+    /// become [`Settings`]. Checks first, so what comes out is valid.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.check()?;
+        let snapshot = &self.snapshot;
+        let source = match (&snapshot.path, &snapshot.url) {
+            (Some(path), None) => SnapshotSource::File(path.clone()),
+            (None, Some(url)) => SnapshotSource::Url {
+                url: url.clone(),
+                fetch_timeout: snapshot.fetch_timeout,
+                ca_file: snapshot.ca_file.clone(),
             },
-        }
+            // `check` refused both and neither; say so again rather than
+            // trust that.
+            _ => return Err(ConfigError::Invalid(vec![ONE_SOURCE.to_owned()])),
+        };
+        let s = &self.server;
+        let u = &self.upstream;
+        let rc = &self.remote_cluster;
+        let pp = &self.proxy_protocol;
+        Ok(Settings {
+            listen: ListenAddrs {
+                data: s.listen.clone(),
+                admin: self.admin.listen,
+                remote_cluster: rc.listen.clone(),
+            },
+            server: ServerSettings {
+                zones: s.zones.clone(),
+                max_connections: s.max_connections,
+                shutdown_grace: s.shutdown_grace,
+                http: HttpSettings {
+                    timeouts: Timeouts {
+                        idle: s.idle_timeout,
+                        request_header: s.request_header_timeout,
+                    },
+                    max_header_bytes: s.max_header_bytes,
+                    max_headers: s.max_headers,
+                    max_uri_bytes: s.max_uri_bytes,
+                    h2_max_concurrent_streams: s.http2_max_concurrent_streams,
+                    h2_max_pending_accept_resets: s.http2_max_pending_accept_reset_streams,
+                    h2_max_local_error_resets: s.http2_max_local_error_reset_streams,
+                },
+            },
+            proxy_protocol: proxy_protocol::Settings {
+                mode: pp.mode,
+                trusted_sources: pp.trusted_sources.clone(),
+                read_timeout: pp.read_timeout,
+                limits: proxy_protocol::Limits {
+                    v2_max_payload: pp.max_v2_payload,
+                },
+            },
+            tls: self.tls.clone(),
+            upstream: UpstreamSettings {
+                pool: PoolSettings {
+                    connect_timeout: u.connect_timeout,
+                    idle_timeout: u.idle_timeout,
+                    max_idle_per_backend: u.max_idle_per_backend,
+                    ejection: Ejection {
+                        after_failures: u.eject_after_failures,
+                        base: u.eject_base,
+                        max: u.eject_max,
+                    },
+                },
+                response_timeout: u.response_timeout,
+                health_checks: u.health_check_interval.map(|interval| ActiveChecks {
+                    interval,
+                    path: u.health_check_path.clone(),
+                    timeout: u.health_check_timeout,
+                }),
+            },
+            snapshot: SnapshotSettings {
+                source,
+                poll_interval: snapshot.poll_interval,
+                max_bytes: snapshot.max_bytes,
+                state_dir: snapshot.state_dir.clone(),
+            },
+            admin: AdminSettings {
+                token_file: self.admin.token_file.clone(),
+                body_timeout: self.admin.body_timeout,
+            },
+            policy: self.policy,
+            log: LogSettings {
+                format: self.log.format,
+                access: self.log.access.then(|| access_log::WriterSettings {
+                    batch_bytes: self.log.access_batch_bytes.max(1),
+                    flush_interval: self.log.access_flush_interval,
+                    max_buffered_bytes: self.log.access_max_buffered_bytes,
+                }),
+            },
+            remote_cluster: passthrough::Settings {
+                filter: rc.filter,
+                client_hello_timeout: rc.client_hello_timeout,
+                client_hello_max_bytes: rc.client_hello_max_bytes,
+                connect_timeout: u.connect_timeout,
+                idle_timeout: rc.idle_timeout,
+                buffer_bytes: rc.buffer_bytes,
+            },
+        })
     }
 }
+
+/// The rule [`SnapshotSource`] makes a type.
+const ONE_SOURCE: &str = "snapshot: set exactly one of path or url";
 
 #[cfg(test)]
 mod tests {
@@ -674,7 +685,10 @@ mod tests {
             "{MINIMAL}\n[remote_cluster]\nlisten = [\"127.0.0.1:9400\"]\nfilter = true\nidle_timeout = \"2m\"\n"
         );
         let c = Config::from_toml(&on).unwrap_or_else(|e| panic!("{e}"));
-        let s = c.remote_cluster_settings();
+        let s = c
+            .settings()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .remote_cluster;
         assert!(s.filter);
         assert_eq!(s.idle_timeout, Duration::from_secs(120));
         assert_eq!(s.connect_timeout, DEFAULT_UPSTREAM_CONNECT_TIMEOUT);
@@ -717,14 +731,14 @@ mod tests {
     #[test]
     fn ocsp_is_an_optional_per_certificate_key() {
         let c = Config::from_toml(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.tls_settings().certificates[0].ocsp, None);
+        assert_eq!(c.tls.certificates[0].ocsp, None);
         let with = MINIMAL.replace(
             "key = \"k.pem\"",
             "key = \"k.pem\"\nocsp = \"certs/c.ocsp.der\"",
         );
         let c = Config::from_toml(&with).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            c.tls_settings().certificates[0].ocsp.as_deref(),
+            c.tls.certificates[0].ocsp.as_deref(),
             Some(Path::new("certs/c.ocsp.der"))
         );
     }
@@ -744,7 +758,7 @@ mod tests {
                 );
             Config::from_toml(&text)
                 .unwrap_or_else(|e| panic!("{e}"))
-                .tls_settings()
+                .tls
         };
 
         let good = dir.write("c.ocsp.der", [0x30, 0x03, 0x0a, 0x01, 0x06]);

@@ -31,8 +31,10 @@ use crate::endpoint::VpceId;
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Static (config-file) policy behaviour that is not part of a snapshot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Static (config-file) policy behaviour that is not part of a snapshot
+/// (`[policy]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PolicyOptions {
     pub unassociated_private_traffic: UnassociatedPrivateTraffic,
 }

@@ -14,8 +14,9 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::fetch::{FetchError, Fetched, Fetcher};
+use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher};
 use super::state::read_capped;
+use crate::settings::SnapshotSource;
 
 /// A snapshot source.
 #[derive(Debug)]
@@ -68,6 +69,26 @@ impl SourceError {
 }
 
 impl Source {
+    /// The source `settings` names; fails only on a URL that cannot be
+    /// fetched from (malformed, unsupported scheme, unreadable CA file).
+    pub fn new(settings: &SnapshotSource, max_bytes: usize) -> Result<Self, FetchError> {
+        Ok(match settings {
+            SnapshotSource::File(path) => Self::file(path.clone(), max_bytes),
+            SnapshotSource::Url {
+                url,
+                fetch_timeout,
+                ca_file,
+            } => Self::Url(Box::new(Fetcher::new(
+                url,
+                FetchSettings {
+                    timeout: *fetch_timeout,
+                    max_bytes,
+                    ca_file: ca_file.clone(),
+                },
+            )?)),
+        })
+    }
+
     pub fn file(path: PathBuf, max_bytes: usize) -> Self {
         Self::File(FileSource {
             path,

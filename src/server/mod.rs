@@ -38,15 +38,16 @@ pub use activity::Timeouts;
 pub use metrics::ServerMetrics;
 
 use crate::access_log::{self, AccessLog, WriterThread};
-use crate::config::Config;
 use crate::forward::metrics::UpstreamMetrics;
-use crate::forward::{ActiveChecks, Ejection, Forwarder, PoolSettings};
+use crate::forward::{ActiveChecks, Forwarder};
 use crate::passthrough::PassThrough;
 use crate::proxy_protocol;
 use crate::reload::Store;
 use crate::request_id::RequestIds;
 use crate::route::Router;
+use crate::settings::{self, BindError, Settings};
 use crate::shutdown::{self, Phase, Shutdown};
+use crate::tls::{self, TlsError};
 
 /// Accept backlog: bursts of new connections from a load balancer wait
 /// here rather than being refused by the kernel.
@@ -86,12 +87,10 @@ pub struct Proxy {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("cannot register metrics")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot start the access log")]
@@ -111,112 +110,78 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every `server.listen` address. The access log (unless
-    /// `log.access = false`, or a `tracing` filter turns the
-    /// `portcullis::access` target off) goes to stdout.
-    pub fn bind(
-        config: &Config,
-        tls: Arc<rustls::ServerConfig>,
-        store: Arc<Store>,
-        registry: &Registry,
-    ) -> Result<Self, ServerError> {
-        let sink = (config.log.access && AccessLog::enabled_by_filter()).then(AccessLog::stdout);
-        Self::bind_with_access_log(config, tls, store, registry, sink)
-    }
-
-    /// [`Server::bind`] with the access log going to `sink` (`None`: off),
-    /// for tests and benches that read it back.
-    pub fn bind_with_access_log(
-        config: &Config,
-        tls: Arc<rustls::ServerConfig>,
+    /// The data plane on `data` (HTTPS) and `remote_cluster`
+    /// (pass-through) listeners, already bound. The access log goes to
+    /// `access_sink` when `settings.log.access` is on and a sink is given
+    /// (`serve` passes stdout; tests and benches a sink they read back).
+    pub fn new(
+        settings: &Settings,
+        data: Vec<TcpListener>,
+        remote_cluster: Vec<TcpListener>,
         store: Arc<Store>,
         registry: &Registry,
         access_sink: Option<access_log::Sink>,
     ) -> Result<Self, ServerError> {
-        let s = &config.server;
-        let ejection = Ejection {
-            after_failures: config.upstream.eject_after_failures,
-            base: config.upstream.eject_base,
-            max: config.upstream.eject_max,
-        };
-        let (access_log, access_thread) = match access_sink {
-            Some(sink) => {
-                let (log, thread) = AccessLog::start(
-                    config.log.format,
-                    config.log.writer_settings(),
-                    sink,
-                    registry,
-                )?;
+        let tls = tls::server_config(&settings.tls)?;
+        let s = &settings.server;
+        let upstream = &settings.upstream;
+        let (access_log, access_thread) = match (settings.log.access, access_sink) {
+            (Some(writer), Some(sink)) => {
+                let (log, thread) = AccessLog::start(settings.log.format, writer, sink, registry)?;
                 (Some(log), Some(thread))
             }
-            None => (None, None),
+            _ => (None, None),
         };
-        let remote_cluster = match config.remote_cluster.listen.as_slice() {
-            [] => None,
-            addrs => {
-                let pass = PassThrough::new(
-                    config.remote_cluster_settings(),
-                    ejection,
-                    config.proxy_protocol_settings(),
-                    Router::new(&s.zones),
-                    store.clone(),
-                    access_log.clone(),
-                    registry,
-                )?;
-                let listeners = bind_all(addrs)?;
-                Some((Arc::new(pass), listeners))
-            }
+        let remote_cluster = if remote_cluster.is_empty() {
+            None
+        } else {
+            let pass = PassThrough::new(
+                settings.remote_cluster,
+                upstream.pool.ejection,
+                settings.proxy_protocol.clone(),
+                Router::new(&s.zones),
+                store.clone(),
+                access_log.clone(),
+                registry,
+            )?;
+            Some((Arc::new(pass), remote_cluster))
         };
         let proxy = Proxy {
             snapshot: store,
             router: Router::new(&s.zones),
-            forwarder: Forwarder::new(
-                PoolSettings {
-                    connect_timeout: config.upstream.connect_timeout,
-                    idle_timeout: config.upstream.idle_timeout,
-                    max_idle_per_backend: config.upstream.max_idle_per_backend,
-                    ejection,
-                },
-                config.upstream.response_timeout,
-            ),
-            proxy_protocol: config.proxy_protocol_settings(),
+            forwarder: Forwarder::new(upstream.pool, upstream.response_timeout),
+            proxy_protocol: settings.proxy_protocol.clone(),
             tls: TlsAcceptor::from(tls),
-            tls_handshake_timeout: config.tls.handshake_timeout,
-            http: HttpSettings {
-                timeouts: Timeouts {
-                    idle: s.idle_timeout,
-                    request_header: s.request_header_timeout,
-                },
-                max_header_bytes: s.max_header_bytes,
-                max_headers: s.max_headers,
-                max_uri_bytes: s.max_uri_bytes,
-                h2_max_concurrent_streams: s.http2_max_concurrent_streams,
-                h2_max_pending_accept_resets: s.http2_max_pending_accept_reset_streams,
-                h2_max_local_error_resets: s.http2_max_local_error_reset_streams,
-            },
+            tls_handshake_timeout: settings.tls.handshake_timeout,
+            http: s.http,
             metrics: ServerMetrics::register(registry)?,
             upstream_metrics: UpstreamMetrics::register(registry)?,
             access_log,
             request_ids: RequestIds::new(),
             draining: AtomicBool::new(false),
         };
-        let listeners = bind_all(&s.listen)?;
         Ok(Self {
             proxy: Arc::new(proxy),
             access_log: access_thread,
-            listeners,
+            listeners: data,
             remote_cluster,
-            health_checks: config
-                .upstream
-                .health_check_interval
-                .map(|interval| ActiveChecks {
-                    interval,
-                    path: config.upstream.health_check_path.clone(),
-                    timeout: config.upstream.health_check_timeout,
-                }),
+            health_checks: upstream.health_checks.clone(),
             max_connections: s.max_connections,
             grace: s.shutdown_grace,
         })
+    }
+
+    /// [`Server::new`] on `settings.listen`'s data and remote-cluster
+    /// addresses, bound here (the admin address is not this server's).
+    pub fn bind(
+        settings: &Settings,
+        store: Arc<Store>,
+        registry: &Registry,
+        access_sink: Option<access_log::Sink>,
+    ) -> Result<Self, ServerError> {
+        let data = settings::bind(&settings.listen.data)?;
+        let remote_cluster = settings::bind(&settings.listen.remote_cluster)?;
+        Self::new(settings, data, remote_cluster, store, registry, access_sink)
     }
 
     /// The bound addresses (port 0 resolved).
@@ -306,13 +271,6 @@ impl Server {
     }
 }
 
-fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
-    addrs
-        .iter()
-        .map(|&addr| listen(addr).map_err(|source| ServerError::Bind { addr, source }))
-        .collect()
-}
-
 /// What an accept loop hands its connections to: the HTTPS proxy or the
 /// remote-cluster pass-through.
 trait Handler: Send + Sync + 'static {
@@ -355,7 +313,7 @@ impl Handler for PassThrough {
 
 /// A listening socket with SO_REUSEADDR, a deep backlog, and IPv6 sockets
 /// kept IPv6-only (so `0.0.0.0:p` and `[::]:p` can both be listed).
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {

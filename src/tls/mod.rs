@@ -71,8 +71,10 @@ pub const DEFAULT_SESSION_CACHE_SIZE: usize = 20_000;
 /// open per concurrent request.
 const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// A certificate chain and its private key, as files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A certificate chain and its private key, as files
+/// (`[[tls.certificates]]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
     /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
@@ -84,16 +86,20 @@ pub struct CertificateFiles {
     /// complete DER SEQUENCE of a size TLS can carry: not parsed, so neither
     /// its status, its validity period nor that it is about this leaf is
     /// checked. Keeping it fresh and matching is the operator's tooling's job.
+    #[serde(default)]
     pub ocsp: Option<PathBuf>,
 }
 
-/// TLS settings for the listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// TLS settings for the listener (`[tls]`; the defaults are
+/// [`Settings::default`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Certificates to serve. The first one is the default, served to clients
     /// that send no SNI or an SNI no certificate names.
     pub certificates: Vec<CertificateFiles>,
     /// Deadline for a client to complete the handshake.
+    #[serde(deserialize_with = "crate::config::duration::deserialize")]
     pub handshake_timeout: Duration,
     /// Number of sessions kept for stateful resumption; 0 disables the cache.
     pub session_cache_size: usize,

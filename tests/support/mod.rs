@@ -480,6 +480,17 @@ async fn backend_handle(
 }
 
 /// A loopback port nothing listens on (bound, read, closed).
+/// A data and an admin listener on loopback port 0, for `portcullis::serve`.
+pub fn loopback_listeners() -> portcullis::Listeners {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    portcullis::Listeners::bind(&portcullis::settings::ListenAddrs {
+        data: vec![any],
+        admin: any,
+        remote_cluster: Vec::new(),
+    })
+    .expect("bind loopback port 0")
+}
+
 pub fn unused_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind probe");
     l.local_addr().expect("probe address")
@@ -520,7 +531,7 @@ impl Default for ProxyOptions {
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub store: Arc<Store>,
-    pub config: portcullis::Config,
+    pub settings: portcullis::Settings,
     /// Its access log (JSON lines).
     pub access_log: MemorySink,
     /// `[remote_cluster] listen` addresses, bound (empty when none).
@@ -586,14 +597,13 @@ access_flush_interval = "5ms"
         );
         let mut config = portcullis::Config::from_toml(&toml).expect("test config is valid");
         config.log.format = portcullis::access_log::Format::Json;
+        let settings = config.settings().expect("test config is valid");
         let store = Arc::new(Store::new());
-        apply_snapshot(&store, &config, snapshot);
-        let tls = portcullis::tls::server_config(&config.tls_settings()).expect("TLS config");
+        apply_snapshot(&store, &settings, snapshot);
         let access_log = MemorySink::default();
         let registry = portcullis::metrics::registry();
-        let server = Server::bind_with_access_log(
-            &config,
-            tls,
+        let server = Server::bind(
+            &settings,
             store.clone(),
             &registry,
             Some(Box::new(access_log.clone())),
@@ -606,7 +616,7 @@ access_flush_interval = "5ms"
         Self {
             addr,
             store,
-            config,
+            settings,
             access_log,
             remote_cluster,
             registry,
@@ -634,7 +644,7 @@ access_flush_interval = "5ms"
 
     /// Applies a new snapshot (its version must be newer).
     pub fn apply(&self, snapshot: &Value) {
-        apply_snapshot(&self.store, &self.config, snapshot);
+        apply_snapshot(&self.store, &self.settings, snapshot);
     }
 
     pub fn client(&self, sni: &str) -> ClientBuilder {
@@ -642,13 +652,10 @@ access_flush_interval = "5ms"
     }
 }
 
-fn apply_snapshot(store: &Store, config: &portcullis::Config, snapshot: &Value) {
-    let loaded = portcullis::reload::prepare(
-        snapshot.to_string().as_bytes(),
-        "test",
-        config.policy_options(),
-    )
-    .unwrap_or_else(|e| panic!("test snapshot is invalid: {e}"));
+fn apply_snapshot(store: &Store, settings: &portcullis::Settings, snapshot: &Value) {
+    let loaded =
+        portcullis::reload::prepare(snapshot.to_string().as_bytes(), "test", settings.policy)
+            .unwrap_or_else(|e| panic!("test snapshot is invalid: {e}"));
     store.apply(loaded).expect("snapshot applies");
 }
 
@@ -1522,37 +1529,29 @@ impl Served {
         let cert = files.write("cert.pem", &pki.cert_pem);
         let key = files.write("key.pem", &pki.key_pem);
         let token = files.write("admin.token", format!("{ADMIN_TOKEN}\n"));
-        let mut last_error = String::new();
-        for _attempt in 0..5 {
-            let (data, admin) = (unused_port(), unused_port());
-            if data == admin {
-                continue;
+        // Ports bound here, before `serve` starts: no collision to retry.
+        let listeners = loopback_listeners();
+        let data = listeners.data[0].local_addr().expect("data address");
+        let admin = listeners.admin.local_addr().expect("admin address");
+        let toml = serve_toml(options, data, admin, &cert, &key, &token);
+        let settings = portcullis::Config::from_toml(&toml)
+            .and_then(|c| c.settings())
+            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
+        let (trigger, shutdown) = portcullis::shutdown::channel();
+        let mut task = tokio::spawn(portcullis::serve(settings, listeners, shutdown));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if task.is_finished() {
+                let why = match within("serve to fail", &mut task).await {
+                    Ok(Ok(())) => "serve returned".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                panic!("serve did not start: {why}");
             }
-            let toml = serve_toml(options, data, admin, &cert, &key, &token);
-            let config = portcullis::Config::from_toml(&toml)
-                .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
-            let (trigger, shutdown) = portcullis::shutdown::channel();
-            let mut task = tokio::spawn(portcullis::serve(config, shutdown));
-            let deadline = Instant::now() + WAIT;
-            let up = loop {
-                if task.is_finished() {
-                    break false;
-                }
-                if let Ok(r) = admin_request(admin, Method::GET, "/healthz", &[], None).await
-                    && r.status == StatusCode::OK
-                {
-                    // A port taken by someone else fails `serve` at once;
-                    // make sure the answer came from this one.
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    break !task.is_finished();
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "serve: no /healthz within {WAIT:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
-            if up {
+            if let Ok(r) = admin_request(admin, Method::GET, "/healthz", &[], None).await
+                && r.status == StatusCode::OK
+            {
                 return Self {
                     data,
                     admin,
@@ -1561,13 +1560,12 @@ impl Served {
                     _files: files,
                 };
             }
-            last_error = match within("serve to fail", &mut task).await {
-                Ok(Ok(())) => "serve returned".to_owned(),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-            };
+            assert!(
+                Instant::now() < deadline,
+                "serve: no /healthz within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("serve did not start: {last_error}");
     }
 
     /// Starts `serve` and waits until `/readyz` says ready.

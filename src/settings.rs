@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
 use crate::access_log;
@@ -23,7 +24,7 @@ use crate::forward::{ActiveChecks, PoolSettings};
 use crate::passthrough;
 use crate::policy::PolicyOptions;
 use crate::proxy_protocol;
-use crate::server::{self, HttpSettings};
+pub use crate::reload::SnapshotSource;
 use crate::tls;
 
 /// Everything [`crate::serve`] needs besides its listeners.
@@ -84,21 +85,6 @@ pub struct SnapshotSettings {
     pub state_dir: Option<PathBuf>,
 }
 
-/// Exactly one source: the type cannot hold two, or none.
-#[derive(Debug, Clone)]
-pub enum SnapshotSource {
-    File(PathBuf),
-    /// Polled with ETags.
-    Url {
-        url: String,
-        /// The whole request: resolve, connect, TLS, head and body.
-        fetch_timeout: Duration,
-        /// Extra PEM CA bundle trusted for an https URL, on top of the
-        /// system store.
-        ca_file: Option<PathBuf>,
-    },
-}
-
 /// The admin API (besides its listener).
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
@@ -106,6 +92,27 @@ pub struct AdminSettings {
     pub token_file: Option<PathBuf>,
     /// Longest pause while reading a request body.
     pub body_timeout: Duration,
+}
+
+/// HTTP limits and timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    pub timeouts: Timeouts,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_accept_resets: usize,
+    pub h2_max_local_error_resets: usize,
+}
+
+/// The timeouts a connection's watchdog enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// No request in flight for this long: the connection is closed.
+    pub idle: Duration,
+    /// From a request's first byte to its last header byte (slowloris).
+    pub request_header: Duration,
 }
 
 /// Operational and access logs.
@@ -146,10 +153,28 @@ impl Listeners {
 }
 
 fn bind_one(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    server::listen(addr).map_err(|source| BindError { addr, source })
+    listen(addr).map_err(|source| BindError { addr, source })
 }
 
 /// Binds each of `addrs`.
 pub fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BindError> {
     addrs.iter().map(|&addr| bind_one(addr)).collect()
+}
+
+/// Accept backlog: bursts of new connections from a load balancer wait
+/// here rather than being refused by the kernel.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening socket with SO_REUSEADDR, a deep backlog, and IPv6 sockets
+/// kept IPv6-only (so `0.0.0.0:p` and `[::]:p` can both be listed).
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }

@@ -1,32 +1,28 @@
-//! Durations in config files: `"250ms"`, `"5s"`, `"2m"`, `"1h"`, or a bare
-//! integer meaning seconds (what an environment override like
-//! `PORTCULLIS__PROXY_PROTOCOL__READ_TIMEOUT=5` turns into).
+//! Durations in config files: anything `humantime` reads (`"250ms"`,
+//! `"5s"`, `"2m"`, `"1h 30m"`), or a bare integer meaning seconds (what an
+//! environment override like `PORTCULLIS__PROXY_PROTOCOL__READ_TIMEOUT=5`
+//! turns into).
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 
-/// Parses `<integer><unit>` with unit `ms`, `s`, `m` or `h`.
+/// Parses a duration; the error names the value and says what would do.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("\"{s}\" is not a duration (expected e.g. \"250ms\", \"5s\", \"2m\", \"1h\")")
-    })?;
-    let d = match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" | "" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        other => {
-            return Err(format!(
-                "\"{s}\": unknown duration unit \"{other}\" (use ms, s, m or h)"
-            ));
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| match e {
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("\"{s}\": unknown duration unit \"{unit}\" (use e.g. ms, s, m, h)")
         }
-    };
-    d.ok_or_else(|| format!("\"{s}\" is too long a duration"))
+        humantime::DurationError::NumberOverflow => format!("\"{s}\" is too long a duration"),
+        other => format!(
+            "\"{s}\" is not a duration ({other}; expected e.g. \"250ms\", \"5s\", \"2m\", \"1h\")"
+        ),
+    })
 }
 
 /// `#[serde(deserialize_with = "duration::deserialize_opt")]`, for optional
@@ -75,7 +71,9 @@ mod tests {
         assert_eq!(parse("5"), Ok(Duration::from_secs(5)));
         assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse(" 3 s "), Ok(Duration::from_secs(3)));
+        assert_eq!(parse(" 3s "), Ok(Duration::from_secs(3)));
+        assert_eq!(parse("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("1.5s"), Ok(Duration::from_millis(1500)));
     }
 
     #[test]
@@ -83,8 +81,11 @@ mod tests {
         assert!(parse("").is_err());
         assert!(parse("s").is_err());
         assert!(parse("-1s").is_err());
-        assert!(parse("1.5s").is_err());
-        assert!(parse("5d").unwrap_err().contains("unknown duration unit"));
+        assert!(
+            parse("5 fortnights")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
         assert!(parse("99999999999999999999h").is_err());
     }
 }

@@ -20,10 +20,10 @@ use crate::forward::{ActiveChecks, Ejection, PoolSettings};
 use crate::passthrough;
 use crate::policy::PolicyOptions;
 use crate::proxy_protocol;
-use crate::server::{HttpSettings, Timeouts};
+use crate::settings::Timeouts;
 use crate::settings::{
-    AdminSettings, ListenAddrs, LogSettings, ServerSettings, Settings, SnapshotSettings,
-    SnapshotSource, UpstreamSettings,
+    AdminSettings, HttpSettings, ListenAddrs, LogSettings, ServerSettings, Settings,
+    SnapshotSettings, SnapshotSource, UpstreamSettings,
 };
 use crate::tls;
 

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 pub use metrics::SnapshotMetrics;
-pub use source::{Source, SourceError};
+pub use source::{SnapshotSource, Source, SourceError};
 pub use state::StateDir;
 pub use store::{ApplyError, Loaded, Meta, Store, prepare};
 

@@ -10,15 +10,29 @@
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher};
 use super::state::read_capped;
-use crate::settings::SnapshotSource;
 
-/// A snapshot source.
+/// Exactly one source: the type cannot hold two, or none.
+#[derive(Debug, Clone)]
+pub enum SnapshotSource {
+    File(PathBuf),
+    /// Polled with ETags.
+    Url {
+        url: String,
+        /// The whole request: resolve, connect, TLS, head and body.
+        fetch_timeout: Duration,
+        /// Extra PEM CA bundle trusted for an https URL, on top of the
+        /// system store.
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// A snapshot source, open.
 #[derive(Debug)]
 pub enum Source {
     File(FileSource),

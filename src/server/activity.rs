@@ -28,12 +28,7 @@ use tokio::time::Instant;
 
 const UNSET: u64 = u64::MAX;
 
-/// The timeouts the watchdog enforces.
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub idle: Duration,
-    pub request_header: Duration,
-}
+pub use crate::settings::Timeouts;
 
 /// What expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus::Registry;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -45,26 +44,11 @@ use crate::proxy_protocol;
 use crate::reload::Store;
 use crate::request_id::RequestIds;
 use crate::route::Router;
-use crate::settings::{self, BindError, Settings};
+use crate::settings::{self, BindError, HttpSettings, Settings};
 use crate::shutdown::{self, Phase, Shutdown};
 use crate::tls::{self, TlsError};
 
-/// Accept backlog: bursts of new connections from a load balancer wait
-/// here rather than being refused by the kernel.
-const LISTEN_BACKLOG: i32 = 4096;
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// HTTP limits and timeouts.
-#[derive(Debug, Clone, Copy)]
-pub struct HttpSettings {
-    pub timeouts: Timeouts,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_uri_bytes: usize,
-    pub h2_max_concurrent_streams: u32,
-    pub h2_max_pending_accept_resets: usize,
-    pub h2_max_local_error_resets: usize,
-}
 
 /// Everything connections and requests share.
 pub struct Proxy {
@@ -309,20 +293,6 @@ impl Handler for PassThrough {
     ) -> impl Future<Output = ()> + Send {
         PassThrough::serve(self, tcp, peer, shutdown)
     }
-}
-
-/// A listening socket with SO_REUSEADDR, a deep backlog, and IPv6 sockets
-/// kept IPv6-only (so `0.0.0.0:p` and `[::]:p` can both be listed).
-pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
 }
 
 async fn accept_loop<H: Handler>(

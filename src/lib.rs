@@ -15,6 +15,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod backends;
 pub mod config;
 pub mod demo;
 pub mod endpoint;

@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
+use super::ForwardError;
 use crate::metrics::DURATION_BUCKETS;
 use crate::policy::Product;
 
@@ -46,7 +47,7 @@ impl UpstreamMetrics {
         }
     }
 
-    pub fn error(&self, kind: &'static str) {
-        self.errors.with_label_values(&[kind]).inc();
+    pub fn error(&self, e: &ForwardError) {
+        self.errors.with_label_values(&[e.kind()]).inc();
     }
 }

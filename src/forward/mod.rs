@@ -4,7 +4,9 @@
 //! - [`headers`]: the pure header rewrite (SPEC §6).
 //! - [`pool`]: keep-alive connections per node, round-robin with failover
 //!   to the next node when a connect fails.
-//! - [`body`]: streaming request and response bodies.
+//! - [`upload`]: the streaming request body, and its progress.
+//! - [`body`]: the streaming response body, which hands its connection
+//!   back to the pool at the end.
 //!
 //! Timeouts: connecting (per node, then the next node is tried) and the
 //! response. The response timeout runs from the request body's last
@@ -19,6 +21,7 @@ pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod pool;
+pub mod upload;
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,12 +30,13 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-pub use body::{Progress, ResponseBody, UpstreamBody};
+pub use body::ResponseBody;
 pub use headers::Forwarded;
 pub use health::{ActiveChecks, Ejection};
 pub use pool::{Pool, PoolSettings};
+pub use upload::{Progress, UpstreamBody};
 
-use crate::policy::Backends;
+use crate::backends::Backends;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]

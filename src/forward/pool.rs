@@ -27,9 +27,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::ForwardError;
-use super::body::UpstreamBody;
 use super::health::{ActiveChecks, Ejection, Health};
-use crate::policy::compile::FastMap;
+use super::upload::UpstreamBody;
 
 /// Pool settings; see `[upstream]` in the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +40,10 @@ pub struct PoolSettings {
 }
 
 type Sender = http1::SendRequest<UpstreamBody>;
+
+/// Node table keyed by address: foldhash, as the compiled snapshot's
+/// tables, since the key is not attacker-chosen.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// All backend nodes this process talks to.
 #[derive(Debug)]

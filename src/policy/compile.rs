@@ -20,13 +20,12 @@
 //! deployment.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Deserialize;
 
 use super::ipset::{IpTables, Spans};
 use super::model::{Enforcement, PolicyType, Product, Rules, Snapshot};
+use crate::backends::Backends;
 use crate::endpoint::VpceId;
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -135,25 +134,6 @@ impl CompiledDeployment {
     /// The backend nodes of a resource, if the deployment has it.
     pub fn backends(&self, product: Product) -> Option<&Backends> {
         self.resources.get(product.index())?.as_deref()
-    }
-}
-
-/// The nodes of one deployment resource, with a round-robin cursor.
-#[derive(Debug)]
-pub struct Backends {
-    nodes: Box<[SocketAddr]>,
-    next: AtomicUsize,
-}
-
-impl Backends {
-    pub fn nodes(&self) -> &[SocketAddr] {
-        &self.nodes
-    }
-
-    /// Where this request's round-robin walk over the nodes starts.
-    pub fn next_start(&self) -> usize {
-        // Relaxed: only spreading load, no ordering with other memory.
-        self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len().max(1)
     }
 }
 
@@ -354,10 +334,7 @@ impl PolicySet {
                 }
                 let mut resources: [Option<Box<Backends>>; Product::ALL.len()] = Default::default();
                 for (product, r) in &d.resources {
-                    resources[product.index()] = Some(Box::new(Backends {
-                        nodes: r.backends.as_slice().into(),
-                        next: AtomicUsize::new(0),
-                    }));
+                    resources[product.index()] = Some(Box::new(Backends::new(&r.backends)));
                 }
                 CompiledDeployment {
                     id: d.id.as_str().into(),

@@ -14,8 +14,8 @@ pub mod model;
 pub mod validate;
 
 pub use compile::{
-    Backends, CompiledDeployment, CompiledPolicy, DeploymentIndex, PolicyIndex, PolicyOptions,
-    PolicySet, Stats, UnassociatedPrivateTraffic,
+    CompiledDeployment, CompiledPolicy, DeploymentIndex, PolicyIndex, PolicyOptions, PolicySet,
+    Stats, UnassociatedPrivateTraffic,
 };
 pub use eval::{Decision, Reason, RequestFacts, RuleRef, Target, Verdict, decide};
 

@@ -15,15 +15,16 @@
 //!   bytes back to the TLS layer.
 
 pub mod crc32c;
+pub mod header;
 pub mod parse;
 pub mod read;
 mod v1;
 mod v2;
 
-pub use parse::{
+pub use header::{
     Command, DEFAULT_V2_MAX_PAYLOAD, Limits, ParseError, Parsed, ProxyHeader, V1_MAX_LEN, Version,
-    parse,
 };
+pub use parse::parse;
 pub use read::{Accepted, DEFAULT_READ_TIMEOUT, Mode, Prefixed, ReadError, Settings, read_header};
 
 #[cfg(test)]

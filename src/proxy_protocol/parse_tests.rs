@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 
 use super::crc32c::crc32c;
-use super::parse::*;
+use super::header::*;
+use super::parse::parse;
 
 pub(super) const SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 pub(super) const PROXY: u8 = 0x21;

@@ -27,9 +27,8 @@ use bytes::Bytes;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::parse::{
-    Limits, ParseError, Parsed, ProxyHeader, Signature, V1_MAX_LEN, parse, signature,
-};
+use super::header::{Limits, ParseError, Parsed, ProxyHeader, Signature, V1_MAX_LEN, signature};
+use super::parse::parse;
 use crate::endpoint::ClientIdentity;
 
 /// How long a new connection may take to deliver its PROXY header. The spec

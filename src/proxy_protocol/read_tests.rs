@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex};
 
-use super::parse::{Command, ParseError};
+use super::header::{Command, ParseError};
 use super::read::*;
 use crate::endpoint::PrivateEndpoint;
 

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-use super::parse::{
+use super::header::{
     Addresses, Command, ParseError, Parsed, ProxyHeader, V1_MAX_LEN, V1_SIGNATURE, Version,
 };
 

@@ -14,7 +14,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::crc32c::crc32c;
-use super::parse::{
+use super::header::{
     Addresses, Command, Limits, ParseError, Parsed, ProxyHeader, V2_FIXED_LEN, Version,
 };
 use crate::endpoint::{PrivateEndpoint, VpceId, VpceIdError};

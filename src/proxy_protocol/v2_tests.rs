@@ -1,7 +1,8 @@
 //! Tests for the v2 binary header: fixed fields, addresses and TLVs.
 
 use super::crc32c::crc32c;
-use super::parse::*;
+use super::header::*;
+use super::parse::parse;
 use super::parse_tests::*;
 use crate::endpoint::{PrivateEndpoint, VpceId};
 

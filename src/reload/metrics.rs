@@ -34,13 +34,48 @@ impl SnapshotMetrics {
         Ok(m)
     }
 
-    pub fn applied(&self, result: &'static str, version: u64, loaded_at: f64) {
-        self.reloads.with_label_values(&[result]).inc();
+    pub fn applied(&self, result: Reload, version: u64, loaded_at: f64) {
+        self.count(result);
         self.version.set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded_at.set(loaded_at);
     }
 
-    pub fn refused(&self, result: &'static str) {
-        self.reloads.with_label_values(&[result]).inc();
+    pub fn refused(&self, result: Reload) {
+        self.count(result);
+    }
+
+    fn count(&self, result: Reload) {
+        self.reloads.with_label_values(&[result.as_str()]).inc();
+    }
+}
+
+/// What became of one reload attempt: `snapshot_reloads_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    Applied,
+    /// The state directory's snapshot, at start.
+    Restored,
+    Invalid,
+    /// Not newer than the snapshot in force.
+    Stale,
+    /// The source could not be read.
+    Unreadable,
+}
+
+impl Reload {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Restored => "restored",
+            Self::Invalid => "invalid",
+            Self::Stale => "stale",
+            Self::Unreadable => "unreadable",
+        }
+    }
+}
+
+impl std::fmt::Display for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

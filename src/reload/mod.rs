@@ -26,7 +26,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-pub use metrics::SnapshotMetrics;
+pub use metrics::{Reload, SnapshotMetrics};
 pub use source::{SnapshotSource, Source, SourceError};
 pub use state::StateDir;
 pub use store::{ApplyError, Loaded, Meta, Store, prepare};
@@ -99,7 +99,7 @@ impl Reloader {
         let started = Instant::now();
         let source = origin.describe();
         if bytes.len() > self.max_bytes {
-            self.metrics.refused("invalid");
+            self.metrics.refused(Reload::Invalid);
             let e = ApplyError::TooLarge {
                 bytes: bytes.len(),
                 limit: self.max_bytes,
@@ -137,9 +137,9 @@ impl Reloader {
             }
         };
         let result = if matches!(origin, Origin::State(_)) {
-            "restored"
+            Reload::Restored
         } else {
-            "applied"
+            Reload::Applied
         };
         self.metrics.applied(result, meta.version, meta.loaded_at);
         tracing::info!(
@@ -181,7 +181,7 @@ impl Reloader {
             }
             Ok(None) => {}
             Err(e) => {
-                self.metrics.refused("unreadable");
+                self.metrics.refused(Reload::Unreadable);
                 tracing::warn!(source = %source.describe(), error = %error_chain(&e), "snapshot source unavailable at start");
             }
         }
@@ -250,7 +250,7 @@ impl Reloader {
                     }
                 }
                 Err(e) => {
-                    self.metrics.refused("unreadable");
+                    self.metrics.refused(Reload::Unreadable);
                     // Logged when the failure starts or changes, not every poll.
                     if failing != Some(e.kind()) {
                         tracing::warn!(source = %source.describe(), error = %error_chain(&e), "cannot read the snapshot source; keeping the snapshot in force");

@@ -19,6 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use super::metrics::Reload;
 use crate::policy::{PolicyOptions, PolicySet, SnapshotErrors, Stats, parse_snapshot};
 
 /// A compiled snapshot and what is known about it.
@@ -59,10 +60,10 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// The `snapshot_reloads_total{result}` label.
-    pub fn result(&self) -> &'static str {
+    pub fn result(&self) -> Reload {
         match self {
-            Self::Invalid(_) | Self::TooLarge { .. } | Self::Internal(_) => "invalid",
-            Self::Stale { .. } => "stale",
+            Self::Invalid(_) | Self::TooLarge { .. } | Self::Internal(_) => Reload::Invalid,
+            Self::Stale { .. } => Reload::Stale,
         }
     }
 }

@@ -17,23 +17,12 @@ use tracing::Instrument as _;
 
 use super::Proxy;
 use super::activity::{Activity, ActivityIo, Expired};
-use super::service;
-use crate::endpoint::ClientIdentity;
+use super::metrics::ConnectionEnd;
+use super::service::{self, ConnInfo};
 use crate::forward::headers::client_header_value;
 use crate::proxy_protocol::{self, Prefixed};
 use crate::shutdown::{Phase, Shutdown};
 use crate::tls;
-
-/// What every request on a connection shares.
-#[derive(Debug)]
-pub struct ConnInfo {
-    pub client: ClientIdentity,
-    /// `X-Forwarded-For` for every request on the connection.
-    pub forwarded_for: http::HeaderValue,
-    pub peer: SocketAddr,
-    pub sni: Option<Box<str>>,
-    pub activity: Arc<Activity>,
-}
 
 /// Serves one accepted TCP connection to the end.
 pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
@@ -51,9 +40,9 @@ pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shut
         {
             Ok(a) => a,
             Err(e) => {
-                proxy.metrics.proxy_protocol_error(e.kind());
+                proxy.metrics.proxy_protocol_error(&e);
                 tracing::debug!(error = %e, kind = e.kind(), "PROXY header refused");
-                return "proxy_protocol";
+                return ConnectionEnd::ProxyProtocol;
             }
         };
         tracing::Span::current()
@@ -65,9 +54,9 @@ pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shut
         let stream = match handshake.await {
             Ok(s) => s,
             Err(e) => {
-                proxy.metrics.tls_handshake_error(e.kind());
+                proxy.metrics.tls_handshake_error(&e);
                 tracing::debug!(error = %e, kind = e.kind(), "TLS handshake failed");
-                return "tls";
+                return ConnectionEnd::Tls;
             }
         };
         let h2 = tls::alpn_is_h2(&stream);
@@ -152,7 +141,7 @@ async fn drive<C>(
     activity: &Activity,
     proxy: &Proxy,
     shutdown: Shutdown,
-) -> &'static str
+) -> ConnectionEnd
 where
     C: Future<Output = Result<(), hyper::Error>>,
 {
@@ -178,11 +167,11 @@ where
         tokio::select! {
             r = conn.as_mut() => {
                 return match r {
-                    Ok(()) => "closed",
-                    Err(e) if e.is_timeout() => "timeout",
+                    Ok(()) => ConnectionEnd::Closed,
+                    Err(e) if e.is_timeout() => ConnectionEnd::Timeout,
                     Err(e) => {
                         tracing::debug!(error = %e, "connection ended with an error");
-                        "http_error"
+                        ConnectionEnd::HttpError
                     }
                 };
             }
@@ -190,7 +179,7 @@ where
                 match activity.expired(timeouts, tokio::time::Instant::now()) {
                     Some(Expired::RequestHeader) => {
                         tracing::debug!("request header timeout");
-                        return "header_timeout";
+                        return ConnectionEnd::HeaderTimeout;
                     }
                     Some(Expired::Idle) if !closing => {
                         closing = true;
@@ -198,7 +187,7 @@ where
                     }
                     // Already closing politely; if it takes longer than
                     // another idle period, stop waiting.
-                    Some(Expired::Idle) => return "idle_timeout",
+                    Some(Expired::Idle) => return ConnectionEnd::IdleTimeout,
                     None => {}
                 }
             }
@@ -208,7 +197,7 @@ where
                 shut_down(conn.as_mut());
             }
             () = abort.as_mut(), if closing => {
-                return "aborted";
+                return ConnectionEnd::Aborted;
             }
         }
     }

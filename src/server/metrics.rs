@@ -5,11 +5,47 @@ use std::sync::OnceLock;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::policy::{Decision, Product, Reason, Verdict};
+use crate::proxy_protocol::ReadError;
+use crate::tls::HandshakeError;
 
 const VERDICTS: [Verdict; 3] = [Verdict::Allowed, Verdict::Denied, Verdict::WouldDeny];
 /// Products plus "none" for requests that named no deployment.
 const PRODUCTS: usize = Product::ALL.len() + 1;
 const SLOTS: usize = VERDICTS.len() * Reason::ALL.len() * PRODUCTS;
+
+/// How a client connection ended: `connections_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// The client or the server closed it after a complete exchange.
+    Closed,
+    /// hyper's own timer fired (HTTP/2 keep-alive).
+    Timeout,
+    HttpError,
+    HeaderTimeout,
+    IdleTimeout,
+    /// Still open when the shutdown grace period ran out.
+    Aborted,
+    ProxyProtocol,
+    Tls,
+    /// Closed at once: `server.max_connections` reached.
+    Limit,
+}
+
+impl ConnectionEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Timeout => "timeout",
+            Self::HttpError => "http_error",
+            Self::HeaderTimeout => "header_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Aborted => "aborted",
+            Self::ProxyProtocol => "proxy_protocol",
+            Self::Tls => "tls",
+            Self::Limit => "limit",
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct ServerMetrics {
@@ -76,17 +112,22 @@ impl ServerMetrics {
         OpenConnection(self.connections_active.clone())
     }
 
-    /// A connection ended: `result` is one of a fixed set of labels.
-    pub fn connection_ended(&self, result: &'static str) {
-        self.connections_total.with_label_values(&[result]).inc();
+    pub fn connection_ended(&self, end: ConnectionEnd) {
+        self.connections_total
+            .with_label_values(&[end.as_str()])
+            .inc();
     }
 
-    pub fn proxy_protocol_error(&self, kind: &'static str) {
-        self.proxy_protocol_errors.with_label_values(&[kind]).inc();
+    pub fn proxy_protocol_error(&self, e: &ReadError) {
+        self.proxy_protocol_errors
+            .with_label_values(&[e.kind()])
+            .inc();
     }
 
-    pub fn tls_handshake_error(&self, kind: &'static str) {
-        self.tls_handshake_errors.with_label_values(&[kind]).inc();
+    pub fn tls_handshake_error(&self, e: &HandshakeError) {
+        self.tls_handshake_errors
+            .with_label_values(&[e.kind()])
+            .inc();
     }
 
     pub fn request(&self, d: &Decision) {

@@ -34,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 pub use activity::Timeouts;
-pub use metrics::ServerMetrics;
+pub use metrics::{ConnectionEnd, ServerMetrics};
 
 use crate::access_log::{self, AccessLog, WriterThread};
 use crate::forward::metrics::UpstreamMetrics;
@@ -271,7 +271,7 @@ trait Handler: Send + Sync + 'static {
 
 impl Handler for Proxy {
     fn over_limit(&self) {
-        self.metrics.connection_ended("limit");
+        self.metrics.connection_ended(ConnectionEnd::Limit);
     }
 
     async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {

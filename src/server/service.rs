@@ -13,6 +13,7 @@
 //! status 499 and the bytes sent so far.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,9 +28,9 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::Proxy;
-use super::activity::RequestGuard;
-use super::connection::ConnInfo;
+use super::activity::{Activity, RequestGuard};
 use crate::access_log::{AccessLog, Line};
+use crate::endpoint::ClientIdentity;
 use crate::forward::headers::X_FOUND_CLUSTER;
 use crate::forward::{Forwarded, ResponseBody};
 use crate::policy::Decision;
@@ -37,6 +38,17 @@ use crate::reload::Loaded;
 use crate::request_id::{self, RequestId};
 use crate::response::Local;
 use crate::route::RouteInput;
+
+/// What every request on a connection shares.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub client: ClientIdentity,
+    /// `X-Forwarded-For` for every request on the connection.
+    pub forwarded_for: http::HeaderValue,
+    pub peer: SocketAddr,
+    pub sni: Option<Box<str>>,
+    pub activity: Arc<Activity>,
+}
 
 /// The status logged for a request whose client went away before its
 /// response was complete (nginx's convention).
@@ -137,7 +149,7 @@ async fn respond(
             response
         }
         Err(e) => {
-            proxy.upstream_metrics.error(e.kind());
+            proxy.upstream_metrics.error(&e);
             tracing::warn!(error = %e, kind = e.kind(), client_ip = %conn.client.source, "forwarding failed");
             record.upstream_error = Some(e.kind());
             Local::for_forward_error(&e).response()

@@ -32,7 +32,6 @@ pub mod response;
 pub mod route;
 pub mod server;
 pub mod shutdown;
-pub mod synth;
 pub mod tls;
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! `portcullis-gen-snapshot`: writes a seeded synthetic snapshot (see
-//! `portcullis::synth`) for benches and load tests.
+//! `portcullis_test_kit::synth`) for benches and load tests.
 //!
 //! ```text
 //! portcullis-gen-snapshot --scale large --seed 1 --out /tmp/large.json
@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use portcullis::synth::{Scale, generate};
+use portcullis_test_kit::synth::{Scale, generate};
 
 #[derive(Parser)]
 #[command(about = "Write a seeded synthetic portcullis snapshot")]

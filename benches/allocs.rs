@@ -44,8 +44,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,6 +57,9 @@ use hyper_util::rt::TokioIo;
 use portcullis::reload::Store;
 use portcullis::server::Server;
 use portcullis::shutdown::Trigger;
+use portcullis_test_kit::TempDir;
+use portcullis_test_kit::pki::TestCa;
+use portcullis_test_kit::proxy::V2;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -313,25 +315,12 @@ struct Pki {
 
 /// A throwaway CA and an ECDSA P-256 leaf for `*.es.test`.
 fn pki() -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
-    };
-    let mut ca = CertificateParams::default();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "portcullis allocs bench CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let issuer =
-        CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key")).expect("CA cert");
-    let mut leaf = CertificateParams::new(vec![format!("*.{ZONE}")]).expect("valid names");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
-    let cert = leaf.signed_by(&key, &issuer).expect("leaf certificate");
+    let ca = TestCa::named("portcullis allocs bench CA");
+    let leaf = ca.leaf(&[&format!("*.{ZONE}")]);
     Pki {
-        ca: issuer.der().clone(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        ca: ca.der(),
+        cert_pem: leaf.cert_pem,
+        key_pem: leaf.key_pem,
     }
 }
 
@@ -347,30 +336,6 @@ fn client_tls(pki: &Pki) -> Arc<rustls::ClientConfig> {
     .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(tls)
-}
-
-/// `temp_dir()/portcullis-allocs-<pid>`, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("portcullis-allocs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------- backend
@@ -548,19 +513,6 @@ path = {snapshot_path:?}
 
 // ---------------------------------------------------------------- client
 
-/// A PROXY v2 `PROXY` command, TCP over IPv4, `src` → `dst`.
-fn proxy_v2(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
-    let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
-    out.push(0x21); // version 2, PROXY
-    out.push(0x11); // AF_INET, STREAM
-    out.extend_from_slice(&12u16.to_be_bytes());
-    out.extend_from_slice(&src.ip().octets());
-    out.extend_from_slice(&dst.ip().octets());
-    out.extend_from_slice(&src.port().to_be_bytes());
-    out.extend_from_slice(&dst.port().to_be_bytes());
-    out
-}
-
 async fn bounded<T, E: std::fmt::Display>(what: &str, f: impl Future<Output = Result<T, E>>) -> T {
     match tokio::time::timeout(WAIT, f).await {
         Ok(Ok(v)) => v,
@@ -589,10 +541,11 @@ impl Client {
         let host = format!("{id}.{ZONE}");
         let mut tcp = bounded("TCP connect", TcpStream::connect(proxy)).await;
         tcp.set_nodelay(true).expect("TCP_NODELAY");
-        let header = proxy_v2(
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 40000),
-            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9243),
-        );
+        let header = V2::proxy(
+            (Ipv4Addr::LOCALHOST, 40000).into(),
+            (Ipv4Addr::LOCALHOST, 9243).into(),
+        )
+        .build();
         bounded("write PROXY header", tcp.write_all(&header)).await;
         let name = ServerName::try_from(host.clone()).expect("valid SNI");
         let stream = bounded(

@@ -38,7 +38,10 @@
 # writes nothing (or drops lines) shows.
 #
 # Results: a markdown table on stdout and in target/compare/results.md; all
-# numbers in target/compare/results.json.
+# numbers in target/compare/results.json. The script starts and stops
+# processes; `portcullis-loadgen report` (benches/loadgen/report/) checks
+# each run's JSON and builds the results, `portcullis-gen-snapshot` the
+# snapshots.
 #
 #   benches/compare.sh                  # 10 s per phase
 #   benches/compare.sh --quick          # 3 s per phase, 1000 idle connections, medium snapshot
@@ -193,7 +196,6 @@ install_tools() {
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
     command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
     command -v openssl >/dev/null 2>&1 || need+=(openssl)
-    command -v jq >/dev/null 2>&1 || need+=(jq)
     command -v curl >/dev/null 2>&1 || need+=(curl)
     command -v taskset >/dev/null 2>&1 || need+=(util-linux)
     # HAProxy's syslog sink, when its access log is on.
@@ -252,15 +254,17 @@ make_allow_list() {
     awk '{ print $1 " 1;" }' "$WORK/allow.lst" >"$WORK/allow.geo"
     printf '%s' "$FORBIDDEN" >"$WORK/403.json"
     # The same list as one portcullis IP policy.
-    jq -R -s -c --arg backend "127.0.0.1:$BACKEND_PORT" --arg deployment "$DEPLOYMENT" '
-        (split("\n") | map(select(length > 0)) | map({source: .})) as $rules
-        | {deployments: [{id: $deployment, alias: "bench",
-                          region: "aws-us-east-1",
-                          resources: {es: {backends: [$backend]}},
-                          policies: ["bench-allow-list"]}],
-           policies: [{id: "bench-allow-list", type: "ip", region: "aws-us-east-1",
-                       rules: $rules}]}' "$WORK/allow.lst" >"$WORK/bench-parts.json"
-    jq -c '. + {version: 1}' "$WORK/bench-parts.json" >"$WORK/snapshot.json"
+    gen_snapshot none "$WORK/snapshot.json"
+}
+
+# gen_snapshot SCALE FILE [ARGS...]: the bench deployment and its allow list,
+# then a synthetic snapshot of SCALE (none: nothing more).
+gen_snapshot() {
+    local scale="$1" file="$2"
+    shift 2
+    "$BIN/portcullis-gen-snapshot" --scale "$scale" --seed 1 --allow-list "$WORK/allow.lst" \
+        --allow-list-deployment "$DEPLOYMENT" --allow-list-backend "127.0.0.1:$BACKEND_PORT" \
+        --out "$file" "$@"
 }
 
 # A ~600-byte Elasticsearch search response.
@@ -585,29 +589,26 @@ core0() { awk '/^cpu0 / { print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9 }' /p
 # phase NAME PHASE MODE RUN ARGS...: runs the load generator once, saves its
 # JSON with how busy core 0 was (to spot other load on the proxy's core)
 # and, with the access log on (MODE), how many lines the log received.
+# `report run` refuses a run that did not report, and warns about a log
+# that received fewer lines than there were responses (a log that drops
+# lines makes a proxy look cheap; the results show the counts too).
 phase() {
     local name="$1" kind="$2" mode="$3" r="$4"
     shift 4
-    local base="$RAW/$name-$kind-$mode-$r" before after b0 t0 b1 t1 lines=null
+    local base="$RAW/$name-$kind-$mode-$r" before after b0 t0 b1 t1 lines=() summary line
     before=$(core0)
     loadgen "$name" "$@" >"$base.tmp" 2>"$base.stderr" || true
     after=$(core0)
-    if ! jq -e 'has("rps")' "$base.tmp" >/dev/null 2>&1; then
-        die "$name $kind: load generator failed: $(tail -3 "$base.stderr")"
-    fi
-    if [ "$mode" = on ]; then lines=$(log_take "$name" "$base.log-sample"); fi
+    if [ "$mode" = on ]; then lines=(--access-log-lines "$(log_take "$name" "$base.log-sample")"); fi
     read -r b0 t0 <<<"$before"
     read -r b1 t1 <<<"$after"
-    jq --arg phase "$kind" --arg mode "$mode" --argjson lines "$lines" \
-        --argjson busy "$(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.3f", (t > 0 ? b / t : 0) }')" \
-        '. + {phase: $phase, access_log: $mode, access_log_lines: $lines, core0_busy: $busy}' "$base.tmp" >"$base.json"
-    rm -f "$base.tmp"
-    log "$(jq -r --arg n "$name" '"\($n) \(.phase) (log \(.access_log)): \(.rps) req/s, \(.server.cpu_us_per_request // "-") µs/req, \(.server.cpu_us_per_connection // "-") µs/conn, p99 \(.latency_us.p99 // "-") µs, errors \(.errors), 200/403/other \(.status."200")/\(.status."403")/\(.status.other), idle B/conn \(.idle.rss_bytes_per_connection // "-"), log lines \(.access_log_lines // "-") for \(.requests) responses, core0 busy \(.core0_busy)"' "$base.json")"
-    # A log that received nothing makes a proxy look cheap: say so loudly
-    # (the report shows the counts too).
-    if [ "$mode" = on ] && jq -e '.requests > 0 and .access_log_lines < 0.98 * .requests' "$base.json" >/dev/null; then
-        log "WARNING: $name $kind: the access log received $lines lines for $(jq .requests "$base.json") responses"
+    if ! summary=$("$BIN/portcullis-loadgen" report run "$base.tmp" --out "$base.json" --proxy "$name" \
+        --phase "$kind" --access-log "$mode" "${lines[@]}" \
+        --core0-busy "$(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.3f", (t > 0 ? b / t : 0) }')"); then
+        die "$name $kind: load generator failed: $(tail -3 "$base.stderr")"
     fi
+    rm -f "$base.tmp"
+    while IFS= read -r line; do log "$line"; done <<<"$summary"
 }
 
 # warm_up NAME MODE: caches, upstream keep-alive pools, lazily allocated
@@ -665,24 +666,14 @@ measure_open() {
 }
 
 reload_under_load() {
-    local large="$OUT/cache/snapshot-$RELOAD_SCALE.json"
-    mkdir -p "$OUT/cache"
-    if [ ! -s "$large" ]; then
-        log "generating the $RELOAD_SCALE snapshot"
-        "$BIN/portcullis-gen-snapshot" --scale "$RELOAD_SCALE" --seed 1 --out "$large.tmp"
-        mv "$large.tmp" "$large"
-    fi
     # The bench deployment and its allow list, plus everything generated.
-    # "version" goes last so each reload body is this prefix plus a suffix.
-    log "merging the bench deployment into the $RELOAD_SCALE snapshot"
-    jq -c --slurpfile b "$WORK/bench-parts.json" \
-        '{deployments: ($b[0].deployments + .deployments), policies: ($b[0].policies + .policies)}' \
-        "$large" | head -c -2 >"$WORK/reload-prefix.json"
-    { cat "$WORK/reload-prefix.json"; printf ',"version":1}'; } >"$WORK/snapshot-large.json"
-    RELOAD_BYTES=$(stat -c %s "$WORK/snapshot-large.json")
-    RELOAD_RULES=$(jq '[.policies[] | select(.type == "ip") | .rules | length] | add' "$WORK/snapshot-large.json")
+    # "version" goes last, so each reload body is the prefix plus a suffix.
+    log "generating the $RELOAD_SCALE snapshot"
+    gen_snapshot "$RELOAD_SCALE" "$WORK/snapshot-large.json" --prefix-out "$WORK/reload-prefix.json"
+    local bytes
+    bytes=$(stat -c %s "$WORK/snapshot-large.json")
     portcullis_config "$WORK/snapshot-large.json"
-    log "== portcullis reload under load ($RELOAD_RULES IP rules, $((RELOAD_BYTES / 1048576)) MiB per PUT)"
+    log "== portcullis reload under load ($((bytes / 1048576)) MiB per PUT)"
     start_proxy portcullis "$MAIN_MODE"
     warm_up portcullis "$MAIN_MODE"
     phase portcullis reload-quiet "$MAIN_MODE" 1 --mode open --rate "$RATE" --connections "$CONNS" --duration "${DURATION}s"
@@ -715,171 +706,32 @@ reload_under_load() {
     RELOADS_OK=$(awk '$1 == 200' "$WORK/reloads.log" | wc -l)
     RELOADS_ALL=$(wc -l <"$WORK/reloads.log")
     RELOAD_PUT_S=$(awk '$1 == 200 { s += $2; n++ } END { printf "%.2f", n ? s / n : 0 }' "$WORK/reloads.log")
-    RELOAD_VERSION=$(curl -s "http://127.0.0.1:$ADMIN_PORT/snapshot" | jq -r '.snapshot.version // .version // "?"')
-    log "reloads: $RELOADS_OK of $RELOADS_ALL PUTs applied (mean PUT ${RELOAD_PUT_S}s), version now $RELOAD_VERSION"
+    local version
+    version=$(curl -s "http://127.0.0.1:$ADMIN_PORT/snapshot" | grep -o '"version":[0-9]*' | head -n 1 | cut -d: -f2 || true)
+    log "reloads: $RELOADS_OK of $RELOADS_ALL PUTs applied (mean PUT ${RELOAD_PUT_S}s), version now ${version:-?}"
     stop_proxy portcullis "$PROXY_PID"
 }
 
 # ------------------------------------------------------------------ results
-# best NAME PHASE MODE JQ-EXPR min|max|median: over the repeats of a phase.
-best() {
-    local name="$1" kind="$2" mode="$3" expr="$4" how="$5"
-    [ "$how" = median ] && how='sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end'
-
-    jq -s "map($expr) | map(select(. != null)) | if length == 0 then null else $how end" \
-        "$RAW/$name-$kind-$mode-"*.json 2>/dev/null || echo null
-}
-
-# One proxy's figures from all its runs (best of the repeats for CPU and
-# memory, the median for open-loop latency), per access-log mode.
-proxy_results() {
-    jq -s '
-        def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
-                           else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-        def runs(kind; mode): map(select(.phase == kind and .access_log == mode));
-        def best(f; how): map(f) | map(select(. != null)) | if length == 0 then null else how end;
-        def diff(a; b): if a == null or b == null then null else ((a - b) * 10 | round) / 10 end;
-        def logged(kind): map(select(.phase == kind and .access_log == "on"))
-            | if length == 0 then null
-              else {lines: (map(.access_log_lines // 0) | add), responses: (map(.requests) | add), runs: length} end;
-        . as $all
-        | ([$all[] | select(.phase == "open" or .phase == "idle") | .access_log] | first // null) as $main
-        | {keepalive: ({on: null, off: null} | with_entries(.key as $m | .value = ($all | runs("keepalive"; $m)
-                | if length == 0 then null else
-                    {rps: best(.rps; max), cpu_us_per_request: best(.server.cpu_us_per_request; min),
-                     user_us_per_request: best(.server.user_us_per_request; min),
-                     cpu_share: best(.server.cpu_share; max), p99_us: best(.latency_us.p99; min)} end))),
-           newconn: ({on: null, off: null} | with_entries(.key as $m | .value = ($all | runs("newconn"; $m)
-                | if length == 0 then null else
-                    {per_s: best(.connections_per_s; max),
-                     cpu_us_per_connection: best(.server.cpu_us_per_connection; min),
-                     user_us_per_connection: best(.server.user_us_per_connection; min)} end))),
-           idle: ($all | runs("idle"; $main) | {access_log: $main,
-                  rss_bytes_per_connection: best(.idle.rss_bytes_per_connection; min),
-                  connections_held: best(.idle.held_at_end; max)}),
-           open: ($all | runs("open"; $main) | {access_log: $main,
-                  p50_us: (map(.latency_us.p50) | median), p99_us: (map(.latency_us.p99) | median),
-                  p99_9_us: (map(.latency_us.p99_9) | median), max_us: (map(.latency_us.max) | median)}),
-           access_log_lines: {idle: ($all | logged("idle")), keepalive: ($all | logged("keepalive")),
-                              newconn: ($all | logged("newconn")), open: ($all | logged("open"))},
-           errors: ($all | map(.errors) | add),
-           status: ($all | map(.status) | {"200": (map(."200") | add), "403": (map(."403") | add), other: (map(.other) | add)}),
-           runs: ($all | group_by(.phase))}
-        | .access_log_cost = {
-            keepalive_cpu_us_per_request: diff(.keepalive.on.cpu_us_per_request; .keepalive.off.cpu_us_per_request),
-            keepalive_user_us_per_request: diff(.keepalive.on.user_us_per_request; .keepalive.off.user_us_per_request),
-            newconn_cpu_us_per_connection: diff(.newconn.on.cpu_us_per_connection; .newconn.off.cpu_us_per_connection)}
-    ' "$RAW/$1"-{idle,keepalive,newconn,open}-*.json
-}
-
+# results.json and results.md from the raw runs (best of the repeats for
+# CPU and memory, the median for open-loop latency, per access-log mode);
+# the table also goes to stdout.
 results() {
-    local n json="{}"
-    for n in $PROXIES; do
-        json=$(jq --arg n "$n" --argjson p "$(proxy_results "$n")" '.[$n] = $p' <<<"$json")
-    done
+    local reload=()
     if ((RELOAD)) && [ -n "${RELOADS_ALL:-}" ]; then
-        json=$(jq --argjson quiet "$(jq -s '.' "$RAW"/portcullis-reload-quiet-*.json)" \
-            --argjson busy "$(jq -s '.' "$RAW"/portcullis-reload-busy-*.json)" \
-            --arg scale "$RELOAD_SCALE" --argjson rules "$RELOAD_RULES" --argjson bytes "$RELOAD_BYTES" \
-            --argjson ok "$RELOADS_OK" --argjson all "$RELOADS_ALL" --argjson put_s "$RELOAD_PUT_S" \
-            '.reload = {scale: $scale, ip_rules: $rules, snapshot_bytes: $bytes, puts: $all,
-                        applied: $ok, mean_put_seconds: $put_s, quiet: $quiet, reloading: $busy}' <<<"$json")
+        reload=(--reload-scale "$RELOAD_SCALE" --reload-snapshot "$WORK/snapshot-large.json"
+            --reload-puts "$RELOADS_ALL" --reload-applied "$RELOADS_OK" --reload-mean-put-seconds "$RELOAD_PUT_S")
     fi
-    json=$(jq --arg date "$(date -u +%FT%TZ)" --arg kernel "$(uname -r)" \
-        --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
-        --argjson cores "$(nproc)" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
-        --arg nginx "$(nginx -v 2>&1 | sed 's/.*nginx\///')" \
-        --arg haproxy "$(haproxy -v | awk 'NR == 1 { print $3 }')" \
-        --arg openssl "$(openssl version | awk '{ print $2 }')" \
-        --arg portcullis "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-        --argjson duration "$DURATION" --argjson repeat "$REPEAT" --argjson open_repeat "$OPEN_REPEAT" --argjson conns "$CONNS" \
-        --argjson newconns "$NEWCONN_CONNS" --argjson idle "$IDLE_CONNS" --argjson rate "$RATE" \
-        --argjson denied "$DENIED_SHARE" --arg modes "$MODES" --arg main_mode "$MAIN_MODE" \
-        --arg pc_format "$PORTCULLIS_LOG_FORMAT" \
-        '{machine: {date: $date, kernel: $kernel, cpu: $cpu, cores: $cores, loadavg_at_end: $load,
-                    nginx: $nginx, haproxy: $haproxy, openssl: $openssl, portcullis: $portcullis},
-          settings: {duration_s: $duration, repeat: $repeat, open_repeat: $open_repeat, keepalive_connections: $conns,
-                     newconn_connections: $newconns, idle_connections: $idle, open_rate: $rate,
-                     denied_share_percent: $denied, allow_list_cidrs: 10000,
-                     tls: "TLS 1.3, ECDSA P-256, X25519, no resumption",
-                     access_log: {modes: ($modes | split(" ")), idle_open_reload: $main_mode,
-                                  nginx: "JSON (log_format escape=json), access_log FILE buffer=64k flush=1s",
-                                  haproxy: "JSON-shaped log-format, syslog over UDP to 127.0.0.1 (socat on core 1 into a file)",
-                                  portcullis: "shipped defaults ([log] access on), --log-format \($pc_format), stdout to a file",
-                                  off: "nginx access_log off; HAProxy no log; portcullis [log] access = false"}}} + .' <<<"$json")
-    printf '%s\n' "$json" >"$OUT/results.json"
-    markdown "$OUT/results.json" | tee "$OUT/results.md"
-}
-
-markdown() {
-    jq -r --arg proxies "$PROXIES" '
-        def num: if . == null then "–" elif (. | type) == "number" then
-            (if . >= 100 or . <= -100 then (. | round | tostring) else ((. * 10 | round) / 10 | tostring | if test("\\.") then . else . + ".0" end) end) else tostring end;
-        def ratio(a; b): if a == null or b == null or b == 0 then "–" else ((a / b * 100 | round) / 100 | tostring) + "×" end;
-        . as $r
-        | ($proxies | split(" ")) as $ps
-        | ($ps | map(select(. != "portcullis"))) as $others
-        | $r.settings.access_log.modes as $modes
-        | $r.settings.access_log.idle_open_reload as $mm
-        | (if $mm == "on" then "access log on" else "access log off" end) as $mml
-        | ($modes | length == 2) as $both
-        | def bestof(f; how): [$others[] | $r[.] | f | select(. != null)] | if length == 0 then null else how end;
-          def row(lbl; f; target):
-            "| \(lbl) | " + ([$ps[] | $r[.] | f | num] | join(" | "))
-            + (if ($ps | index("portcullis")) and target != null then " | \(target) |" else " | |" end);
-          def vs(f; how; what): "\(ratio($r.portcullis | f; bestof(f; how))) \(what)";
-          def logcell: if . == null then "–" else "\(.lines) / \(.responses)"
-            + (if .responses > 0 and .lines < 0.98 * .responses then " ⚠" else "" end) end;
-          def onoff(k; f): . as $p | [$modes[] as $m | $p[k][$m] | f | num] | join(" / ");
-          "## portcullis vs nginx vs HAProxy\n",
-          "\($r.machine.cores) cores (\($r.machine.cpu)), kernel \($r.machine.kernel); nginx \($r.machine.nginx), HAProxy \($r.machine.haproxy), OpenSSL \($r.machine.openssl); portcullis \($r.machine.portcullis). Each proxy pinned to core 0 (one worker) and the only one under load; load generator and backend (nginx `return 200`, ~600 B) on core 1. TLS 1.3, ECDSA P-256, X25519, full handshakes. 10 000-CIDR allow list, \($r.settings.denied_share_percent)% of clients from a denied range (403). \($r.settings.duration_s) s per phase; CPU and memory: best of \($r.settings.repeat) runs (fresh process each); open-loop latency: median of \($r.settings.open_repeat) interleaved runs.\n",
-          "Access logs \(if $both then "on and off: the keep-alive and new-connection phases run once with each (a fresh process each); idle memory and the open loop run with the log on, as operators run them. Targets compare portcullis with the better of nginx and HAProxy, log on." else "\($modes[0]) in every phase." end) Log on: nginx \($r.settings.access_log.nginx); HAProxy \($r.settings.access_log.haproxy); portcullis \($r.settings.access_log.portcullis). Same fields in all three (time, request id, client address, SNI, host, deployment, method, path, status, bytes, duration, decision, reason, status reason, policy). The log line counts below are what each log actually received.\n",
-          "| metric | " + ($ps | map(if . == "haproxy" then "HAProxy" else . end) | join(" | ")) + " | portcullis vs target |",
-          "|---|" + ($ps | map("---:") | join("|")) + "|---|",
-          ($modes[] as $m | row("keep-alive req/s (closed loop, \($r.settings.keepalive_connections) conns), access log \($m)"; .keepalive[$m].rps; null)),
-          row("proxy CPU share during it (1.0 = core saturated), log \($modes | join(" / "))"; onoff("keepalive"; .cpu_share); null),
-          ($modes[] as $m | row(if $m == $mm then "**CPU µs per keep-alive request, access log \($m)**" else "CPU µs per keep-alive request, access log \($m)" end;
-              .keepalive[$m].cpu_us_per_request;
-              vs(.keepalive[$m].cpu_us_per_request; min; if $m == $mm then "of best (≤ 0.90×)" else "of best, log \($m)" end))),
-          row("… of which user space (utime; the rest is kernel TCP), log \($modes | join(" / "))"; onoff("keepalive"; .user_us_per_request);
-              vs(.keepalive[$mm].user_us_per_request; min; "of best, log \($mm)")),
-          (if $both then row("**access log cost (on − off), µs per keep-alive request**"; .access_log_cost.keepalive_cpu_us_per_request; null) else empty end),
-          ($modes[] as $m | row("new TLS connections/s (1 request each, \($r.settings.newconn_connections) conns), access log \($m)"; .newconn[$m].per_s; null)),
-          ($modes[] as $m | row(if $m == $mm then "**CPU µs per new TLS connection, access log \($m)**" else "CPU µs per new TLS connection, access log \($m)" end;
-              .newconn[$m].cpu_us_per_connection;
-              vs(.newconn[$m].cpu_us_per_connection; min; if $m == $mm then "of best (≤ 0.55×)" else "of best, log \($m)" end))),
-          row("… of which user space, log \($modes | join(" / "))"; onoff("newconn"; .user_us_per_connection);
-              vs(.newconn[$mm].user_us_per_connection; min; "of best, log \($mm)")),
-          (if $both then row("**access log cost (on − off), µs per new TLS connection**"; .access_log_cost.newconn_cpu_us_per_connection; null) else empty end),
-          row("**RSS bytes per idle TLS connection** (\($r.settings.idle_connections) held, \($mml))"; .idle.rss_bytes_per_connection;
-              "\(ratio($r.portcullis.idle.rss_bytes_per_connection; $r.nginx.idle.rss_bytes_per_connection)) of nginx (≤ 0.75×)"),
-          row("idle connections still open after the hold"; (.idle.connections_held | tostring); null),
-          row("open loop \($r.settings.open_rate)/s, \($mml): p50 µs"; .open.p50_us; null),
-          row("open loop \($r.settings.open_rate)/s, \($mml): **p99 µs**"; .open.p99_us;
-              "\(ratio($r.portcullis.open.p99_us; $r.nginx.open.p99_us)) of nginx (≤ 1×)"),
-          row("open loop \($r.settings.open_rate)/s, \($mml): p99.9 µs"; .open.p99_9_us; null),
-          row("open loop \($r.settings.open_rate)/s, \($mml): max µs"; .open.max_us; null),
-          (if $modes | index("on") then
-            (["idle (1 request per connection)", "idle"], ["keep-alive", "keepalive"], ["new TLS connection", "newconn"], ["open loop", "open"])
-            | . as [$lbl, $k]
-            | select([$ps[] | $r[.].access_log_lines[$k]] | any(. != null))
-            | row("access log lines received / responses, \($lbl) runs"; .access_log_lines[$k] | logcell; null)
-          else empty end),
-          row("errors (all phases)"; (.errors | tostring); null),
-          row("responses 200 / 403 / other"; (.status | "\(."200") / \(."403") / \(.other)"); null),
-          (if $modes | index("on") then
-            "\n⚠ marks a log that received fewer than 98% as many lines as the load generator counted responses (a dropping or misconfigured log makes a proxy look cheap). A few more lines than responses is normal: requests in flight when a run ends are logged but not counted."
-          else empty end),
-          (if $r.reload then
-            "\n### portcullis: reload under load\n",
-            "\($r.reload.ip_rules) IP rules (\($r.reload.scale) synthetic snapshot + the bench list), \($r.reload.snapshot_bytes / 1048576 | floor) MiB, `PUT /snapshot` with a new version every second (or back-to-back when a PUT takes longer): \($r.reload.applied) of \($r.reload.puts) applied, mean PUT \($r.reload.mean_put_seconds) s. Open loop at \($r.settings.open_rate)/s, \($mml).\n",
-            "| run | req/s | p50 µs | p99 µs | p99.9 µs | max µs | errors | access log lines |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-            ($r.reload.quiet[] | "| quiet | \(.rps) | \(.latency_us.p50) | \(.latency_us.p99) | \(.latency_us.p99_9) | \(.latency_us.max) | \(.errors) | \(.access_log_lines // "–") |"),
-            ($r.reload.reloading[] | "| reloading every 1 s | \(.rps) | \(.latency_us.p50) | \(.latency_us.p99) | \(.latency_us.p99_9) | \(.latency_us.max) | \(.errors) | \(.access_log_lines // "–") |")
-          else empty end),
-          "\nOther load on the proxy core (share of core 0 busy with anything but the proxy, per run; high values mean a noisy run): " + ([($ps[] as $p | $r[$p].runs[][] | select(.phase != "idle") | "\($p) \(.phase) log \(.access_log) \(((.core0_busy - (.server.cpu_share // 0)) * 100 | round) / 100)"), ($r.reload // {} | (.quiet // [])[], (.reloading // [])[] | "portcullis \(.phase) \(((.core0_busy - (.server.cpu_share // 0)) * 100 | round) / 100)")] | join(", ")) + "."
-    ' "$1"
+    "$BIN/portcullis-loadgen" report results --raw "$RAW" --out "$OUT" --proxies "$PROXIES" \
+        --modes "$MODES" --main-mode "$MAIN_MODE" --duration "$DURATION" --repeat "$REPEAT" \
+        --open-repeat "$OPEN_REPEAT" --connections "$CONNS" --newconn-connections "$NEWCONN_CONNS" \
+        --idle-connections "$IDLE_CONNS" --rate "$RATE" --denied-share "$DENIED_SHARE" \
+        --portcullis-log-format "$PORTCULLIS_LOG_FORMAT" --date "$(date -u +%FT%TZ)" \
+        --nginx-version "$(nginx -v 2>&1 | sed 's/.*nginx\///')" \
+        --haproxy-version "$(haproxy -v | awk 'NR == 1 { print $3 }')" \
+        --openssl-version "$(openssl version | awk '{ print $2 }')" \
+        --portcullis-version "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        "${reload[@]}"
 }
 
 # --------------------------------------------------------------------- main
@@ -888,7 +740,7 @@ save_state() {
     declare -p DURATION REPEAT OPEN_REPEAT CONNS NEWCONN_CONNS IDLE_CONNS RATE DENIED_SHARE PROXIES RELOAD \
         RELOAD_SCALE LOGS MODES MAIN_MODE PORTCULLIS_LOG_FORMAT >"$RAW/state.env"
     if [ -n "${RELOADS_ALL:-}" ]; then
-        declare -p RELOADS_ALL RELOADS_OK RELOAD_PUT_S RELOAD_BYTES RELOAD_RULES >>"$RAW/state.env"
+        declare -p RELOADS_ALL RELOADS_OK RELOAD_PUT_S >>"$RAW/state.env"
     fi
 }
 
@@ -919,9 +771,10 @@ main() {
     local n
     for n in $PROXIES; do measure_proxy "$n"; done
     if [ "$RATE" = auto ]; then
-        local slowest
-        slowest=$(for n in $PROXIES; do best "$n" keepalive "$MAIN_MODE" .rps max; done | sort -n | head -1)
-        RATE=$(awk -v r="$slowest" 'BEGIN { x = int(r / 4 / 500) * 500; print (x < 500 ? 500 : x) }')
+        local rate slowest
+        rate=$("$BIN/portcullis-loadgen" report rate --raw "$RAW" --proxies "$PROXIES" --access-log "$MAIN_MODE") ||
+            die "no keep-alive rate to take the open-loop rate from"
+        read -r RATE slowest <<<"$rate"
         log "open-loop rate: $RATE/s (a quarter of the slowest keep-alive rate, $slowest/s)"
     fi
     measure_open

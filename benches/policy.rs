@@ -1,5 +1,5 @@
 //! Policy engine benches: decision latency, routing, compile and load time,
-//! and the compiled set's memory, at three scales (see `portcullis::synth`).
+//! and the compiled set's memory, at three scales (see `portcullis_test_kit::synth`).
 //!
 //! ```text
 //! cargo bench --bench policy                       # all scales
@@ -22,7 +22,7 @@ use portcullis::policy::{
     PolicyOptions, PolicySet, RequestFacts, Rules, Snapshot, Target, decide, parse_snapshot,
 };
 use portcullis::route::{RouteInput, Router};
-use portcullis::synth::{MISS_V4, MISS_V6, Rng, Scale, generate};
+use portcullis_test_kit::synth::{MISS_V4, MISS_V6, Rng, Scale, generate};
 
 /// Counts live heap bytes so the bench can report what the compiled set
 /// holds. The only `unsafe` in the repository, and only in this bench

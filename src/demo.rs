@@ -46,43 +46,43 @@ pub async fn run(ports: DemoPorts, log_format: Format, shutdown: Shutdown) -> Re
         .map_err(|e| Error::Other(format!("sample backend: {e}")))?;
     tokio::spawn(sample_backend(backend, shutdown.clone()));
 
-    let dir = DemoDir::create()?;
+    // Removed when dropped, after `serve` returns: tempfile picks a fresh
+    // name (two demos can run side by side) and cleans up.
+    let dir = tempfile::Builder::new()
+        .prefix("portcullis-demo-")
+        .tempdir()
+        .map_err(|e| Error::Other(format!("cannot create a temporary directory: {e}")))?;
     let token = random_token();
-    let mut config = dir.write(ports, backend_addr, &token)?;
+    let mut config = write_files(dir.path(), ports, backend_addr, &token)?;
     config.log.format = log_format;
-    println!("{}", instructions(ports, &dir.0, &token));
+    println!("{}", instructions(ports, dir.path(), &token));
     let result = crate::run(config, shutdown).await;
     drop(dir);
     result
 }
 
-/// A temporary directory removed when dropped.
-struct DemoDir(PathBuf);
+fn write_file(dir: &Path, name: &str, contents: &str) -> Result<PathBuf, Error> {
+    let path = dir.join(name);
+    std::fs::write(&path, contents)
+        .map_err(|e| Error::Other(format!("cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
 
-impl DemoDir {
-    fn create() -> Result<Self, Error> {
-        let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Other(format!("cannot create {}: {e}", dir.display())))?;
-        Ok(Self(dir))
-    }
-
-    fn file(&self, name: &str, contents: &str) -> Result<PathBuf, Error> {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents)
-            .map_err(|e| Error::Other(format!("cannot write {}: {e}", path.display())))?;
-        Ok(path)
-    }
-
-    fn write(&self, ports: DemoPorts, backend: SocketAddr, token: &str) -> Result<Config, Error> {
-        let names = [ZONE, "*.localhost", "*.es.localhost", "*.kb.localhost"].map(str::to_owned);
-        let cert = crate::tls::self_signed(&names)?;
-        let cert_path = self.file("cert.pem", &cert.cert_pem)?;
-        let key_path = self.file("key.pem", &cert.key_pem)?;
-        let snapshot_path = self.file("snapshot.json", &sample_snapshot(backend))?;
-        let token_path = self.file("admin.token", token)?;
-        let toml = format!(
-            r#"
+/// The certificate, snapshot, admin token and config the demo runs with.
+fn write_files(
+    dir: &Path,
+    ports: DemoPorts,
+    backend: SocketAddr,
+    token: &str,
+) -> Result<Config, Error> {
+    let names = [ZONE, "*.localhost", "*.es.localhost", "*.kb.localhost"].map(str::to_owned);
+    let cert = crate::tls::self_signed(&names)?;
+    let cert_path = write_file(dir, "cert.pem", &cert.cert_pem)?;
+    let key_path = write_file(dir, "key.pem", &cert.key_pem)?;
+    let snapshot_path = write_file(dir, "snapshot.json", &sample_snapshot(backend))?;
+    let token_path = write_file(dir, "admin.token", token)?;
+    let toml = format!(
+        r#"
 [server]
 listen = ["127.0.0.1:{proxy}"]
 zones = ["{ZONE}"]
@@ -103,22 +103,15 @@ path = "{snapshot}"
 listen = "127.0.0.1:{admin}"
 token_file = "{token}"
 "#,
-            proxy = ports.proxy,
-            admin = ports.admin,
-            cert = toml_path(&cert_path),
-            key = toml_path(&key_path),
-            snapshot = toml_path(&snapshot_path),
-            token = toml_path(&token_path),
-        );
-        let config_path = self.file("portcullis.toml", &toml)?;
-        Ok(Config::load(&config_path)?)
-    }
-}
-
-impl Drop for DemoDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+        proxy = ports.proxy,
+        admin = ports.admin,
+        cert = toml_path(&cert_path),
+        key = toml_path(&key_path),
+        snapshot = toml_path(&snapshot_path),
+        token = toml_path(&token_path),
+    );
+    let config_path = write_file(dir, "portcullis.toml", &toml)?;
+    Ok(Config::load(&config_path)?)
 }
 
 fn toml_path(p: &Path) -> String {

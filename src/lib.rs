@@ -34,7 +34,6 @@ pub mod route;
 pub mod server;
 pub mod settings;
 pub mod shutdown;
-pub mod synth;
 pub mod tls;
 
 use std::sync::Arc;

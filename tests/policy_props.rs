@@ -13,10 +13,12 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
 use portcullis::policy::{
     AzureRule, Deployment, Enforcement, GcpRule, IpRule, Policy, PolicyOptions, PolicySet, Product,
-    Reason, Region, RequestFacts, Resource, Rules, Snapshot, Target, UnassociatedPrivateTraffic,
-    Verdict, VpceRule, decide, parse_snapshot,
+    Region, RequestFacts, Resource, Rules, Snapshot, Target, UnassociatedPrivateTraffic, Verdict,
+    VpceRule, decide, parse_snapshot,
 };
 use portcullis::route::Router;
+// The naive linear reference, shared with the snapshot fuzz target.
+use portcullis_test_kit::oracle::reference;
 use proptest::prelude::*;
 
 const V4_BASES: [Ipv4Addr; 6] = [
@@ -236,84 +238,6 @@ fn build(policies: &[PolicySpec], deployments: &[DeploymentSpec]) -> Snapshot {
     }
 }
 
-/// The reference: SPEC §1 read literally, one rule at a time.
-fn reference(
-    s: &Snapshot,
-    deny_unassociated: bool,
-    d: usize,
-    client: &ClientIdentity,
-) -> (Verdict, Reason, Option<(usize, usize)>) {
-    let dep = &s.deployments[d];
-    let mut assoc: Vec<usize> = dep
-        .policies
-        .iter()
-        .map(|id| s.policies.iter().position(|p| &p.id == id).unwrap())
-        .collect();
-    assoc.sort();
-    let filtering = assoc.iter().any(|&p| match &s.policies[p].rules {
-        Rules::Ip(_) => true,
-        other => !other.is_empty(),
-    });
-    let source = match client.source {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client.source, IpAddr::V4),
-        v4 => v4,
-    };
-    let mut hit = None;
-    'outer: for &p in &assoc {
-        let rules = &s.policies[p].rules;
-        for r in 0..rules.len() {
-            let matched = match (rules, client.endpoint) {
-                (Rules::Ip(rules), None) => rule_contains(rules[r].source, source),
-                (Rules::Vpce(rules), Some(PrivateEndpoint::AwsVpce(id))) => {
-                    rules[r].source.eq_ignore_ascii_case(id.as_str())
-                }
-                (Rules::Azure(rules), Some(PrivateEndpoint::AzureLinkId(id))) => {
-                    rules[r].link_id == id
-                }
-                (Rules::Gcp(rules), Some(PrivateEndpoint::GcpPscConnectionId(id))) => {
-                    rules[r].source == id
-                }
-                _ => false,
-            };
-            if matched {
-                let reason = match rules {
-                    Rules::Ip(_) => Reason::Ip,
-                    Rules::Vpce(_) => Reason::Vpce,
-                    Rules::Azure(_) => Reason::Azure,
-                    Rules::Gcp(_) => Reason::Gcp,
-                };
-                hit = Some((reason, p, r));
-                break 'outer;
-            }
-        }
-    }
-    if let Some((reason, p, r)) = hit {
-        return (Verdict::Allowed, reason, Some((p, r)));
-    }
-    let open = !filtering && (client.endpoint.is_none() || !deny_unassociated);
-    if open {
-        return (Verdict::Allowed, Reason::NoPolicy, None);
-    }
-    let verdict = match dep.enforcement {
-        Enforcement::Enforce => Verdict::Denied,
-        Enforcement::DryRun => Verdict::WouldDeny,
-    };
-    (verdict, Reason::Unmatched, None)
-}
-
-/// SPEC §1.4 read literally: a mapped source is an IPv4 address, so an
-/// IPv4-mapped rule (`::ffff:a.b.c.d/n`, n ≥ 96) denotes IPv4 addresses.
-fn rule_contains(rule: IpNet, source: IpAddr) -> bool {
-    let rule = match rule {
-        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
-            Some(v4) => IpNet::V4(Ipv4Net::new(v4, n.prefix_len() - 96).unwrap()),
-            None => rule,
-        },
-        _ => rule,
-    };
-    rule.contains(&source)
-}
-
 fn client(r: &RequestSpec) -> ClientIdentity {
     let endpoint = match r.endpoint {
         0 => None,
@@ -369,7 +293,7 @@ proptest! {
             let got = decide(&set, &facts);
             // The reference reads the model as generated, before
             // canonicalisation: mapped rules must behave as IPv4.
-            let want = reference(&model, deny_unassociated, d, &facts.client);
+            let want = reference(&model, options.unassociated_private_traffic, d, &facts.client);
             let got = (got.verdict, got.reason, got.matched.map(|m| (m.policy.get(), m.rule as usize)));
             prop_assert_eq!(got, want, "request {:?}", r);
         }

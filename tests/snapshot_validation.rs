@@ -1334,7 +1334,7 @@ fn canonicalised_snapshot_round_trips() {
 
 #[test]
 fn synthetic_snapshots_round_trip() {
-    use portcullis::synth::{Scale, generate};
+    use portcullis_test_kit::synth::{Scale, generate};
     for seed in [0, 1, 7, 42, 0xdead_beef] {
         let s = generate(Scale::SMALL, seed);
         assert_eq!(s.deployments.len(), Scale::SMALL.deployments, "seed {seed}");

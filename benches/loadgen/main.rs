@@ -19,6 +19,9 @@
 //! Every mode stops by itself after `--duration` (plus at most a few
 //! `--timeout`s for requests in flight). Failures are counted by kind and
 //! reported, never fatal. `--json` prints one object instead of text.
+//!
+//! `portcullis-loadgen report run|rate|results` is benches/compare.sh's
+//! bookkeeping over those JSON objects (see `report/compare.rs`).
 
 #![forbid(unsafe_code)]
 
@@ -34,7 +37,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use rustls::pki_types::ServerName;
 
@@ -47,8 +50,26 @@ use run::{Mode, Plan};
 #[derive(Parser, Debug)]
 #[command(
     name = "portcullis-loadgen",
-    about = "PROXY v2 + TLS + HTTP load generator (closed loop, open loop, idle connections)"
+    about = "PROXY v2 + TLS + HTTP load generator (closed loop, open loop, idle connections)",
+    args_conflicts_with_subcommands = true
 )]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    load: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// benches/compare.sh's bookkeeping over runs' --json output
+    #[command(subcommand)]
+    Report(report::compare::Command),
+}
+
+/// What to load, how, and what to report: the command line without a
+/// subcommand.
+#[derive(Parser, Debug)]
 pub struct Args {
     /// Server address (loopback in benches)
     #[arg(long, default_value = "127.0.0.1:9243")]
@@ -159,8 +180,20 @@ pub struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(a) => a,
+    let args = match Cli::try_parse() {
+        Ok(Cli {
+            command: Some(Command::Report(command)),
+            ..
+        }) => {
+            return match report::compare::execute(command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis-loadgen report: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Ok(cli) => cli.load,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });

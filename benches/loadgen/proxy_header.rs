@@ -10,26 +10,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
-use portcullis::synth::Rng;
-
-const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
-/// Version 2, command PROXY.
-const V2_PROXY: u8 = 0x21;
-const V2_TCP4: u8 = 0x11;
-const V2_TCP6: u8 = 0x21;
-const TLV_AWS: u8 = 0xEA;
-const TLV_AZURE: u8 = 0xEE;
-const TLV_GCP: u8 = 0xE0;
-/// Subtype byte of the AWS and Azure TLVs.
-const SUBTYPE_ENDPOINT_ID: u8 = 0x01;
-
-/// A private endpoint identity carried in a vendor TLV.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    AwsVpce(String),
-    AzureLinkId(u32),
-    GcpPscId(u64),
-}
+pub use portcullis_test_kit::proxy::Endpoint;
+use portcullis_test_kit::proxy::{self, V2};
+use portcullis_test_kit::synth::Rng;
 
 /// What one connection presents to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,68 +112,16 @@ fn destination_like(source: SocketAddr, target: SocketAddr) -> SocketAddr {
 
 /// A PROXY v2 `PROXY` header for a TCP connection from `client` to `target`.
 pub fn v2(client: &ClientIdentity, target: SocketAddr) -> Vec<u8> {
-    let dst = destination_like(client.source, target);
-    let mut payload = Vec::with_capacity(64);
-    let family = match (client.source.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            payload.extend_from_slice(&s.octets());
-            payload.extend_from_slice(&d.octets());
-            V2_TCP4
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            payload.extend_from_slice(&s.octets());
-            payload.extend_from_slice(&d.octets());
-            V2_TCP6
-        }
-        // `destination_like` always returns the source's family.
-        _ => unreachable!("mixed address families"),
-    };
-    payload.extend_from_slice(&client.source.port().to_be_bytes());
-    payload.extend_from_slice(&dst.port().to_be_bytes());
-    if let Some(endpoint) = &client.endpoint {
-        let (kind, value) = match endpoint {
-            Endpoint::AwsVpce(id) => {
-                let mut v = vec![SUBTYPE_ENDPOINT_ID];
-                v.extend_from_slice(id.as_bytes());
-                (TLV_AWS, v)
-            }
-            Endpoint::AzureLinkId(id) => {
-                let mut v = vec![SUBTYPE_ENDPOINT_ID];
-                v.extend_from_slice(&id.to_le_bytes());
-                (TLV_AZURE, v)
-            }
-            Endpoint::GcpPscId(id) => (TLV_GCP, id.to_be_bytes().to_vec()),
-        };
-        payload.push(kind);
-        // Endpoint ids are checked to be short when parsed (`parse_endpoint`).
-        payload.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        payload.extend_from_slice(&value);
+    let header = V2::proxy(client.source, destination_like(client.source, target));
+    match &client.endpoint {
+        Some(endpoint) => header.endpoint(endpoint).build(),
+        None => header.build(),
     }
-    let mut out = Vec::with_capacity(16 + payload.len());
-    out.extend_from_slice(V2_SIGNATURE);
-    out.push(V2_PROXY);
-    out.push(family);
-    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    out.extend_from_slice(&payload);
-    out
 }
 
 /// A PROXY v1 text header (no TLVs: v1 cannot carry endpoints).
 pub fn v1(client: &ClientIdentity, target: SocketAddr) -> Vec<u8> {
-    let dst = destination_like(client.source, target);
-    let family = if client.source.is_ipv4() {
-        "TCP4"
-    } else {
-        "TCP6"
-    };
-    format!(
-        "PROXY {family} {} {} {} {}\r\n",
-        client.source.ip(),
-        dst.ip(),
-        client.source.port(),
-        dst.port()
-    )
-    .into_bytes()
+    proxy::v1(client.source, destination_like(client.source, target))
 }
 
 /// `aws:vpce-…`, `azure:LINKID` or `gcp:PSCID`.
@@ -237,57 +168,36 @@ mod tests {
     }
 
     #[test]
-    fn v2_round_trips_through_the_portcullis_parser() {
+    fn headers_announce_the_target_in_the_source_family() {
         let cases = [
-            (
-                "203.0.113.9:4000",
-                Some(Endpoint::AwsVpce("vpce-0a1b2c3d4e5f67890".into())),
-            ),
-            ("[2001:db8::7:1]:5", None),
-            ("[2001:db8::7]:5", Some(Endpoint::AzureLinkId(16_777_301))),
-            (
-                "198.51.100.1:65535",
-                Some(Endpoint::GcpPscId(18_446_744_072_646_845_332)),
-            ),
+            ("203.0.113.9:4000", "127.0.0.1:9243"),
+            ("[2001:db8::7]:5", "[::ffff:127.0.0.1]:9243"),
         ];
-        for (source, endpoint) in cases {
+        for (source, destination) in cases {
             let source: SocketAddr = source.parse().unwrap();
+            let destination: SocketAddr = destination.parse().unwrap();
             let client = ClientIdentity {
                 source,
                 denied: false,
-                endpoint: endpoint.clone(),
+                endpoint: Some(Endpoint::GcpPscId(7)),
             };
             let header = parsed(&v2(&client, target()));
             assert_eq!(header.version, Version::V2);
             assert_eq!(header.command, Command::Proxy);
-            assert_eq!(header.source, Some(source));
-            assert_eq!(header.destination.map(|d| d.port()), Some(9243));
-            let expected = endpoint.map(|e| match e {
-                Endpoint::AwsVpce(id) => format!("aws:{id}"),
-                Endpoint::AzureLinkId(id) => format!("azure:{id}"),
-                Endpoint::GcpPscId(id) => format!("gcp:{id}"),
-            });
-            let got = header.endpoint.map(|e| match e {
-                PrivateEndpoint::AwsVpce(id) => format!("aws:{id}"),
-                PrivateEndpoint::AzureLinkId(id) => format!("azure:{id}"),
-                PrivateEndpoint::GcpPscConnectionId(id) => format!("gcp:{id}"),
-            });
-            assert_eq!(got, expected);
-        }
-    }
-
-    #[test]
-    fn v1_round_trips_through_the_portcullis_parser() {
-        for source in ["203.0.113.9:4000", "[2001:db8::7]:5"] {
-            let source: SocketAddr = source.parse().unwrap();
-            let client = ClientIdentity {
-                source,
-                denied: false,
-                endpoint: None,
-            };
+            assert_eq!(
+                (header.source, header.destination),
+                (Some(source), Some(destination))
+            );
+            assert_eq!(
+                header.endpoint,
+                Some(PrivateEndpoint::GcpPscConnectionId(7))
+            );
             let header = parsed(&v1(&client, target()));
             assert_eq!(header.version, Version::V1);
-            assert_eq!(header.source, Some(source));
+            assert_eq!(
+                (header.source, header.destination),
+                (Some(source), Some(destination))
+            );
         }
     }
 

@@ -1,5 +1,13 @@
 //! The run's report: human-readable text or one JSON object, and the
 //! `--fail-on-errors` / `--expect-status` checks used by CI smoke runs.
+//! [`compare`]: the `report` subcommand, which turns many runs' JSON into
+//! benches/compare.sh's results.
+
+pub mod compare;
+mod markdown;
+mod results;
+#[cfg(test)]
+mod tests;
 
 use std::fmt::Write as _;
 

@@ -5,79 +5,32 @@
 //! output is deterministic, so re-running it leaves git clean.
 
 use std::fs;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use portcullis::endpoint::PrivateEndpoint;
 use portcullis::passthrough::client_hello;
-use portcullis::proxy_protocol::crc32c::crc32c;
 use portcullis::proxy_protocol::{Command, Limits, Parsed, parse};
+use portcullis_test_kit::proxy::{Crc, FAMILY_UNIX, LOCAL, PROXY, V2};
 
-const V2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The start of a TLS ClientHello, as it follows the header on the wire.
 const CLIENT_HELLO: &[u8] = b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03";
+const VPCE: &str = "vpce-0a1b2c3d4e5f67890";
 
-/// A v2 header: `cmd` (0 LOCAL, 1 PROXY), family byte, address block, TLVs.
-/// With `crc`, a CRC32C TLV is appended and filled in.
-fn v2(cmd: u8, fam: u8, addrs: &[u8], tlvs: &[(u8, Vec<u8>)], crc: bool) -> Vec<u8> {
-    let mut payload = addrs.to_vec();
-    for (kind, value) in tlvs {
-        payload.push(*kind);
-        payload.extend_from_slice(&u16::try_from(value.len()).unwrap().to_be_bytes());
-        payload.extend_from_slice(value);
-    }
-    let crc_at = crc.then(|| {
-        payload.extend_from_slice(&[0x03, 0x00, 0x04]);
-        payload.extend_from_slice(&[0; 4]);
-        16 + payload.len() - 4
-    });
-    let mut h = V2_SIG.to_vec();
-    h.push(0x20 | cmd);
-    h.push(fam);
-    h.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
-    h.extend_from_slice(&payload);
-    if let Some(at) = crc_at {
-        let sum = crc32c(&[&h]).to_be_bytes();
-        h[at..at + 4].copy_from_slice(&sum);
-    }
-    h
+/// 203.0.113.7:51234 -> 10.0.0.5:9243
+fn tcp4() -> V2 {
+    V2::proxy(
+        (Ipv4Addr::new(203, 0, 113, 7), 51234).into(),
+        (Ipv4Addr::new(10, 0, 0, 5), 9243).into(),
+    )
 }
 
-fn tcp4() -> Vec<u8> {
-    // 203.0.113.7:51234 -> 10.0.0.5:9243
-    [[203, 0, 113, 7], [10, 0, 0, 5]]
-        .concat()
-        .into_iter()
-        .chain(51234u16.to_be_bytes())
-        .chain(9243u16.to_be_bytes())
-        .collect()
-}
-
-fn tcp6() -> Vec<u8> {
-    let mut src = [0u8; 16];
-    src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
-    src[15] = 1;
-    let mut dst = [0u8; 16];
-    dst[10..12].copy_from_slice(&[0xff, 0xff]);
-    dst[12..].copy_from_slice(&[10, 0, 0, 5]);
-    [
-        &src[..],
-        &dst[..],
-        &443u16.to_be_bytes(),
-        &9243u16.to_be_bytes(),
-    ]
-    .concat()
-}
-
-fn aws(id: &[u8]) -> (u8, Vec<u8>) {
-    (0xEA, [&[0x01][..], id].concat())
-}
-
-fn azure(link_id: u32) -> (u8, Vec<u8>) {
-    (0xEE, [&[0x01][..], &link_id.to_le_bytes()].concat())
-}
-
-fn gcp(id: u64) -> (u8, Vec<u8>) {
-    (0xE0, id.to_be_bytes().to_vec())
+/// [2001:db8::1]:443 -> [::ffff:10.0.0.5]:9243
+fn tcp6() -> V2 {
+    V2::proxy(
+        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 443).into(),
+        (Ipv4Addr::new(10, 0, 0, 5).to_ipv6_mapped(), 9243).into(),
+    )
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) {
@@ -99,71 +52,71 @@ fn proxy_protocol(dir: &Path) {
             None,
             false,
         ),
-        ("v2_local", v2(0, 0x00, &[], &[], false), None, false),
+        ("v2_local", V2::local().build(), None, false),
         // LOCAL ignores the family byte (health checks must not fail on it).
-        ("v2_local_odd_family", v2(0, 0x7f, &[], &[], false), None, false),
+        ("v2_local_odd_family", V2::local().family(0x7f).build(), None, false),
         // An AWS NLB health check: LOCAL, UNSPEC, TLVs (CRC32C included)
         // right after the fixed part. The vendor TLV is not read for LOCAL.
         (
             "v2_local_aws_crc32c",
-            v2(0, 0x00, &[], &[aws(b"vpce-0a1b2c3d4e5f67890")], true),
+            V2::local().aws_vpce(VPCE).crc(Crc::Good).build(),
             None,
             true,
         ),
         // LOCAL from a sender that fills the address block: TLVs after it.
-        ("v2_local_tcp4_crc32c", v2(0, 0x11, &tcp4(), &[], true), None, true),
+        ("v2_local_tcp4_crc32c", tcp4().command(LOCAL).crc(Crc::Good).build(), None, true),
         // Found by fuzzing: the shortest TCP6 line, and port 0.
         ("found_v1_tcp6_short", b"PROXY TCP6 :: :: 4 4\r\n".to_vec(), None, false),
         ("found_v1_port_zero", b"PROXY TCP4 1.2.3.4 5.6.7.8 0 2\r\n".to_vec(), None, false),
-        ("v2_unspec", v2(1, 0x00, &[], &[], false), None, false),
-        ("v2_tcp4", v2(1, 0x11, &tcp4(), &[], false), None, false),
-        ("v2_tcp6", v2(1, 0x21, &tcp6(), &[], false), None, false),
-        ("v2_unix", v2(1, 0x31, &[0u8; 216], &[], false), None, false),
+        ("v2_unspec", V2::local().command(PROXY).build(), None, false),
+        ("v2_tcp4", tcp4().build(), None, false),
+        ("v2_tcp6", tcp6().build(), None, false),
+        (
+            "v2_unix",
+            V2::local().command(PROXY).family(FAMILY_UNIX).addresses([0u8; 216]).build(),
+            None,
+            false,
+        ),
         (
             "v2_tcp4_aws",
-            v2(1, 0x11, &tcp4(), &[aws(b"vpce-0a1b2c3d4e5f67890")], false),
+            tcp4().aws_vpce(VPCE).build(),
             Some(PrivateEndpoint::AwsVpce(
-                portcullis::endpoint::VpceId::parse(b"vpce-0a1b2c3d4e5f67890").unwrap(),
+                portcullis::endpoint::VpceId::parse(VPCE.as_bytes()).unwrap(),
             )),
             false,
         ),
         (
             "v2_tcp6_azure",
-            v2(1, 0x21, &tcp6(), &[azure(16777301)], false),
+            tcp6().azure_link_id(16777301).build(),
             Some(PrivateEndpoint::AzureLinkId(16777301)),
             false,
         ),
         (
             "v2_tcp4_gcp",
-            v2(1, 0x11, &tcp4(), &[gcp(18446744072646845332)], false),
+            tcp4().gcp_psc(18446744072646845332).build(),
             Some(PrivateEndpoint::GcpPscConnectionId(18446744072646845332)),
             false,
         ),
-        ("v2_tcp4_crc32c", v2(1, 0x11, &tcp4(), &[], true), None, true),
+        ("v2_tcp4_crc32c", tcp4().crc(Crc::Good).build(), None, true),
         (
             "v2_tcp4_aws_crc32c",
-            v2(1, 0x11, &tcp4(), &[aws(b"VPCE-0A1B2C3D4E5F67890")], true),
+            tcp4().aws_vpce(&VPCE.to_ascii_uppercase()).crc(Crc::Good).build(),
             Some(PrivateEndpoint::AwsVpce(
-                portcullis::endpoint::VpceId::parse(b"vpce-0a1b2c3d4e5f67890").unwrap(),
+                portcullis::endpoint::VpceId::parse(VPCE.as_bytes()).unwrap(),
             )),
             true,
         ),
         (
             "v2_tcp6_other_tlvs_crc32c",
-            v2(
-                1,
-                0x21,
-                &tcp6(),
-                // NOOP, ALPN, authority, unique id, then GCP.
-                &[
-                    (0x04, vec![0; 3]),
-                    (0x01, b"h2".to_vec()),
-                    (0x02, b"abc123.es.example.com".to_vec()),
-                    (0x05, vec![0x42; 16]),
-                    gcp(42),
-                ],
-                true,
-            ),
+            // NOOP, ALPN, authority, unique id, then GCP.
+            tcp6()
+                .tlv(0x04, [0; 3])
+                .tlv(0x01, *b"h2")
+                .tlv(0x02, *b"abc123.es.example.com")
+                .tlv(0x05, [0x42; 16])
+                .gcp_psc(42)
+                .crc(Crc::Good)
+                .build(),
             Some(PrivateEndpoint::GcpPscConnectionId(42)),
             true,
         ),
@@ -189,24 +142,25 @@ fn proxy_protocol(dir: &Path) {
     }
 
     // Refused or not PROXY at all: one of each interesting shape.
-    let mut bad_crc = v2(1, 0x11, &tcp4(), &[aws(b"vpce-1")], true);
+    let mut bad_crc = tcp4().aws_vpce("vpce-1").crc(Crc::Good).build();
     let last = bad_crc.len() - 1;
     bad_crc[last] ^= 1;
     // A PROXY header with a CRC whose command nibble is flipped to LOCAL.
-    let mut flipped = v2(1, 0x11, &tcp4(), &[aws(b"vpce-1")], true);
+    let mut flipped = tcp4().aws_vpce("vpce-1").crc(Crc::Good).build();
     flipped[12] = 0x20;
-    let mut bad_local_crc = v2(0, 0x00, &[], &[(0x04, vec![0; 3])], true);
+    let mut bad_local_crc = V2::local().tlv(0x04, [0; 3]).crc(Crc::Good).build();
     let last = bad_local_crc.len() - 1;
     bad_local_crc[last] ^= 1;
+    // An AWS TLV whose length (16) runs past the header's end.
+    let mut overrun = tcp4().tlv(0xEA, [0x01]).build();
+    let at = overrun.len() - 3;
+    overrun[at..at + 2].copy_from_slice(&16u16.to_be_bytes());
     let refused: Vec<(&str, Vec<u8>)> = vec![
         ("bad_v2_crc32c_mismatch", bad_crc),
         ("bad_v2_local_crc32c_mismatch", bad_local_crc),
         ("bad_v2_proxy_crc32c_flipped_to_local", flipped),
-        ("bad_v2_two_vendor_tlvs", v2(1, 0x11, &tcp4(), &[azure(1), gcp(2)], false)),
-        (
-            "bad_v2_tlv_overrun",
-            v2(1, 0x11, &[tcp4(), vec![0xEA, 0x00, 0x10, 0x01]].concat(), &[], false),
-        ),
+        ("bad_v2_two_vendor_tlvs", tcp4().azure_link_id(1).gcp_psc(2).build()),
+        ("bad_v2_tlv_overrun", overrun),
         ("bad_v1_lf_only", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n".to_vec()),
         ("bad_v1_port_leading_zero", b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n".to_vec()),
         ("not_proxy_tls", CLIENT_HELLO.to_vec()),
@@ -217,8 +171,8 @@ fn proxy_protocol(dir: &Path) {
             b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 655350\r\n"
                 .to_vec(),
         ),
-        ("bad_v2_udp4", v2(1, 0x12, &tcp4(), &[], false)),
-        ("bad_v2_aws_empty_vpce", v2(1, 0x11, &tcp4(), &[aws(b"")], false)),
+        ("bad_v2_udp4", tcp4().family(0x12).build()),
+        ("bad_v2_aws_empty_vpce", tcp4().aws_vpce("").build()),
         // Found by fuzzing (minimised): a keyword run on into a NUL, a lone
         // CR, a family refused at byte 13, a length over the cap refused
         // before any payload arrives.

@@ -23,9 +23,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use portcullis::proxy_protocol::{Limits, ParseError, Parsed, V1_MAX_LEN, Version, parse};
-
-const V1_SIGNATURE: &[u8] = b"PROXY ";
-const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+use portcullis_test_kit::proxy::{V1_SIGNATURE, V2_SIGNATURE};
 const V2_FIXED_LEN: usize = 16;
 /// Every prefix up to this length is re-parsed (covers both signatures, the
 /// v2 fixed fields and a whole v1 line); longer inputs are sampled at the

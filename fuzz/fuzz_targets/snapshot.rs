@@ -29,10 +29,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use libfuzzer_sys::fuzz_target;
 use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
 use portcullis::policy::{
-    Enforcement, PolicyOptions, Product, Reason, RequestFacts, Rules, Snapshot, Stats, Target,
-    UnassociatedPrivateTraffic, Verdict, decide, parse_snapshot,
+    PolicyOptions, Product, RequestFacts, Rules, Snapshot, Stats, Target,
+    UnassociatedPrivateTraffic, decide, parse_snapshot,
 };
 use portcullis::reload::prepare;
+use portcullis_test_kit::oracle::{outcome, reference};
 
 const MAX_DEPLOYMENTS: usize = 64;
 const MAX_CLIENTS: usize = 32;
@@ -119,11 +120,7 @@ fuzz_target!(|data: &[u8]| {
                     },
                 );
                 assert_eq!(got.target, Some(target));
-                let got = (
-                    got.verdict,
-                    got.reason,
-                    got.matched.map(|m| (m.policy.get(), m.rule as usize)),
-                );
+                let got = outcome(&got);
                 let want = reference(&snapshot, mode, d, client);
                 assert_eq!(
                     got, want,
@@ -247,61 +244,4 @@ fn step(a: IpAddr, delta: i8) -> IpAddr {
             u128::from(v6).wrapping_add_signed(i128::from(delta)),
         )),
     }
-}
-
-/// SPEC §1 read literally over the model, one rule at a time.
-fn reference(
-    s: &Snapshot,
-    mode: UnassociatedPrivateTraffic,
-    d: usize,
-    client: &ClientIdentity,
-) -> (Verdict, Reason, Option<(usize, usize)>) {
-    let dep = &s.deployments[d];
-    let mut assoc: Vec<usize> = dep
-        .policies
-        .iter()
-        .map(|id| {
-            s.policies
-                .iter()
-                .position(|p| &p.id == id)
-                .expect("validated: associations name existing policies")
-        })
-        .collect();
-    assoc.sort_unstable();
-    let filtering = assoc.iter().any(|&p| s.policies[p].rules.filters());
-    let source = client.source.to_canonical();
-    for &p in &assoc {
-        let hit = match (&s.policies[p].rules, client.endpoint) {
-            (Rules::Ip(rules), None) => rules
-                .iter()
-                .position(|r| r.source.contains(&source))
-                .map(|r| (Reason::Ip, r)),
-            (Rules::Vpce(rules), Some(PrivateEndpoint::AwsVpce(id))) => rules
-                .iter()
-                .position(|r| r.source.eq_ignore_ascii_case(id.as_str()))
-                .map(|r| (Reason::Vpce, r)),
-            (Rules::Azure(rules), Some(PrivateEndpoint::AzureLinkId(id))) => rules
-                .iter()
-                .position(|r| r.link_id == id)
-                .map(|r| (Reason::Azure, r)),
-            (Rules::Gcp(rules), Some(PrivateEndpoint::GcpPscConnectionId(id))) => rules
-                .iter()
-                .position(|r| r.source == id)
-                .map(|r| (Reason::Gcp, r)),
-            _ => None,
-        };
-        if let Some((reason, r)) = hit {
-            return (Verdict::Allowed, reason, Some((p, r)));
-        }
-    }
-    let open =
-        !filtering && (client.endpoint.is_none() || mode == UnassociatedPrivateTraffic::Allow);
-    if open {
-        return (Verdict::Allowed, Reason::NoPolicy, None);
-    }
-    let verdict = match dep.enforcement {
-        Enforcement::Enforce => Verdict::Denied,
-        Enforcement::DryRun => Verdict::WouldDeny,
-    };
-    (verdict, Reason::Unmatched, None)
 }

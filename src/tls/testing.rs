@@ -1,28 +1,20 @@
 //! Test fixtures: a throwaway CA, leaf certificates it signs, key format
 //! conversions and a self-cleaning temporary directory.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SignatureAlgorithm,
-};
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
 
 use super::{LoadedCertificate, load_certified_key};
 
-pub(crate) struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
+// The test kit's CA, compiled from the kit's own source: unit tests
+// cannot depend on the kit (it links a second copy of this crate), and one
+// copy of the code is enough.
+#[allow(dead_code, reason = "unit tests use part of the kit's API")]
+#[path = "../../tests/kit/src/pki.rs"]
+mod pki;
 
-/// A leaf certificate and its key, PEM encoded.
-pub(crate) struct Leaf {
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub der: CertificateDer<'static>,
-}
+pub(crate) use pki::{Leaf, TestCa};
 
 impl Leaf {
     pub fn pems(&self) -> (Vec<u8>, Vec<u8>) {
@@ -36,53 +28,11 @@ impl Leaf {
 }
 
 impl TestCa {
-    pub fn new() -> Self {
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "portcullis test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("CA key");
-        let issuer = CertifiedIssuer::self_signed(params, key).expect("CA certificate");
-        Self { issuer }
-    }
-
+    /// A root store trusting this CA alone.
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
+        roots.add(self.der()).expect("CA is a trust anchor");
         roots
-            .add(self.issuer.der().clone())
-            .expect("CA is a trust anchor");
-        roots
-    }
-
-    /// An ECDSA P-256 leaf for `names`.
-    pub fn leaf(&self, names: &[&str]) -> Leaf {
-        self.leaf_with_key(names, &KeyPair::generate().expect("leaf key"))
-    }
-
-    pub fn leaf_for(&self, names: &[&str], alg: &'static SignatureAlgorithm) -> Leaf {
-        let key = if alg == &rcgen::PKCS_RSA_SHA256 {
-            KeyPair::generate_rsa_for(alg, rcgen::RsaKeySize::_2048)
-        } else {
-            KeyPair::generate_for(alg)
-        };
-        self.leaf_with_key(names, &key.expect("leaf key"))
-    }
-
-    fn leaf_with_key(&self, names: &[&str], key: &KeyPair) -> Leaf {
-        let names: Vec<String> = names.iter().map(ToString::to_string).collect();
-        let mut params = CertificateParams::new(names).expect("valid names");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
     }
 }
 
@@ -129,31 +79,27 @@ pub(crate) fn der_sequence(content_len: usize) -> Vec<u8> {
     der
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub(crate) struct TempDir(PathBuf);
+/// A fresh directory under the system temp dir, removed on drop
+/// (`tempfile`'s). Unit tests cannot use the test kit's (it links a second
+/// copy of this crate), hence this thin one.
+pub(crate) struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("portcullis-tls-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        Self(path)
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-tls-")
+            .tempdir()
+            .expect("create temp dir");
+        Self(dir)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.0.path().join(name)
     }
 
     pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.path(name);
         std::fs::write(&path, contents).expect("write temp file");
         path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(Path::new(&self.0));
     }
 }

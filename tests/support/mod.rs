@@ -34,6 +34,7 @@ use portcullis::access_log::MemorySink;
 use portcullis::reload::Store;
 use portcullis::server::Server;
 use portcullis::shutdown::Trigger;
+use portcullis_test_kit::pki::TestCa;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -85,19 +86,9 @@ pub struct Pki {
 pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair, KeyUsagePurpose,
-        };
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "portcullis e2e test CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
-            .expect("CA certificate");
+        let ca = TestCa::named("portcullis e2e test CA");
         // One-label wildcards: `{id}.es.test` and `{alias}.{product}.es.test`.
-        let names = [
+        let leaf = ca.leaf(&[
             "es.test",
             "*.es.test",
             "*.es.es.test",
@@ -105,48 +96,17 @@ pub fn pki() -> &'static Pki {
             "*.apm.es.test",
             "*.kb.test",
             "*.test",
-        ];
-        let mut leaf =
-            CertificateParams::new(names.map(str::to_owned).to_vec()).expect("valid names");
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
-        let cert = leaf.signed_by(&key, &issuer).expect("leaf certificate");
+        ]);
         Pki {
-            ca: issuer.der().clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
+            ca: ca.der(),
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
         }
     })
 }
 
-/// `temp_dir()/portcullis-test-<pid>-<n>`, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).expect("write temp file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A temporary directory (`tempfile`'s), `.0` its path.
+pub use portcullis_test_kit::TempDir;
 
 // ---------------------------------------------------------------- bodies
 
@@ -1289,163 +1249,12 @@ impl Raw {
 
 // ---------------------------------------------------------------- PROXY headers
 
-/// A PROXY v1 line: `PROXY TCP4|TCP6 src dst sport dport\r\n`.
-pub fn proxy_v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
-    format!(
-        "PROXY {family} {} {} {} {}\r\n",
-        src.ip(),
-        dst.ip(),
-        src.port(),
-        dst.port()
-    )
-    .into_bytes()
-}
-
-/// A v1 line from `ip` (port 40000) to 10.0.0.1:9243.
-pub fn v1_from(ip: impl Into<IpAddr>) -> Vec<u8> {
-    let ip = ip.into();
-    let dst: IpAddr = if ip.is_ipv4() {
-        Ipv4Addr::new(10, 0, 0, 1).into()
-    } else {
-        "fd00::1".parse().expect("literal")
-    };
-    proxy_v1(SocketAddr::new(ip, 40000), SocketAddr::new(dst, 9243))
-}
-
-pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
-pub const TLV_CRC32C: u8 = 0x03;
-pub const TLV_GCP: u8 = 0xE0;
-pub const TLV_AWS: u8 = 0xEA;
-pub const TLV_AZURE: u8 = 0xEE;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Crc {
-    None,
-    Good,
-    Bad,
-}
-
-/// A PROXY v2 header under construction.
-#[derive(Debug, Clone)]
-pub struct V2 {
-    local: bool,
-    addrs: Option<(SocketAddr, SocketAddr)>,
-    tlvs: Vec<(u8, Vec<u8>)>,
-    crc: Crc,
-}
-
-impl V2 {
-    /// `PROXY` from `src` (TCP4 or TCP6 by its family) to a fixed
-    /// destination of the same family.
-    pub fn from(src: impl Into<IpAddr>) -> Self {
-        let ip = src.into();
-        let dst: IpAddr = if ip.is_ipv4() {
-            Ipv4Addr::new(10, 0, 0, 1).into()
-        } else {
-            "fd00::1".parse().expect("literal")
-        };
-        Self {
-            local: false,
-            addrs: Some((SocketAddr::new(ip, 40000), SocketAddr::new(dst, 9243))),
-            tlvs: Vec::new(),
-            crc: Crc::None,
-        }
-    }
-
-    /// `LOCAL` (a load balancer health check), no address block.
-    pub fn local() -> Self {
-        Self {
-            local: true,
-            addrs: None,
-            tlvs: Vec::new(),
-            crc: Crc::None,
-        }
-    }
-
-    pub fn tlv(mut self, kind: u8, value: impl Into<Vec<u8>>) -> Self {
-        self.tlvs.push((kind, value.into()));
-        self
-    }
-
-    /// AWS PrivateLink: `0xEA`, subtype `0x01`, the id in ASCII.
-    pub fn aws_vpce(self, id: &str) -> Self {
-        let value = [&[0x01], id.as_bytes()].concat();
-        self.tlv(TLV_AWS, value)
-    }
-
-    /// Azure Private Link: `0xEE`, subtype `0x01`, LinkID little-endian.
-    pub fn azure_link_id(self, id: u32) -> Self {
-        let value = [&[0x01][..], &id.to_le_bytes()].concat();
-        self.tlv(TLV_AZURE, value)
-    }
-
-    /// GCP PSC: `0xE0`, the connection id big-endian, no subtype.
-    pub fn gcp_psc(self, id: u64) -> Self {
-        self.tlv(TLV_GCP, id.to_be_bytes())
-    }
-
-    pub fn crc(mut self, crc: Crc) -> Self {
-        self.crc = crc;
-        self
-    }
-
-    pub fn build(&self) -> Vec<u8> {
-        let mut out = V2_SIGNATURE.to_vec();
-        out.push(if self.local { 0x20 } else { 0x21 });
-        let mut payload = Vec::new();
-        let family = match self.addrs {
-            None => 0x00,
-            Some((src, dst)) => {
-                let family = match (src.ip(), dst.ip()) {
-                    (IpAddr::V4(s), IpAddr::V4(d)) => {
-                        payload.extend_from_slice(&s.octets());
-                        payload.extend_from_slice(&d.octets());
-                        0x11
-                    }
-                    (IpAddr::V6(s), IpAddr::V6(d)) => {
-                        payload.extend_from_slice(&s.octets());
-                        payload.extend_from_slice(&d.octets());
-                        0x21
-                    }
-                    _ => panic!("source and destination families differ"),
-                };
-                payload.extend_from_slice(&src.port().to_be_bytes());
-                payload.extend_from_slice(&dst.port().to_be_bytes());
-                family
-            }
-        };
-        out.push(family);
-        for (kind, value) in &self.tlvs {
-            push_tlv(&mut payload, *kind, value);
-        }
-        let crc_at = (self.crc != Crc::None).then(|| {
-            push_tlv(&mut payload, TLV_CRC32C, &[0; 4]);
-            16 + payload.len() - 4
-        });
-        let len = u16::try_from(payload.len()).expect("payload fits u16");
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&payload);
-        if let Some(at) = crc_at {
-            let mut crc = crc32c(&out);
-            if self.crc == Crc::Bad {
-                crc ^= 0x0000_0100;
-            }
-            out[at..at + 4].copy_from_slice(&crc.to_be_bytes());
-        }
-        out
-    }
-}
-
-fn push_tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
-    out.push(kind);
-    out.extend_from_slice(&u16::try_from(value.len()).expect("TLV fits").to_be_bytes());
-    out.extend_from_slice(value);
-}
-
-/// CRC32C (Castagnoli), from the same crate as the proxy's; the PROXY unit
-/// tests pin it to the RFC 3720 vectors.
-pub use crc32c::crc32c;
+/// PROXY v1 lines and v2 headers (the kit's encoder, written from the
+/// protocol description) and the CRC32C they are checked with.
+#[allow(unused_imports, reason = "each test binary uses a different part")]
+pub use portcullis_test_kit::proxy::{
+    Crc, TLV_AWS, TLV_AZURE, TLV_CRC32C, TLV_GCP, V2, V2_SIGNATURE, crc32c, v1 as proxy_v1, v1_from,
+};
 
 // ---------------------------------------------------------------- the whole process: `portcullis::serve`
 //
@@ -1970,33 +1779,18 @@ pub struct NodePki {
 pub fn node_pki() -> &'static NodePki {
     static NODE: OnceLock<NodePki> = OnceLock::new();
     NODE.get_or_init(|| {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
-            KeyUsagePurpose,
-        };
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name
-            .push(DnType::CommonName, "remote-cluster node test CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
-            .expect("CA certificate");
-        let leaf = CertificateParams::new(vec!["*.es.test".to_owned(), "es.test".to_owned()])
-            .expect("valid names");
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("leaf key");
-        let cert = leaf.signed_by(&key, &issuer).expect("leaf certificate");
-        let key_der =
-            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("PKCS#8 key");
+        let ca = TestCa::named("remote-cluster node test CA");
+        let leaf = ca.leaf(&["*.es.test", "es.test"]);
         let server = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key_der)
+        .with_single_cert(vec![leaf.der], leaf.key_der)
         .expect("node certificate");
         NodePki {
-            ca: issuer.der().clone(),
+            ca: ca.der(),
             server: Arc::new(server),
         }
     })

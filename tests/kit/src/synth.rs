@@ -16,9 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::policy::{
-    AzureRule, Deployment, Enforcement, GcpRule, IpRule, Policy, Product, Region, Resource, Rules,
-    Snapshot, VpceRule,
+use portcullis::policy::{
+    AzureRule, Deployment, Enforcement, GcpRule, IpRule, Policy, Product, Provider, Region,
+    Resource, Rules, Snapshot, VpceRule,
 };
 
 /// IPv4 block no generated rule covers (RFC 2544 benchmarking range).
@@ -136,15 +136,11 @@ pub fn generate(scale: Scale, seed: u64) -> Snapshot {
             })
             .collect::<Vec<_>>();
         let rules = match regions[r].provider() {
-            crate::policy::Provider::Aws => {
-                Rules::Vpce(rules.into_iter().filter_map(PrivateRule::vpce).collect())
-            }
-            crate::policy::Provider::Azure => {
+            Provider::Aws => Rules::Vpce(rules.into_iter().filter_map(PrivateRule::vpce).collect()),
+            Provider::Azure => {
                 Rules::Azure(rules.into_iter().filter_map(PrivateRule::azure).collect())
             }
-            crate::policy::Provider::Gcp => {
-                Rules::Gcp(rules.into_iter().filter_map(PrivateRule::gcp).collect())
-            }
+            Provider::Gcp => Rules::Gcp(rules.into_iter().filter_map(PrivateRule::gcp).collect()),
         };
         private_by_region[r].push(policies.len());
         policies.push(policy(policies.len(), &regions[r], rules));
@@ -282,17 +278,13 @@ impl PrivateRule {
 /// `serial` makes ids unique; the random part makes them look real.
 fn private_rule(region: &Region, serial: u64, rng: &mut Rng) -> PrivateRule {
     match region.provider() {
-        crate::policy::Provider::Aws => PrivateRule::Vpce(format!(
+        Provider::Aws => PrivateRule::Vpce(format!(
             "vpce-{:05x}{:012x}",
             serial & 0xf_ffff,
             rng.next_u64() & 0xffff_ffff_ffff
         )),
-        crate::policy::Provider::Azure => {
-            PrivateRule::Azure(0x0100_0000 | (serial as u32 & 0x00ff_ffff))
-        }
-        crate::policy::Provider::Gcp => {
-            PrivateRule::Gcp((rng.next_u64() << 20) | (serial & 0xf_ffff))
-        }
+        Provider::Azure => PrivateRule::Azure(0x0100_0000 | (serial as u32 & 0x00ff_ffff)),
+        Provider::Gcp => PrivateRule::Gcp((rng.next_u64() << 20) | (serial & 0xf_ffff)),
     }
 }
 

@@ -325,23 +325,18 @@ fn url_parts_are_derived() {
     assert_eq!(host_port(&https), ("cp.example", 443));
 }
 
-/// A PEM file in the temp dir, removed on drop.
-struct TempPem(PathBuf);
+/// A PEM file in a temp dir of its own, removed on drop.
+struct TempPem {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl TempPem {
     fn new(name: &str, contents: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "portcullis-fetch-{}-{name}.pem",
-            std::process::id()
-        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{name}.pem"));
         std::fs::write(&path, contents).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempPem {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        Self { path, _dir: dir }
     }
 }
 
@@ -349,7 +344,7 @@ impl Drop for TempPem {
 fn unusable_ca_files_are_named() {
     let missing = PathBuf::from("/nonexistent/portcullis-ca.pem");
     let empty = TempPem::new("empty", "no certificates here\n");
-    for path in [missing, empty.0.clone()] {
+    for path in [missing, empty.path.clone()] {
         let settings = FetchSettings {
             ca_file: Some(path.clone()),
             ..settings(1)
@@ -400,7 +395,7 @@ async fn https_with_private_ca_file() {
         format!("https://localhost:{port}/"),
     ] {
         let settings = FetchSettings {
-            ca_file: Some(ca_pem.0.clone()),
+            ca_file: Some(ca_pem.path.clone()),
             ..settings(1024)
         };
         let mut fetcher = Fetcher::new(&url, settings).unwrap();
@@ -417,7 +412,7 @@ async fn https_with_untrusted_certificate_fails() {
     let other_pem = TempPem::new("untrusted", &other_ca.pem());
     let (addr, seen) = serve(Some(acceptor(&server_ca)), |_| Response::new(full("{}"))).await;
     let settings = FetchSettings {
-        ca_file: Some(other_pem.0.clone()),
+        ca_file: Some(other_pem.path.clone()),
         ..settings(1024)
     };
     let mut fetcher = Fetcher::new(&format!("https://{addr}/"), settings).unwrap();

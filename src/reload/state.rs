@@ -85,9 +85,8 @@ mod tests {
 
     #[test]
     fn saves_atomically_and_loads_back() {
-        let dir =
-            std::env::temp_dir().join(format!("portcullis-state-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let state = StateDir::new(dir.join("nested"));
         assert_eq!(state.load(1024).unwrap(), None);
         state.save(b"{\"version\":1}").unwrap();
@@ -103,6 +102,5 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(leftovers, [std::ffi::OsString::from(FILE)]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -22,7 +22,6 @@
 //! that write what no well-behaved client would (raw TCP and TLS,
 //! HTTP/1.1 as bytes, HTTP/2 as frames) in `hostile/raw_*.rs`.
 
-mod support;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -35,7 +34,7 @@ use portcullis::reload::Store;
 use portcullis::server::Server;
 use portcullis::shutdown::Trigger;
 use serde_json::Value;
-use support::*;
+use portcullis_test_kit::harness::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;

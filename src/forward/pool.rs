@@ -232,7 +232,7 @@ impl Pool {
             // Keep an ejected node too, although a dead one never has
             // connections: dropping it would forget the ejection, and the
             // next request would try the dead node long before its backoff
-            // ended (tests/faults.rs, lone_dead_node_gets_502_then_503_...).
+            // ended (tests/it/faults.rs, lone_dead_node_gets_502_then_503_...).
             // Bounded: every ejection ends within `eject_max`.
             !idle.is_empty() || Arc::strong_count(node) > 1 || node.health.is_ejected()
         });

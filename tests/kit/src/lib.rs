@@ -8,7 +8,9 @@
 //! - [`oracle`]: the policy decision as SPEC §1 reads, one rule at a time,
 //!   to check the compiled matcher against;
 //! - [`synth`]: seeded synthetic snapshots of fleet-like shape;
-//! - [`TempDir`]: a temporary directory with a file-writing helper.
+//! - [`TempDir`]: a temporary directory with a file-writing helper;
+//! - [`harness`]: the integration tests' world: a real backend, the proxy
+//!   (in process or as the binary), and clients that speak to it.
 //!
 //! It depends on the `portcullis` library for the snapshot model, so it is
 //! for code outside the crate only: a `#[cfg(test)]` module inside `src/`
@@ -18,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod harness;
 pub mod oracle;
 pub mod pki;
 pub mod proxy;

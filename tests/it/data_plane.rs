@@ -3,14 +3,13 @@
 //! sees (status, body) and what the backend does or does not receive.
 //! PROXY-protocol handling has its own file, `data_plane_proxy_protocol.rs`.
 
-mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, StatusCode};
-use support::*;
+use portcullis_test_kit::harness::*;
 
 /// Bound on a large transfer (debug builds on a small CI machine).
 const BIG_WAIT: Duration = Duration::from_secs(120);

@@ -14,7 +14,6 @@
 //! `target/e2e-venv` — `.ci/setup` installs all three. Override with
 //! `PORTCULLIS_E2E_HAPROXY`, `PORTCULLIS_E2E_CURL`, `PORTCULLIS_E2E_PYTHON`.
 
-mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::*;
+use portcullis_test_kit::harness::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 

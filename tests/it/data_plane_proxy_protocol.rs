@@ -4,13 +4,12 @@
 //! 403, or a closed connection) and as the backend sees it
 //! (`X-Forwarded-For`).
 
-mod support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use support::*;
+use portcullis_test_kit::harness::*;
 
 const UNTRUSTED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// A private VPC address: what a load balancer reports for private-link

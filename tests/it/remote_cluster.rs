@@ -4,7 +4,6 @@
 //! trust only that CA, so every completed handshake proves the proxy did
 //! not terminate TLS. The node reports the SNI it received and echoes.
 
-mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde_json::{Value, json};
-use support::*;
+use portcullis_test_kit::harness::*;
 use tokio::io::AsyncWriteExt as _;
 
 const RC_OPEN: &str = "rc0001";

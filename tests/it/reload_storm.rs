@@ -4,7 +4,6 @@
 //! whole snapshot or the other, no connection may break, and once the
 //! storm stops every connection's next request follows the last snapshot.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::*;
+use portcullis_test_kit::harness::*;
 
 const CONNECTIONS: usize = 16;
 const FLIPS: u64 = 300;

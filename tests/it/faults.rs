@@ -23,7 +23,6 @@
 //! Timeouts are configured small so the file runs in seconds; every wait
 //! is bounded.
 
-mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,7 +39,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use portcullis::shutdown::Trigger;
 use serde_json::{Value, json};
-use support::*;
+use portcullis_test_kit::harness::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;

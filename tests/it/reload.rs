@@ -5,7 +5,6 @@
 //! while clients keep their connections open. Every test asserts what an
 //! operator or a client sees. The reload storm is in `reload_storm.rs`.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use support::*;
+use portcullis_test_kit::harness::*;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;

@@ -4,14 +4,13 @@
 //! connections politely (HTTP/1.1 `Connection: close` on the last
 //! response, HTTP/2 GOAWAY), then exits 0.
 
-mod support;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use support::*;
+use portcullis_test_kit::harness::*;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 

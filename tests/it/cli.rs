@@ -3,12 +3,11 @@
 //! decision was made (whatever it is), 1 on an invalid snapshot, 2 on bad
 //! arguments.
 
-mod support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use support::TempDir;
+use portcullis_test_kit::harness::TempDir;
 
 use serde_json::{Value, json};
 

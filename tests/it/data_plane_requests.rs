@@ -3,7 +3,6 @@
 //! included), the headers the backend gets, a backend that switches
 //! protocols unasked, and `GET /_health` on the HTTPS listener.
 
-mod support;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
-use support::*;
+use portcullis_test_kit::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn request_id(reply: &Reply) -> String {

@@ -20,7 +20,6 @@
 //! against the Kubernetes schemas (kubernetes-validate) and
 //! `systemd-analyze verify`.
 
-mod support;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,7 +47,7 @@ use serde::de::{
     self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
 };
 use serde_json::Value;
-use support::*;
+use portcullis_test_kit::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};

@@ -58,9 +58,9 @@ use portcullis::reload::Store;
 use portcullis::server::Server;
 use portcullis::shutdown::Trigger;
 use portcullis_test_kit::TempDir;
-use portcullis_test_kit::pki::TestCa;
+use portcullis_test_kit::harness::{ProxyConfig, client_tls};
 use portcullis_test_kit::proxy::V2;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -305,39 +305,6 @@ fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-// ---------------------------------------------------------------- certificates
-
-struct Pki {
-    ca: CertificateDer<'static>,
-    cert_pem: String,
-    key_pem: String,
-}
-
-/// A throwaway CA and an ECDSA P-256 leaf for `*.es.test`.
-fn pki() -> Pki {
-    let ca = TestCa::named("portcullis allocs bench CA");
-    let leaf = ca.leaf(&[&format!("*.{ZONE}")]);
-    Pki {
-        ca: ca.der(),
-        cert_pem: leaf.cert_pem,
-        key_pem: leaf.key_pem,
-    }
-}
-
-fn client_tls(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.clone()).expect("bench CA");
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(tls)
-}
-
 // ---------------------------------------------------------------- backend
 
 /// ~600 bytes of JSON, like a small cluster-health answer.
@@ -420,40 +387,15 @@ struct Proxy {
 }
 
 impl Proxy {
-    /// As `tests/support/mod.rs` `TestProxy::start` does it.
-    fn start(pki: &Pki, backend: SocketAddr, log: LogSetup) -> Self {
+    /// As the harness's `TestProxy::start` does it.
+    fn start(backend: SocketAddr, log: LogSetup) -> Self {
         let dir = TempDir::new();
-        let cert = dir.write("cert.pem", &pki.cert_pem);
-        let key = dir.write("key.pem", &pki.key_pem);
         let snapshot = snapshot(backend);
         let snapshot_path = dir.write("snapshot.json", &snapshot);
-        let toml = format!(
-            r#"
-[server]
-listen = ["127.0.0.1:0"]
-zones = ["{ZONE}"]
-shutdown_grace = "1s"
-
-[proxy_protocol]
-mode = "required"
-trusted_sources = ["127.0.0.1/32"]
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
-[snapshot]
-path = {snapshot_path:?}
-
-{log}"#,
-            cert = cert.display().to_string(),
-            key = key.display().to_string(),
-            snapshot_path = snapshot_path.display().to_string(),
-            log = log.toml(),
-        );
-        let settings = portcullis::Config::from_toml(&toml)
-            .and_then(|c| c.settings())
-            .unwrap_or_else(|e| panic!("bench config is invalid: {e}\n{toml}"));
+        let settings = ProxyConfig::new(&dir)
+            .set("snapshot.path", snapshot_path.display().to_string())
+            .merge(log.toml())
+            .settings();
         let store = Arc::new(Store::new());
         let loaded = portcullis::reload::prepare(snapshot.as_bytes(), "bench", settings.policy)
             .unwrap_or_else(|e| panic!("bench snapshot is invalid: {e}"));
@@ -858,8 +800,7 @@ fn main() {
         .expect("spawn watchdog");
 
     let _log_guard = init_logging();
-    let pki = pki();
-    let client_tls = client_tls(&pki);
+    let client_tls = Arc::new(client_tls(b"http/1.1"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -871,7 +812,7 @@ fn main() {
 
     let mut rows = Vec::new();
     for log in LogSetup::ALL {
-        let proxy = Proxy::start(&pki, backend, log);
+        let proxy = Proxy::start(backend, log);
         runtime.block_on(async {
             for case in Case::ALL {
                 let (id, status, len) = match case {

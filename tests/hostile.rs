@@ -22,7 +22,6 @@
 //! that write what no well-behaved client would (raw TCP and TLS,
 //! HTTP/1.1 as bytes, HTTP/2 as frames) in `hostile/raw_*.rs`.
 
-
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -30,14 +29,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use portcullis::reload::Store;
-use portcullis::server::Server;
-use portcullis::shutdown::Trigger;
-use serde_json::Value;
 use portcullis_test_kit::harness::*;
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 
 #[path = "hostile/cases_http1.rs"]
@@ -94,85 +89,41 @@ const CONNECT_BODY: &str = r#"{"ok":false,"message":"The CONNECT method is not s
 struct World {
     addr: SocketAddr,
     es: Backend,
-    registry: prometheus::Registry,
-    trigger: Trigger,
-    task: JoinHandle<()>,
-    _dir: TempDir,
+    proxy: TestProxy,
 }
 
 impl World {
     async fn start() -> Self {
         let es = Backend::start("es").await;
         let snapshot = small_world(1, es.addr, unused_port(), &["203.0.113.0/24"]);
-        let dir = TempDir::new();
-        let cert = dir.write("cert.pem", &pki().cert_pem);
-        let key = dir.write("key.pem", &pki().key_pem);
-        let snapshot_path = dir.write("snapshot.json", snapshot.to_string());
-        let toml = format!(
-            r#"
-[server]
-listen = ["127.0.0.1:0"]
-zones = ["{ZONE}"]
-shutdown_grace = "1s"
-request_header_timeout = "2s"
-http2_max_concurrent_streams = {H2_MAX_STREAMS}
-http2_max_pending_accept_reset_streams = {H2_MAX_PENDING_RESETS}
-http2_max_local_error_reset_streams = {H2_MAX_LOCAL_RESETS}
-
-[proxy_protocol]
-mode = "required"
-trusted_sources = ["127.0.0.1/32"]
-read_timeout = "{read}ms"
-
-[tls]
-handshake_timeout = "{tls}ms"
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
-[upstream]
-connect_timeout = "2s"
-response_timeout = "5s"
-
-[snapshot]
-path = {snapshot:?}
-
-[log]
-access = false
-"#,
-            read = PROXY_READ_TIMEOUT.as_millis(),
-            tls = TLS_TIMEOUT.as_millis(),
-            cert = cert.display().to_string(),
-            key = key.display().to_string(),
-            snapshot = snapshot_path.display().to_string(),
-        );
-        let settings = portcullis::Config::from_toml(&toml)
-            .and_then(|c| c.settings())
-            .expect("test config is valid");
-        let store = Arc::new(Store::new());
-        let loaded =
-            portcullis::reload::prepare(snapshot.to_string().as_bytes(), "test", settings.policy)
-                .expect("test snapshot is valid");
-        store.apply(loaded).expect("snapshot applies");
-        let registry = portcullis::metrics::registry();
-        let server = Server::bind(&settings, store, &registry, None).expect("bind proxy");
-        let addr = server.local_addrs()[0];
-        let (trigger, shutdown) = portcullis::shutdown::channel();
-        let task = tokio::spawn(server.run(shutdown));
+        let options = ProxyOptions {
+            request_header_timeout: "2s",
+            extra_toml: format!(
+                "[proxy_protocol]\n\
+                 read_timeout = \"{}ms\"\n\
+                 [server]\n\
+                 http2_max_concurrent_streams = {H2_MAX_STREAMS}\n\
+                 http2_max_pending_accept_reset_streams = {H2_MAX_PENDING_RESETS}\n\
+                 http2_max_local_error_reset_streams = {H2_MAX_LOCAL_RESETS}\n\
+                 [tls]\n\
+                 handshake_timeout = \"{}ms\"\n\
+                 [log]\n\
+                 access = false\n",
+                PROXY_READ_TIMEOUT.as_millis(),
+                TLS_TIMEOUT.as_millis()
+            ),
+            ..ProxyOptions::default()
+        };
+        let proxy = TestProxy::start(&options, &snapshot).await;
         Self {
-            addr,
+            addr: proxy.addr,
             es,
-            registry,
-            trigger,
-            task,
-            _dir: dir,
+            proxy,
         }
     }
 
     fn metrics(&self) -> Metrics {
-        let text = portcullis::metrics::render(&self.registry);
-        Metrics::parse(&String::from_utf8_lossy(&text))
+        self.proxy.metrics()
     }
 
     /// What a case compares afterwards.
@@ -182,14 +133,6 @@ access = false
             backend_connections: self.es.connections(),
             metrics: self.metrics(),
         }
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.trigger.drain();
-        self.trigger.abort();
-        self.task.abort();
     }
 }
 

@@ -3,11 +3,10 @@
 //! decision was made (whatever it is), 1 on an invalid snapshot, 2 on bad
 //! arguments.
 
-
+use portcullis_test_kit::harness::TempDir;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use portcullis_test_kit::harness::TempDir;
 
 use serde_json::{Value, json};
 

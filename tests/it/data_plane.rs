@@ -3,7 +3,6 @@
 //! sees (status, body) and what the backend does or does not receive.
 //! PROXY-protocol handling has its own file, `data_plane_proxy_protocol.rs`.
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

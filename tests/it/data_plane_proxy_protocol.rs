@@ -4,7 +4,6 @@
 //! 403, or a closed connection) and as the backend sees it
 //! (`X-Forwarded-For`).
 
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 

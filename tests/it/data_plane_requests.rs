@@ -3,14 +3,13 @@
 //! included), the headers the backend gets, a backend that switches
 //! protocols unasked, and `GET /_health` on the HTTPS listener.
 
-
 use std::collections::HashSet;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use serde_json::Value;
 use portcullis_test_kit::harness::*;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn request_id(reply: &Reply) -> String {

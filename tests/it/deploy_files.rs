@@ -20,15 +20,13 @@
 //! against the Kubernetes schemas (kubernetes-validate) and
 //! `systemd-analyze verify`.
 
-
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
@@ -40,6 +38,7 @@ use portcullis::proxy_protocol::{ParseError, ReadError};
 use portcullis::reload::{Origin, Reloader, SnapshotMetrics, Source, StateDir, Store};
 use portcullis::server::Server;
 use portcullis::tls::HandshakeError;
+use portcullis_test_kit::harness::*;
 use prometheus::proto::MetricType;
 use regex::Regex;
 use serde::Deserialize as _;
@@ -47,10 +46,9 @@ use serde::de::{
     self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
 };
 use serde_json::Value;
-use portcullis_test_kit::harness::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 // ---------------------------------------------------------------- files
 
@@ -986,30 +984,12 @@ async fn real_registry() -> BTreeMap<String, Family> {
         .await
         .expect_err("invalid");
 
-    let pki = pki();
-    let config = Config::from_toml(&format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-zones = ["{ZONE}"]
-max_connections = 1
-[proxy_protocol]
-trusted_sources = ["127.0.0.1/32"]
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-[snapshot]
-path = "unused.json"
-[log]
-access_flush_interval = "5ms"
-[remote_cluster]
-listen = ["127.0.0.1:0"]
-"#,
-        cert = dir.write("cert.pem", &pki.cert_pem),
-        key = dir.write("key.pem", &pki.key_pem),
-    ))
-    .and_then(|c| c.settings())
-    .expect("test config");
+    let config = ProxyConfig::new(&dir)
+        .set("server.max_connections", 1)
+        .set("snapshot.path", "unused.json")
+        .set("log.access_flush_interval", "5ms")
+        .set("remote_cluster.listen", vec!["127.0.0.1:0"])
+        .settings();
     let sink = portcullis::access_log::MemorySink::default();
     let server = Server::bind(&config, store, &registry, Some(Box::new(sink))).expect("bind");
     let addr = server.local_addrs()[0];
@@ -1458,79 +1438,8 @@ async fn dashboard_alerts_and_docs_use_registered_metrics_labels_and_values() {
 
 // ---------------------------------------------------------------- the real binary
 
-/// `portcullis run` as a child process on loopback ports (the config's
-/// listeners overridden from the environment, as an operator would).
-struct Running {
-    child: Child,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl Running {
-    async fn start(config: &Path, cwd: &Path) -> Self {
-        let log = cwd.join("portcullis.log");
-        // Ports are picked by binding port 0 and closing; a rare collision
-        // is retried with new ones.
-        for _ in 0..5 {
-            let (data, admin) = (unused_port(), unused_port());
-            let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-                .args(["run", "--log-format", "json", "--config"])
-                .arg(config)
-                .current_dir(cwd)
-                .env("RUST_LOG", "warn")
-                .env("PORTCULLIS__SERVER__LISTEN", data.to_string())
-                .env("PORTCULLIS__ADMIN__LISTEN", admin.to_string())
-                .stdin(Stdio::null())
-                .stdout(std::fs::File::create(&log).expect("log file"))
-                .stderr(Stdio::from(
-                    std::fs::File::options()
-                        .append(true)
-                        .open(&log)
-                        .expect("log file"),
-                ))
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn portcullis");
-            let deadline = Instant::now() + WAIT;
-            while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-                if admin_get(admin, "/readyz").await == Some(StatusCode::OK) {
-                    return Self { child, admin, log };
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = child.kill().await;
-        }
-        panic!(
-            "portcullis run --config {} did not turn ready:\n{}",
-            config.display(),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    }
-
-    /// SIGTERM; the exit code.
-    async fn stop(mut self) -> Option<i32> {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}");
-        within_for(
-            Duration::from_secs(20),
-            "portcullis to exit",
-            self.child.wait(),
-        )
-        .await
-        .ok()?
-        .code()
-    }
-}
-
-async fn admin_get(admin: SocketAddr, path: &str) -> Option<StatusCode> {
-    admin_request(admin, Method::GET, path, &[], None)
-        .await
-        .ok()
-        .map(|r| r.status)
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_portcullis"))
 }
 
 /// A shipped config, its absolute paths moved under a temporary directory
@@ -1573,7 +1482,7 @@ fn install(shipped: &str, dir: &TempDir) -> (PathBuf, Config) {
 async fn starts_and_drains(shipped: &str, while_running: impl AsyncFnOnce(SocketAddr)) {
     let dir = TempDir::new();
     let (config_path, config) = install(shipped, &dir);
-    let p = Running::start(&config_path, &dir.0).await;
+    let p = RunningBinary::start(exe(), &config_path, &dir.0).await;
     if config.admin.token_file.is_some() {
         let put = admin_request(
             p.admin,
@@ -1684,26 +1593,18 @@ fn doc_transcripts_print_what_the_docs_show() {
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = TempDir::new();
-    let config = dir.write(
-        "portcullis.toml",
-        format!(
-            r#"
-[server]
-zones = ["example.com"]
-[proxy_protocol]
-trusted_sources = ["127.0.0.0/8"]
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-[snapshot]
-path = {snapshot:?}
-"#,
-            cert = dir.write("tls.crt", &pki().cert_pem),
-            key = dir.write("tls.key", &pki().key_pem),
-            snapshot = root().join("docs/examples/policies.snapshot.json"),
-        ),
-    );
-    let proxy = rt.block_on(Running::start(&config, &dir.0));
+    let config = ProxyConfig::new(&dir)
+        .set("server.zones", vec!["example.com"])
+        .set("proxy_protocol.trusted_sources", vec!["127.0.0.0/8"])
+        .set(
+            "snapshot.path",
+            root()
+                .join("docs/examples/policies.snapshot.json")
+                .display()
+                .to_string(),
+        )
+        .write(&dir);
+    let proxy = rt.block_on(RunningBinary::start(exe(), &config, &dir.0));
 
     let cases = trycmd::TestCases::new();
     cases

@@ -14,7 +14,6 @@
 //! `target/e2e-venv` — `.ci/setup` installs all three. Override with
 //! `PORTCULLIS_E2E_HAPROXY`, `PORTCULLIS_E2E_CURL`, `PORTCULLIS_E2E_PYTHON`.
 
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,8 +26,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
 use portcullis_test_kit::harness::*;
+use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 

@@ -23,7 +23,6 @@
 //! Timeouts are configured small so the file runs in seconds; every wait
 //! is bounded.
 
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,9 +36,8 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use portcullis::shutdown::Trigger;
-use serde_json::{Value, json};
 use portcullis_test_kit::harness::*;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
@@ -89,110 +87,60 @@ impl Options {
         }
     }
 
-    fn toml(&self, data: SocketAddr, admin: SocketAddr, files: &TempDir) -> String {
-        let pki = pki();
-        let path = |p: PathBuf| format!("{:?}", p.display().to_string());
-        let source = match &self.source {
-            Src::File(bytes) => format!("path = {}", path(files.write("snapshot.json", bytes))),
-            Src::Url(url) => format!("url = {url:?}"),
-        };
-        let state_dir = self
-            .state_dir
-            .clone()
-            .map(|d| format!("state_dir = {}", path(d)))
-            .unwrap_or_default();
-        let checks = self
-            .health_check_interval
-            .map(|i| format!("health_check_interval = \"{i}\"\nhealth_check_timeout = \"500ms\""))
-            .unwrap_or_default();
-        format!(
-            r#"
-[server]
-listen = ["{data}"]
-zones = ["{ZONE}"]
-max_connections = {max_connections}
-shutdown_grace = "1s"
-
-[proxy_protocol]
-mode = "required"
-trusted_sources = ["127.0.0.1/32"]
-read_timeout = "{pp_read_timeout}"
-
-[[tls.certificates]]
-cert = {cert}
-key = {key}
-
-[upstream]
-connect_timeout = "1s"
-response_timeout = "{response_timeout}"
-idle_timeout = "{upstream_idle_timeout}"
-eject_after_failures = {eject_after_failures}
-eject_base = "{eject_base}"
-eject_max = "{eject_max}"
-{checks}
-
-[snapshot]
-{source}
-poll_interval = "{poll_interval}"
-fetch_timeout = "{fetch_timeout}"
-{state_dir}
-
-[admin]
-listen = "{admin}"
-"#,
-            max_connections = self.max_connections,
-            pp_read_timeout = self.pp_read_timeout,
-            cert = path(files.write("cert.pem", &pki.cert_pem)),
-            key = path(files.write("key.pem", &pki.key_pem)),
-            response_timeout = self.response_timeout,
-            upstream_idle_timeout = self.upstream_idle_timeout,
-            eject_after_failures = self.eject_after_failures,
-            eject_base = self.eject_base,
-            eject_max = self.eject_max,
-            poll_interval = self.poll_interval,
-            fetch_timeout = self.fetch_timeout,
-        )
+    /// These options on the test baseline.
+    fn config(&self, files: &TempDir) -> ProxyConfig {
+        let mut config = ProxyConfig::new(files)
+            .set(
+                "server.max_connections",
+                i64::try_from(self.max_connections).unwrap_or(i64::MAX),
+            )
+            .set("proxy_protocol.read_timeout", self.pp_read_timeout)
+            .set("upstream.connect_timeout", "1s")
+            .set("upstream.response_timeout", self.response_timeout)
+            .set("upstream.idle_timeout", self.upstream_idle_timeout)
+            .set(
+                "upstream.eject_after_failures",
+                i64::from(self.eject_after_failures),
+            )
+            .set("upstream.eject_base", self.eject_base)
+            .set("upstream.eject_max", self.eject_max)
+            .set("snapshot.poll_interval", self.poll_interval)
+            .set("snapshot.fetch_timeout", self.fetch_timeout);
+        if let Some(interval) = self.health_check_interval {
+            config = config
+                .set("upstream.health_check_interval", interval)
+                .set("upstream.health_check_timeout", "500ms");
+        }
+        if let Some(dir) = &self.state_dir {
+            config = config.set("snapshot.state_dir", dir.display().to_string());
+        }
+        match &self.source {
+            Src::File(bytes) => config.set(
+                "snapshot.path",
+                files.write("snapshot.json", bytes).display().to_string(),
+            ),
+            Src::Url(url) => config.set("snapshot.url", url.clone()),
+        }
     }
 }
 
-/// `portcullis::serve` on loopback ports; shut down on drop.
-struct Instance {
-    data: SocketAddr,
-    admin: SocketAddr,
-    trigger: Trigger,
-    task: JoinHandle<Result<(), portcullis::Error>>,
-    _files: TempDir,
+/// `portcullis::serve` with [`Options`]; shut down on drop.
+struct Instance(Served);
+
+impl std::ops::Deref for Instance {
+    type Target = Served;
+
+    fn deref(&self) -> &Served {
+        &self.0
+    }
 }
 
 impl Instance {
-    /// Starts `serve` and waits for `/healthz` (not `/readyz`). Ports come
-    /// from binding port 0 and closing; a collision is retried.
+    /// Starts `serve` and waits for `/healthz` (not `/readyz`).
     async fn start(o: &Options) -> Self {
         let files = TempDir::new();
-        let listeners = loopback_listeners();
-        let data = listeners.data[0].local_addr().expect("data address");
-        let admin = listeners.admin.local_addr().expect("admin address");
-        let settings = portcullis::Config::from_toml(&o.toml(data, admin, &files))
-            .and_then(|c| c.settings())
-            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
-        let (trigger, shutdown) = portcullis::shutdown::channel();
-        let task = tokio::spawn(portcullis::serve(settings, listeners, shutdown));
-        let deadline = Instant::now() + WAIT;
-        while !task.is_finished() && Instant::now() < deadline {
-            if let Ok(r) = admin_request(admin, Method::GET, "/healthz", &[], None).await
-                && r.status == StatusCode::OK
-            {
-                return Self {
-                    data,
-                    admin,
-                    trigger,
-                    task,
-                    _files: files,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("serve did not answer /healthz within {WAIT:?}");
+        let config = o.config(&files);
+        Self(Served::start_with(&config, files).await)
     }
 
     async fn ready(o: &Options) -> Self {
@@ -202,31 +150,7 @@ impl Instance {
     }
 
     async fn wait_ready(&self, limit: Duration) {
-        let admin = self.admin;
-        eventually(limit, "GET /readyz answers 200", || async move {
-            admin_request(admin, Method::GET, "/readyz", &[], None)
-                .await
-                .is_ok_and(|r| r.status == StatusCode::OK)
-        })
-        .await;
-    }
-
-    async fn admin_get(&self, path: &str) -> Reply {
-        admin_request(self.admin, Method::GET, path, &[], None)
-            .await
-            .unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
-    }
-
-    async fn metrics(&self) -> Metrics {
-        let r = self.admin_get("/metrics").await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        Metrics::parse(&r.text())
-    }
-
-    async fn snapshot_meta(&self) -> Value {
-        let r = self.admin_get("/snapshot").await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        r.json()["snapshot"].clone()
+        self.0.wait_ready_within(limit).await;
     }
 
     /// A client (allowed by every policy: there are none in these
@@ -239,14 +163,6 @@ impl Instance {
     /// A keep-alive HTTP/1.1 connection.
     async fn conn(&self) -> Conn {
         self.client().connect().await
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.trigger.drain();
-        self.trigger.abort();
-        self.task.abort();
     }
 }
 

@@ -4,15 +4,14 @@
 //! whole snapshot or the other, no connection may break, and once the
 //! storm stops every connection's next request follows the last snapshot.
 
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use serde_json::{Value, json};
 use portcullis_test_kit::harness::*;
+use serde_json::{Value, json};
 
 const CONNECTIONS: usize = 16;
 const FLIPS: u64 = 300;

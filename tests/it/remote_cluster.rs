@@ -4,15 +4,14 @@
 //! trust only that CA, so every completed handshake proves the proxy did
 //! not terminate TLS. The node reports the SNI it received and echoes.
 
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use serde_json::{Value, json};
 use portcullis_test_kit::harness::*;
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 
 const RC_OPEN: &str = "rc0001";

@@ -4,15 +4,12 @@
 //! connections politely (HTTP/1.1 `Connection: close` on the last
 //! response, HTTP/2 GOAWAY), then exits 0.
 
-
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use portcullis_test_kit::harness::*;
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 
 const GRACE: Duration = Duration::from_secs(5);
 /// How long the in-flight requests take at the backend: well inside the
@@ -21,98 +18,38 @@ const IN_FLIGHT_MS: u64 = 1_500;
 
 /// `portcullis run` as a child process, with its own files. Killed on drop.
 struct Process {
-    child: Child,
-    data: SocketAddr,
-    admin: SocketAddr,
+    running: RunningBinary,
     _files: TempDir,
+}
+
+impl std::ops::Deref for Process {
+    type Target = RunningBinary;
+
+    fn deref(&self) -> &RunningBinary {
+        &self.running
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut RunningBinary {
+        &mut self.running
+    }
 }
 
 impl Process {
     async fn start(backend: SocketAddr) -> Self {
         let files = TempDir::new();
-        let pki = pki();
-        let cert = files.write("cert.pem", &pki.cert_pem);
-        let key = files.write("key.pem", &pki.key_pem);
-        let token = files.write("admin.token", ADMIN_TOKEN);
-        let dead = unused_port();
-        let snapshot = files.write(
-            "snapshot.json",
-            serde_json::to_vec(&small_world(1, backend, dead, &["203.0.113.0/24"])).expect("json"),
-        );
-        // Ports are picked by binding port 0 and closing; a rare collision
-        // is retried with new ones.
-        for _ in 0..5 {
-            let (data, admin) = (unused_port(), unused_port());
-            let config = files.write(
-                "portcullis.toml",
-                format!(
-                    r#"
-[server]
-listen = ["{data}"]
-zones = ["{ZONE}"]
-shutdown_grace = "{grace}s"
-
-[proxy_protocol]
-mode = "required"
-trusted_sources = ["127.0.0.1/32"]
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
-[snapshot]
-path = {snapshot:?}
-
-[admin]
-listen = "{admin}"
-token_file = {token:?}
-"#,
-                    grace = GRACE.as_secs(),
-                ),
-            );
-            let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-                .arg("run")
-                .arg("--config")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn portcullis");
-            let deadline = Instant::now() + WAIT;
-            while Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                if readyz(admin).await == Some(StatusCode::OK) {
-                    return Self {
-                        child,
-                        data,
-                        admin,
-                        _files: files,
-                    };
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = child.kill().await;
+        let world = small_world(1, backend, unused_port(), &["203.0.113.0/24"]);
+        let config = ProxyConfig::new(&files)
+            .snapshot(&files, &world)
+            .admin_token(&files)
+            .set("server.shutdown_grace", format!("{}s", GRACE.as_secs()))
+            .write(&files);
+        let exe = std::path::Path::new(env!("CARGO_BIN_EXE_portcullis"));
+        Self {
+            running: RunningBinary::start(exe, &config, &files.0).await,
+            _files: files,
         }
-        panic!("portcullis run did not become ready");
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running child").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} {pid}");
-    }
-
-    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
-        within_for(limit, "portcullis to exit", self.child.wait())
-            .await
-            .expect("wait for portcullis")
-            .code()
     }
 
     fn client(&self) -> ClientBuilder {

@@ -4,13 +4,12 @@
 //! idle keep-alive connection is closed after `server.idle_timeout`; and a
 //! connection that keeps sending requests is never closed as idle.
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use rustls::pki_types::ServerName;
 use portcullis_test_kit::harness::*;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -7,9 +7,11 @@
 //! Every network wait is bounded by [`WAIT`].
 
 mod backend;
+mod binary;
 mod body;
 mod certs;
 mod client;
+mod config;
 mod raw;
 mod remote_cluster;
 mod serve;
@@ -17,9 +19,11 @@ mod test_proxy;
 mod world;
 
 pub use backend::*;
+pub use binary::*;
 pub use body::*;
 pub use certs::*;
 pub use client::*;
+pub use config::*;
 pub use raw::*;
 pub use remote_cluster::*;
 pub use serve::*;

@@ -77,6 +77,32 @@ impl ServeOptions {
         self.admin_body_timeout = Some(d);
         self
     }
+
+    /// The configuration these options describe, on the test baseline
+    /// with an admin token.
+    pub fn config(&self, files: &TempDir) -> ProxyConfig {
+        let mut config = ProxyConfig::new(files)
+            .admin_token(files)
+            .set("proxy_protocol.read_timeout", "3s")
+            .set("upstream.response_timeout", "5s")
+            .set("snapshot.poll_interval", self.poll_interval);
+        config = match &self.source {
+            SnapshotSource::Path(p) => config.set("snapshot.path", p.display().to_string()),
+            SnapshotSource::Url(u) => config
+                .set("snapshot.url", u.clone())
+                .set("snapshot.fetch_timeout", "2s"),
+        };
+        if let Some(dir) = &self.state_dir {
+            config = config.set("snapshot.state_dir", dir.display().to_string());
+        }
+        if let Some(n) = self.max_bytes {
+            config = config.set("snapshot.max_bytes", i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        if let Some(d) = self.admin_body_timeout {
+            config = config.set("admin.body_timeout", d);
+        }
+        config
+    }
 }
 
 /// `portcullis::serve` running in this process on loopback ports: the data
@@ -91,22 +117,21 @@ pub struct Served {
 
 impl Served {
     /// Starts `serve` and waits until `/healthz` answers (not `/readyz`:
-    /// a test may want to see it not ready). Ports are picked by binding
-    /// port 0 and closing; a rare collision is retried with new ones.
+    /// a test may want to see it not ready).
     pub async fn start(options: &ServeOptions) -> Self {
         let files = TempDir::new();
-        let pki = pki();
-        let cert = files.write("cert.pem", &pki.cert_pem);
-        let key = files.write("key.pem", &pki.key_pem);
-        let token = files.write("admin.token", format!("{ADMIN_TOKEN}\n"));
+        let config = options.config(&files);
+        Self::start_with(&config, files).await
+    }
+
+    /// Starts `serve` with `config` (its files in `files`, kept until drop)
+    /// and waits until `/healthz` answers.
+    pub async fn start_with(config: &ProxyConfig, files: TempDir) -> Self {
         // Ports bound here, before `serve` starts: no collision to retry.
         let listeners = loopback_listeners();
         let data = listeners.data[0].local_addr().expect("data address");
         let admin = listeners.admin.local_addr().expect("admin address");
-        let toml = serve_toml(options, data, admin, &cert, &key, &token);
-        let settings = portcullis::Config::from_toml(&toml)
-            .and_then(|c| c.settings())
-            .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{toml}"));
+        let settings = config.settings();
         let (trigger, shutdown) = portcullis::shutdown::channel();
         let mut task = tokio::spawn(portcullis::serve(settings, listeners, shutdown));
         let deadline = Instant::now() + WAIT;
@@ -147,8 +172,13 @@ impl Served {
 
     /// Polls `GET /readyz` until 200.
     pub async fn wait_ready(&self) {
+        self.wait_ready_within(WAIT).await;
+    }
+
+    /// Polls `GET /readyz` until 200, for at most `limit`.
+    pub async fn wait_ready_within(&self, limit: Duration) {
         let admin = self.admin;
-        eventually(WAIT, "GET /readyz answers 200", || async move {
+        eventually(limit, "GET /readyz answers 200", || async move {
             admin_request(admin, Method::GET, "/readyz", &[], None)
                 .await
                 .is_ok_and(|r| r.status == StatusCode::OK)
@@ -225,69 +255,6 @@ impl Drop for Served {
             task.abort();
         }
     }
-}
-
-fn serve_toml(
-    o: &ServeOptions,
-    data: SocketAddr,
-    admin: SocketAddr,
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    token: &std::path::Path,
-) -> String {
-    let source = match &o.source {
-        SnapshotSource::Path(p) => format!("path = {:?}", p.display().to_string()),
-        SnapshotSource::Url(u) => format!("url = {u:?}\nfetch_timeout = \"2s\""),
-    };
-    let state_dir = o
-        .state_dir
-        .as_ref()
-        .map(|d| format!("state_dir = {:?}", d.display().to_string()))
-        .unwrap_or_default();
-    let max_bytes = o
-        .max_bytes
-        .map(|n| format!("max_bytes = {n}"))
-        .unwrap_or_default();
-    let body_timeout = o
-        .admin_body_timeout
-        .map(|d| format!("body_timeout = {d:?}"))
-        .unwrap_or_default();
-    format!(
-        r#"
-[server]
-listen = ["{data}"]
-zones = ["{ZONE}"]
-shutdown_grace = "1s"
-
-[proxy_protocol]
-mode = "required"
-trusted_sources = ["127.0.0.1/32"]
-read_timeout = "3s"
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
-[upstream]
-connect_timeout = "2s"
-response_timeout = "5s"
-
-[snapshot]
-{source}
-poll_interval = "{poll}"
-{state_dir}
-{max_bytes}
-
-[admin]
-listen = "{admin}"
-token_file = {token:?}
-{body_timeout}
-"#,
-        cert = cert.display().to_string(),
-        key = key.display().to_string(),
-        token = token.display().to_string(),
-        poll = o.poll_interval,
-    )
 }
 
 /// A plain HTTP/1.1 connection to the admin API, reusable (keep-alive).

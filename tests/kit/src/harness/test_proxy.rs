@@ -60,59 +60,21 @@ pub struct TestProxy {
 impl TestProxy {
     pub async fn start(options: &ProxyOptions, snapshot: &Value) -> Self {
         let dir = TempDir::new();
-        let pki = pki();
-        let cert = dir.write("cert.pem", &pki.cert_pem);
-        let key = dir.write("key.pem", &pki.key_pem);
-        let snapshot_path = dir.write("snapshot.json", snapshot.to_string());
-        let zones = options
-            .zones
-            .iter()
-            .map(|z| format!("{z:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let toml = format!(
-            r#"
-[server]
-listen = ["127.0.0.1:0"]
-zones = [{zones}]
-shutdown_grace = "1s"
-request_header_timeout = "{request_header_timeout}"
-idle_timeout = "{idle_timeout}"
-
-[proxy_protocol]
-mode = "{mode}"
-trusted_sources = ["127.0.0.1/32"]
-read_timeout = "{read_timeout}"
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
-[upstream]
-connect_timeout = "2s"
-response_timeout = "{response_timeout}"
-
-[snapshot]
-path = {snapshot:?}
-
-[log]
-access_flush_interval = "5ms"
-
-{extra}
-"#,
-            extra = options.extra_toml,
-            mode = options.mode,
-            read_timeout = options.read_timeout,
-            response_timeout = options.response_timeout,
-            request_header_timeout = options.request_header_timeout,
-            idle_timeout = options.idle_timeout,
-            cert = cert.display().to_string(),
-            key = key.display().to_string(),
-            snapshot = snapshot_path.display().to_string(),
-        );
-        let mut config = portcullis::Config::from_toml(&toml).expect("test config is valid");
-        config.log.format = portcullis::access_log::Format::Json;
-        let settings = config.settings().expect("test config is valid");
+        let settings = ProxyConfig::new(&dir)
+            .snapshot(&dir, snapshot)
+            .set("server.zones", options.zones.clone())
+            .set(
+                "server.request_header_timeout",
+                options.request_header_timeout,
+            )
+            .set("server.idle_timeout", options.idle_timeout)
+            .set("proxy_protocol.mode", options.mode)
+            .set("proxy_protocol.read_timeout", options.read_timeout)
+            .set("upstream.response_timeout", options.response_timeout)
+            .set("log.access_flush_interval", "5ms")
+            .set("log.format", "json")
+            .merge(&options.extra_toml)
+            .settings();
         let store = Arc::new(Store::new());
         apply_snapshot(&store, &settings, snapshot);
         let access_log = MemorySink::default();

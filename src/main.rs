@@ -219,8 +219,8 @@ where
         match serve(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!("{}", error_chain(&e));
-                eprintln!("error: {}", error_chain(&e));
+                tracing::error!("{}", portcullis::reload::error_chain(&e));
+                eprintln!("error: {}", portcullis::reload::error_chain(&e));
                 ExitCode::from(1)
             }
         }
@@ -236,18 +236,6 @@ async fn wait_for_signal() -> std::io::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
-}
-
-/// "outer: cause: root cause"
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Reads and validates a snapshot file; on failure prints why and returns

@@ -125,14 +125,7 @@ impl Pool {
         mut req: Request<UpstreamBody>,
     ) -> Result<Dispatched, ForwardError> {
         let mut last = ForwardError::NoHealthyBackend;
-        for i in 0..nodes.len() {
-            let Some(&addr) = nodes.get((start + i) % nodes.len()) else {
-                break;
-            };
-            let node = self.node(addr);
-            if node.health.is_ejected() {
-                continue;
-            }
+        for (addr, node) in self.walk(nodes, start) {
             // Pooled connections first.
             while let Some(mut tx) = node.take(self.settings.idle_timeout) {
                 match try_send(&mut tx, req) {
@@ -141,14 +134,7 @@ impl Pool {
                 }
             }
             let connected = self.connect(addr).await;
-            match &connected {
-                Ok(_) => node.health.succeeded(),
-                Err(e) => {
-                    if let Some(period) = node.health.failed(&self.settings.ejection) {
-                        tracing::warn!(backend = %addr, error = %e, ?period, "backend node ejected");
-                    }
-                }
-            }
+            self.record(&node, addr, connected.as_ref().err());
             match connected {
                 Ok(mut tx) => match try_send(&mut tx, req) {
                     TrySend::Sent(response) => return Ok(Dispatched { node, tx, response }),
@@ -163,15 +149,41 @@ impl Pool {
         Err(last)
     }
 
+    /// `nodes` from `start` round, ejected ones skipped (checked as the
+    /// walk reaches each, so an ejection on the way counts).
+    fn walk<'a>(
+        &'a self,
+        nodes: &'a [SocketAddr],
+        start: usize,
+    ) -> impl Iterator<Item = (SocketAddr, Arc<Node>)> + 'a {
+        (0..nodes.len())
+            .filter_map(move |i| nodes.get((start + i) % nodes.len()).copied())
+            .map(|addr| (addr, self.node(addr)))
+            .filter(|(_, node)| !node.health.is_ejected())
+    }
+
+    /// A connect attempt's outcome, counted towards the node's ejection.
+    fn record(&self, node: &Node, addr: SocketAddr, failure: Option<&ForwardError>) {
+        match failure {
+            None => node.health.succeeded(),
+            Some(e) => {
+                if let Some(period) = node.health.failed(&self.settings.ejection) {
+                    tracing::warn!(backend = %addr, error = %e, ?period, "backend node ejected");
+                }
+            }
+        }
+    }
+
+    async fn tcp(&self, addr: SocketAddr) -> Result<TcpStream, ForwardError> {
+        match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => Ok(tcp),
+            Ok(Err(e)) => Err(ForwardError::Connect(addr, e)),
+            Err(_) => Err(ForwardError::ConnectTimeout(addr)),
+        }
+    }
+
     async fn connect(&self, addr: SocketAddr) -> Result<Sender, ForwardError> {
-        let tcp =
-            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
-                .await
-            {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => return Err(ForwardError::Connect(addr, e)),
-                Err(_) => return Err(ForwardError::ConnectTimeout(addr)),
-            };
+        let tcp = self.tcp(addr).await?;
         // Requests and responses are written whole; Nagle only adds latency.
         let _ = tcp.set_nodelay(true);
         let (tx, conn) = http1::Builder::new()
@@ -196,25 +208,12 @@ impl Pool {
         start: usize,
     ) -> Result<(SocketAddr, TcpStream), ForwardError> {
         let mut last = ForwardError::NoHealthyBackend;
-        for i in 0..nodes.len() {
-            let Some(&addr) = nodes.get((start + i) % nodes.len()) else {
-                break;
-            };
-            let node = self.node(addr);
-            if node.health.is_ejected() {
-                continue;
-            }
-            let connect = TcpStream::connect(addr);
-            match tokio::time::timeout(self.settings.connect_timeout, connect).await {
-                Ok(Ok(tcp)) => {
-                    node.health.succeeded();
-                    return Ok((addr, tcp));
-                }
-                Ok(Err(e)) => last = ForwardError::Connect(addr, e),
-                Err(_) => last = ForwardError::ConnectTimeout(addr),
-            }
-            if let Some(period) = node.health.failed(&self.settings.ejection) {
-                tracing::warn!(backend = %addr, error = %last, ?period, "backend node ejected");
+        for (addr, node) in self.walk(nodes, start) {
+            let connected = self.tcp(addr).await;
+            self.record(&node, addr, connected.as_ref().err());
+            match connected {
+                Ok(tcp) => return Ok((addr, tcp)),
+                Err(e) => last = e,
             }
         }
         Err(last)

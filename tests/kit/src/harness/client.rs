@@ -249,19 +249,22 @@ enum Sender {
 
 /// A TLS client trusting the test CA, offering one ALPN protocol.
 pub fn client_tls(alpn: &[u8]) -> rustls::ClientConfig {
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut tls = tls_trusting(&pki().ca);
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls
+}
+
+/// A TLS client (aws-lc-rs, as the proxy) whose only root is `ca`.
+pub fn tls_trusting(ca: &rustls::pki_types::CertificateDer<'static>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("test CA");
+    rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("TLS versions")
-    .with_root_certificates({
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki().ca.clone()).expect("test CA");
-        roots
-    })
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    tls
+    .with_root_certificates(roots)
+    .with_no_client_auth()
 }
 
 /// One client connection; requests on it reuse it (keep-alive / streams).

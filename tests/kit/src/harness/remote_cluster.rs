@@ -113,17 +113,7 @@ impl Drop for TlsNode {
 
 /// A TLS client trusting only the node CA.
 pub fn node_client_tls(send_sni: bool) -> Arc<rustls::ClientConfig> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_root_certificates({
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(node_pki().ca.clone()).expect("node CA");
-        roots
-    })
-    .with_no_client_auth();
+    let mut tls = tls_trusting(&node_pki().ca);
     tls.enable_sni = send_sni;
     Arc::new(tls)
 }

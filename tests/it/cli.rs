@@ -3,7 +3,7 @@
 //! decision was made (whatever it is), 1 on an invalid snapshot, 2 on bad
 //! arguments.
 
-use portcullis_test_kit::harness::TempDir;
+use portcullis_test_kit::harness::{EXPLAIN_KEYS, TempDir};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -128,18 +128,7 @@ impl Explain {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(
-            keys,
-            BTreeSet::from([
-                "decision",
-                "reason",
-                "deployment",
-                "product",
-                "policy",
-                "rule"
-            ]),
-            "{out}"
-        );
+        assert_eq!(keys, BTreeSet::from(EXPLAIN_KEYS), "{out}");
         values[0].clone()
     }
 }

@@ -729,18 +729,7 @@ async fn post_explain_answers_like_the_explain_command() {
         let cli = explain_cli(&path, &h, &source).await;
         assert_eq!(api, cli, "POST /explain and `explain --format json` differ");
         let keys: Vec<&String> = api.as_object().unwrap().keys().collect();
-        assert_eq!(
-            keys,
-            [
-                "decision",
-                "reason",
-                "deployment",
-                "product",
-                "policy",
-                "rule"
-            ],
-            "{api}"
-        );
+        assert_eq!(keys, EXPLAIN_KEYS, "{api}");
         assert_eq!(
             (api["decision"].as_str(), api["reason"].as_str()),
             (Some(decision), Some(reason)),

@@ -152,3 +152,14 @@ fn world(
         ],
     })
 }
+
+/// The fields of an explanation in JSON (`explain --format json`,
+/// `POST /explain`), in order.
+pub const EXPLAIN_KEYS: [&str; 6] = [
+    "decision",
+    "reason",
+    "deployment",
+    "product",
+    "policy",
+    "rule",
+];

@@ -932,7 +932,7 @@ struct Family {
 }
 
 /// The real registry, as every module registers into it: the reloader's
-/// `SnapshotMetrics`, and `Server::bind_with_access_log` with a `[remote_cluster]` listener (server, upstream, remote-cluster
+/// `SnapshotMetrics`, and `Server::bind` with a `[remote_cluster]` listener (server, upstream, remote-cluster
 /// and access-log metrics). Labelled families show in `gather()` only once
 /// observed, so each is driven here: a snapshot read at boot from a missing
 /// file and restored from the state directory, then applied, stale and

@@ -219,8 +219,9 @@ where
         match serve(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!("{}", portcullis::reload::error_chain(&e));
-                eprintln!("error: {}", portcullis::reload::error_chain(&e));
+                let chain = portcullis::reload::error_chain(&e);
+                tracing::error!("{chain}");
+                eprintln!("error: {chain}");
                 ExitCode::from(1)
             }
         }

@@ -20,10 +20,9 @@ use crate::forward::{ActiveChecks, Ejection, PoolSettings};
 use crate::passthrough;
 use crate::policy::PolicyOptions;
 use crate::proxy_protocol;
-use crate::settings::Timeouts;
 use crate::settings::{
     AdminSettings, HttpSettings, ListenAddrs, LogSettings, ServerSettings, Settings,
-    SnapshotSettings, SnapshotSource, UpstreamSettings,
+    SnapshotSettings, SnapshotSource, Timeouts, UpstreamSettings,
 };
 use crate::tls;
 

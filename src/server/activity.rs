@@ -26,9 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-const UNSET: u64 = u64::MAX;
+use crate::settings::Timeouts;
 
-pub use crate::settings::Timeouts;
+const UNSET: u64 = u64::MAX;
 
 /// What expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

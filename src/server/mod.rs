@@ -33,7 +33,6 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-pub use activity::Timeouts;
 pub use metrics::{ConnectionEnd, ServerMetrics};
 
 use crate::access_log::{self, AccessLog, WriterThread};

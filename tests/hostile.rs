@@ -96,25 +96,32 @@ impl World {
     async fn start() -> Self {
         let es = Backend::start("es").await;
         let snapshot = small_world(1, es.addr, unused_port(), &["203.0.113.0/24"]);
-        let options = ProxyOptions {
-            request_header_timeout: "2s",
-            extra_toml: format!(
-                "[proxy_protocol]\n\
-                 read_timeout = \"{}ms\"\n\
-                 [server]\n\
-                 http2_max_concurrent_streams = {H2_MAX_STREAMS}\n\
-                 http2_max_pending_accept_reset_streams = {H2_MAX_PENDING_RESETS}\n\
-                 http2_max_local_error_reset_streams = {H2_MAX_LOCAL_RESETS}\n\
-                 [tls]\n\
-                 handshake_timeout = \"{}ms\"\n\
-                 [log]\n\
-                 access = false\n",
-                PROXY_READ_TIMEOUT.as_millis(),
-                TLS_TIMEOUT.as_millis()
-            ),
-            ..ProxyOptions::default()
-        };
-        let proxy = TestProxy::start(&options, &snapshot).await;
+        let dir = TempDir::new();
+        let config = ProxyConfig::new(&dir)
+            .set("server.request_header_timeout", "2s")
+            .set(
+                "server.http2_max_concurrent_streams",
+                i64::from(H2_MAX_STREAMS),
+            )
+            .set(
+                "server.http2_max_pending_accept_reset_streams",
+                H2_MAX_PENDING_RESETS as i64,
+            )
+            .set(
+                "server.http2_max_local_error_reset_streams",
+                H2_MAX_LOCAL_RESETS as i64,
+            )
+            .set(
+                "proxy_protocol.read_timeout",
+                format!("{}ms", PROXY_READ_TIMEOUT.as_millis()),
+            )
+            .set(
+                "tls.handshake_timeout",
+                format!("{}ms", TLS_TIMEOUT.as_millis()),
+            )
+            .set("upstream.response_timeout", "5s")
+            .set("log.access", false);
+        let proxy = TestProxy::start_with(config, dir, &snapshot).await;
         Self {
             addr: proxy.addr,
             es,

@@ -60,8 +60,7 @@ pub struct TestProxy {
 impl TestProxy {
     pub async fn start(options: &ProxyOptions, snapshot: &Value) -> Self {
         let dir = TempDir::new();
-        let settings = ProxyConfig::new(&dir)
-            .snapshot(&dir, snapshot)
+        let config = ProxyConfig::new(&dir)
             .set("server.zones", options.zones.clone())
             .set(
                 "server.request_header_timeout",
@@ -71,9 +70,18 @@ impl TestProxy {
             .set("proxy_protocol.mode", options.mode)
             .set("proxy_protocol.read_timeout", options.read_timeout)
             .set("upstream.response_timeout", options.response_timeout)
+            .merge(&options.extra_toml);
+        Self::start_with(config, dir, snapshot).await
+    }
+
+    /// The data plane with `config` (its files in `dir`, kept until drop),
+    /// `snapshot` in force, and its access log (JSON, flushed every 5 ms)
+    /// in [`TestProxy::access_log`].
+    pub async fn start_with(config: ProxyConfig, dir: TempDir, snapshot: &Value) -> Self {
+        let settings = config
+            .snapshot(&dir, snapshot)
             .set("log.access_flush_interval", "5ms")
             .set("log.format", "json")
-            .merge(&options.extra_toml)
             .settings();
         let store = Arc::new(Store::new());
         apply_snapshot(&store, &settings, snapshot);

@@ -209,6 +209,18 @@ async fn error_status_is_reported() {
     assert_eq!(err.kind(), "status");
 }
 
+/// A fetcher of `http://{addr}/` that gives up after `timeout`.
+fn fetcher_with_timeout(addr: std::net::SocketAddr, timeout: Duration) -> Fetcher {
+    Fetcher::new(
+        &format!("http://{addr}/"),
+        FetchSettings {
+            timeout,
+            ..settings(1024)
+        },
+    )
+    .unwrap()
+}
+
 #[tokio::test]
 async fn silent_server_times_out() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -218,14 +230,7 @@ async fn silent_server_times_out() {
         std::future::pending::<()>().await;
     });
     let timeout = Duration::from_millis(300);
-    let mut fetcher = Fetcher::new(
-        &format!("http://{addr}/"),
-        FetchSettings {
-            timeout,
-            ..settings(1024)
-        },
-    )
-    .unwrap();
+    let mut fetcher = fetcher_with_timeout(addr, timeout);
     let start = Instant::now();
     let err = fetcher.fetch().await.unwrap_err();
     let elapsed = start.elapsed();
@@ -259,14 +264,7 @@ async fn timeout_closes_the_connection() {
             since.elapsed()
         });
         let timeout = Duration::from_millis(300);
-        let mut fetcher = Fetcher::new(
-            &format!("http://{addr}/"),
-            FetchSettings {
-                timeout,
-                ..settings(1024)
-            },
-        )
-        .unwrap();
+        let mut fetcher = fetcher_with_timeout(addr, timeout);
         let err = fetcher.fetch().await.unwrap_err();
         assert!(matches!(err, FetchError::Timeout(_)), "{err}");
         let held = tokio::time::timeout(Duration::from_secs(2), held)

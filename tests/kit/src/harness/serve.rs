@@ -368,10 +368,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// (`office-ips`, always `policies[0]`, with `office_rules`) and
 /// `dead0001` (its backend refuses connections).
 pub fn small_world(version: u64, es: SocketAddr, dead: SocketAddr, office_rules: &[&str]) -> Value {
-    let rules: Vec<Value> = office_rules
-        .iter()
-        .map(|s| json!({ "source": s }))
-        .collect();
     json!({
         "version": version,
         "deployments": [
@@ -384,7 +380,7 @@ pub fn small_world(version: u64, es: SocketAddr, dead: SocketAddr, office_rules:
               "resources": { "es": { "backends": [dead.to_string()] } }, "policies": [] },
         ],
         "policies": [
-            { "id": "office-ips", "type": "ip", "region": "aws-us-east-1", "rules": rules },
+            office_ips(office_rules),
         ],
     })
 }

@@ -106,10 +106,6 @@ fn world(
             "policies": policies,
         })
     };
-    let office: Vec<Value> = office_rules
-        .iter()
-        .map(|s| json!({ "source": s }))
-        .collect();
     json!({
         "version": version,
         "deployments": [
@@ -134,7 +130,7 @@ fn world(
             dep(RECORD, "record", "aws-us-east-1", &["vpce-record"]),
         ],
         "policies": [
-            { "id": "office-ips", "type": "ip", "region": "aws-us-east-1", "rules": office },
+            office_ips(office_rules),
             { "id": "prod-vpce", "type": "vpce", "region": "aws-us-east-1",
               "rules": [ { "source": VPCE } ] },
             { "id": "other-vpce", "type": "vpce", "region": "aws-us-east-1",
@@ -163,3 +159,9 @@ pub const EXPLAIN_KEYS: [&str; 6] = [
     "policy",
     "rule",
 ];
+
+/// The `office-ips` policy (`aws-us-east-1`) admitting `sources`.
+pub(super) fn office_ips(sources: &[&str]) -> Value {
+    let rules: Vec<Value> = sources.iter().map(|s| json!({ "source": s })).collect();
+    json!({ "id": "office-ips", "type": "ip", "region": "aws-us-east-1", "rules": rules })
+}

@@ -67,6 +67,10 @@ pub fn to_text(
 ) -> String {
     let mut out = String::new();
     let who = describe_client(&query.client);
+    // "allowed (ip_match): 203.0.113.7 → deployment abc (prod), product es"
+    let headline = |out: &mut String, to: &dyn std::fmt::Display| {
+        let _ = writeln!(out, "{} ({}): {who} → {to}", d.verdict.as_str(), d.reason);
+    };
     let Some(target) = d.target else {
         let why = match d.reason {
             Reason::Misdirected => {
@@ -75,13 +79,7 @@ pub fn to_text(
             _ => "no known deployment resource matches the host or X-Found-Cluster",
         };
         let status = Local::for_decision(d).map_or(0, |l| l.status().as_u16());
-        let _ = writeln!(
-            out,
-            "{} ({}): {who} → {}",
-            d.verdict.as_str(),
-            d.reason,
-            query.host
-        );
+        headline(&mut out, &query.host);
         let _ = writeln!(out, "  answer: {status}; {why}");
         return out;
     };
@@ -92,12 +90,9 @@ pub fn to_text(
         Some(a) => format!("{} ({a})", dep.id),
         None => dep.id.to_string(),
     };
-    let _ = writeln!(
-        out,
-        "{} ({}): {who} → deployment {name}, product {}",
-        d.verdict.as_str(),
-        d.reason,
-        target.product
+    headline(
+        &mut out,
+        &format_args!("deployment {name}, product {}", target.product),
     );
     match (d.reason, d.matched) {
         (_, Some(m)) => {

@@ -13,6 +13,10 @@ use hyper::body::Incoming;
 
 use super::pool::Lease;
 
+/// What `Body::poll_frame` returns for every body the proxy passes on (the
+/// response here, the request upload, the response as served and logged).
+pub type PolledFrame = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
+
 /// A response body for the client.
 #[derive(Debug)]
 pub enum ResponseBody {
@@ -54,10 +58,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         match &mut *self {
             Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Upstream { inner, lease } => {

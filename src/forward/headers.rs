@@ -197,6 +197,22 @@ mod tests {
         assert_eq!(parts.headers["content-type"], "application/json");
     }
 
+    /// Rewrites `parts` for a backend as the forwarder does, for a client
+    /// at `client`; `fallback` is the backend address used as `Host` when
+    /// the request names none.
+    fn rewrite(
+        parts: &mut http::request::Parts,
+        client: &str,
+        request_id: &'static str,
+        fallback: Option<&'static str>,
+    ) {
+        let fwd = Forwarded {
+            client: &client_header_value(client.parse().unwrap()),
+            request_id: &HeaderValue::from_static(request_id),
+        };
+        rewrite_request(parts, fwd, || fallback.map(HeaderValue::from_static));
+    }
+
     #[test]
     fn replaces_forwarding_headers_and_strips_hop_by_hop() {
         let mut parts = request(
@@ -217,14 +233,7 @@ mod tests {
                 .header("x-cloud-request-id", "forged")
                 .header("authorization", "ApiKey y"),
         );
-        rewrite_request(
-            &mut parts,
-            Forwarded {
-                client: &client_header_value("2001:db8::7".parse().unwrap()),
-                request_id: &HeaderValue::from_static("id-1"),
-            },
-            || None,
-        );
+        rewrite(&mut parts, "2001:db8::7", "id-1", None);
         let h = &parts.headers;
         assert_eq!(
             h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
@@ -261,14 +270,7 @@ mod tests {
                 .version(Version::HTTP_2)
                 .header("content-length", "10"),
         );
-        rewrite_request(
-            &mut parts,
-            Forwarded {
-                client: &client_header_value("192.0.2.1".parse().unwrap()),
-                request_id: &HeaderValue::from_static("id-2"),
-            },
-            || Some(HeaderValue::from_static("10.0.0.5:9200")),
-        );
+        rewrite(&mut parts, "192.0.2.1", "id-2", Some("10.0.0.5:9200"));
         assert_eq!(parts.uri, "/_bulk");
         // From :authority, not the fallback.
         assert_eq!(parts.headers["host"], "abc.es.example.com:9243");
@@ -285,15 +287,7 @@ mod tests {
                 .header("cookie", "b=2")
                 .header("cookie", "c=3"),
         );
-        let id = HeaderValue::from_static("id");
-        rewrite_request(
-            &mut parts,
-            Forwarded {
-                client: &client_header_value("192.0.2.1".parse().unwrap()),
-                request_id: &id,
-            },
-            || None,
-        );
+        rewrite(&mut parts, "192.0.2.1", "id", None);
         assert_eq!(
             parts.headers.get_all("cookie").iter().collect::<Vec<_>>(),
             ["a=1; b=2; c=3"]
@@ -303,14 +297,7 @@ mod tests {
     #[test]
     fn http10_requests_without_host_get_the_fallback() {
         let mut parts = request(http::Request::get("/").version(Version::HTTP_10));
-        let id = HeaderValue::from_static("id");
-        let fwd = Forwarded {
-            client: &client_header_value("192.0.2.1".parse().unwrap()),
-            request_id: &id,
-        };
-        rewrite_request(&mut parts, fwd, || {
-            Some(HeaderValue::from_static("10.0.0.5:9200"))
-        });
+        rewrite(&mut parts, "192.0.2.1", "id", Some("10.0.0.5:9200"));
         assert_eq!(parts.headers["host"], "10.0.0.5:9200");
     }
 

@@ -13,9 +13,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
+
+use super::body::PolledFrame;
 
 /// How a request body's delivery is going; shared by the body, which
 /// updates it, and the forwarder, which times out on it.
@@ -89,10 +91,7 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let p = &self.progress;
         p.waiting_on_client

@@ -182,6 +182,17 @@ impl<'v> Obj<'v, '_> {
         v
     }
 
+    /// A required array field, with its path (for its elements' errors).
+    fn required_array(
+        &self,
+        key: &'static str,
+        errs: &mut Errors,
+    ) -> (Path<'_>, Option<&'v Vec<Value>>) {
+        let path = self.path.key(key);
+        let list = self.required(key, errs).and_then(|v| array(v, path, errs));
+        (path, list)
+    }
+
     /// An optional string field (metadata such as descriptions).
     fn opt_string(&self, key: &str, errs: &mut Errors) -> Option<String> {
         let v = self.get(key)?;
@@ -235,10 +246,7 @@ fn snapshot(root: &Value, errs: &mut Errors) -> Option<Snapshot> {
         n
     });
 
-    let policies_path = obj.path.key("policies");
-    let policy_values = obj
-        .required("policies", errs)
-        .and_then(|v| array(v, policies_path, errs));
+    let (policies_path, policy_values) = obj.required_array("policies", errs);
     let mut headers = Vec::new();
     let mut policies = Vec::new();
     let mut by_id = HashMap::new();
@@ -260,10 +268,7 @@ fn snapshot(root: &Value, errs: &mut Errors) -> Option<Snapshot> {
         policies.push(policy);
     }
 
-    let deployments_path = obj.path.key("deployments");
-    let deployment_values = obj
-        .required("deployments", errs)
-        .and_then(|v| array(v, deployments_path, errs));
+    let (deployments_path, deployment_values) = obj.required_array("deployments", errs);
     let mut names = HashMap::new();
     let mut deployments = Vec::new();
     for (i, v) in deployment_values.into_iter().flatten().enumerate() {
@@ -412,11 +417,11 @@ fn rules(v: &Value, path: Path<'_>, ty: PolicyType, errs: &mut Errors) -> Option
 
 /// Validates every element (so every error is reported); `None` if any
 /// element was refused.
-fn each<T>(
-    items: &[Value],
+fn each<'v, T>(
+    items: &'v [Value],
     path: Path<'_>,
     errs: &mut Errors,
-    f: fn(&Value, Path<'_>, &mut Errors) -> Option<T>,
+    mut f: impl FnMut(&'v Value, Path<'_>, &mut Errors) -> Option<T>,
 ) -> Option<Vec<T>> {
     let mut out = Vec::with_capacity(items.len());
     let mut ok = true;
@@ -731,42 +736,32 @@ fn resources(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<BTreeMap<Pr
 
 fn resource(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<Resource> {
     let obj = object(v, path, &["backends"], errs)?;
-    let list_path = path.key("backends");
-    let list = obj
-        .required("backends", errs)
-        .and_then(|v| array(v, list_path, errs))?;
+    let (list_path, list) = obj.required_array("backends", errs);
+    let list = list?;
     if list.is_empty() {
         errs.add(list_path, "a resource needs at least one backend");
         return None;
     }
-    let mut backends: Vec<SocketAddr> = Vec::with_capacity(list.len());
-    let mut ok = true;
-    for (i, v) in list.iter().enumerate() {
-        let path = list_path.index(i);
-        let Some(s) = string(v, path, errs) else {
-            ok = false;
-            continue;
-        };
-        match s.parse::<SocketAddr>() {
-            Ok(addr) if addr.port() == 0 => {
-                errs.add(path, format!("\"{s}\": port 0 is not a backend port"));
-                ok = false;
+    // Addresses accepted so far: a second listing is refused, not merged,
+    // because it usually means a typo in the other one.
+    let mut seen: Vec<SocketAddr> = Vec::with_capacity(list.len());
+    let backends = each(list, list_path, errs, |v, path, errs| {
+        let s = string(v, path, errs)?;
+        let refusal = match s.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => format!("\"{s}\": port 0 is not a backend port"),
+            Ok(addr) if seen.contains(&addr) => format!("\"{s}\" is listed twice"),
+            Ok(addr) => {
+                seen.push(addr);
+                return Some(addr);
             }
-            Ok(addr) if backends.contains(&addr) => {
-                errs.add(path, format!("\"{s}\" is listed twice"));
-                ok = false;
-            }
-            Ok(addr) => backends.push(addr),
             Err(_) => {
-                errs.add(
-                    path,
-                    format!("\"{s}\" is not a backend address (expected ip:port or [ipv6]:port)"),
-                );
-                ok = false;
+                format!("\"{s}\" is not a backend address (expected ip:port or [ipv6]:port)")
             }
-        }
-    }
-    ok.then_some(Resource { backends })
+        };
+        errs.add(path, refusal);
+        None
+    })?;
+    Some(Resource { backends })
 }
 
 fn associations(
@@ -778,18 +773,11 @@ fn associations(
     errs: &mut Errors,
 ) -> Option<Vec<String>> {
     let list = array(v, path, errs)?;
-    let mut out: Vec<String> = Vec::with_capacity(list.len());
-    let mut ok = true;
-    for (i, v) in list.iter().enumerate() {
-        let path = path.index(i);
-        let Some(id) = string(v, path, errs) else {
-            ok = false;
-            continue;
-        };
+    let ids = each(list, path, errs, |v, path, errs| {
+        let id = string(v, path, errs)?;
         let Some(&p) = by_id.get(id) else {
             errs.add(path, format!("unknown policy \"{id}\""));
-            ok = false;
-            continue;
+            return None;
         };
         if let (Some(mine), Some(theirs)) =
             (region, policies.get(p).and_then(|h| h.region.as_ref()))
@@ -801,12 +789,16 @@ fn associations(
                     "policy \"{id}\" is in region \"{theirs}\" but the deployment is in \"{mine}\""
                 ),
             );
-            ok = false;
-            continue;
+            return None;
         }
+        Some(id)
+    })?;
+    // An association listed twice is harmless: keep the first.
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
         if !out.iter().any(|o| o == id) {
             out.push(id.to_owned());
         }
     }
-    ok.then_some(out)
+    Some(out)
 }

@@ -309,29 +309,29 @@ fn error_kinds_are_distinct_labels() {
     }));
 }
 
+/// A v1 TCP line with any `N`-byte addresses and any ports.
+fn v1_tcp<const N: usize, A>(family: &'static str) -> impl Strategy<Value = Vec<u8>>
+where
+    A: From<[u8; N]> + std::fmt::Display,
+    [u8; N]: Arbitrary,
+{
+    (
+        any::<[u8; N]>(),
+        any::<[u8; N]>(),
+        any::<u16>(),
+        any::<u16>(),
+    )
+        .prop_map(move |(s, d, sp, dp)| {
+            let (s, d) = (A::from(s), A::from(d));
+            format!("PROXY {family} {s} {d} {sp} {dp}\r\n").into_bytes()
+        })
+}
+
 /// Valid headers of every shape, for the property tests.
 fn valid_header() -> impl Strategy<Value = Vec<u8>> {
     let v1 = prop_oneof![
-        (
-            any::<[u8; 4]>(),
-            any::<[u8; 4]>(),
-            any::<u16>(),
-            any::<u16>()
-        )
-            .prop_map(|(s, d, sp, dp)| {
-                let (s, d) = (std::net::Ipv4Addr::from(s), std::net::Ipv4Addr::from(d));
-                format!("PROXY TCP4 {s} {d} {sp} {dp}\r\n").into_bytes()
-            }),
-        (
-            any::<[u8; 16]>(),
-            any::<[u8; 16]>(),
-            any::<u16>(),
-            any::<u16>()
-        )
-            .prop_map(|(s, d, sp, dp)| {
-                let (s, d) = (std::net::Ipv6Addr::from(s), std::net::Ipv6Addr::from(d));
-                format!("PROXY TCP6 {s} {d} {sp} {dp}\r\n").into_bytes()
-            }),
+        v1_tcp::<4, std::net::Ipv4Addr>("TCP4"),
+        v1_tcp::<16, std::net::Ipv6Addr>("TCP6"),
         "[ -~]{0,90}".prop_map(|rest| format!("PROXY UNKNOWN {rest}\r\n").into_bytes()),
     ];
     let skippable = prop_oneof![

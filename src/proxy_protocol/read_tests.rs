@@ -50,6 +50,14 @@ async fn sent(bytes: &[u8]) -> DuplexStream {
     server
 }
 
+/// Reads the header from a pipe that has sent `bytes`, as `peer` with the
+/// standard trusted networks; the pipe comes back for what follows.
+async fn read(bytes: &[u8], peer: &str, mode: Mode) -> (Result<Accepted, ReadError>, DuplexStream) {
+    let mut server = sent(bytes).await;
+    let read = read_header(&mut server, addr(peer), &settings(mode)).await;
+    (read, server)
+}
+
 /// Everything left in the stream after `prefix`, replayed through `Prefixed`.
 async fn rest(prefix: Bytes, server: DuplexStream) -> Vec<u8> {
     let mut out = Vec::new();
@@ -63,10 +71,8 @@ async fn rest(prefix: Bytes, server: DuplexStream) -> Vec<u8> {
 #[tokio::test]
 async fn required_v2_reads_exactly_the_header() {
     let header = v2_azure();
-    let mut server = sent(&[&header[..], CLIENT_HELLO].concat()).await;
-    let acc = read_header(&mut server, addr(LB), &settings(Mode::Required))
-        .await
-        .unwrap();
+    let (acc, server) = read(&[&header[..], CLIENT_HELLO].concat(), LB, Mode::Required).await;
+    let acc = acc.unwrap();
     assert_eq!(acc.client.source, ip("192.0.2.1"));
     assert_eq!(
         acc.client.endpoint,
@@ -80,10 +86,8 @@ async fn required_v2_reads_exactly_the_header() {
 
 #[tokio::test]
 async fn required_v1_hands_read_ahead_bytes_back() {
-    let mut server = sent(&[V1, CLIENT_HELLO].concat()).await;
-    let acc = read_header(&mut server, addr(LB), &settings(Mode::Required))
-        .await
-        .unwrap();
+    let (acc, server) = read(&[V1, CLIENT_HELLO].concat(), LB, Mode::Required).await;
+    let acc = acc.unwrap();
     assert_eq!(acc.client.source, ip("192.0.2.1"));
     assert_eq!(acc.client.endpoint, None);
     assert_eq!(&acc.prefix[..], CLIENT_HELLO);
@@ -93,10 +97,8 @@ async fn required_v1_hands_read_ahead_bytes_back() {
 #[tokio::test]
 async fn required_untrusted_peer_is_refused_before_reading() {
     let stream = [&v2_azure()[..], CLIENT_HELLO].concat();
-    let mut server = sent(&stream).await;
-    let e = read_header(&mut server, addr(STRANGER), &settings(Mode::Required))
-        .await
-        .unwrap_err();
+    let (e, server) = read(&stream, STRANGER, Mode::Required).await;
+    let e = e.unwrap_err();
     assert!(
         matches!(e, ReadError::Untrusted { peer } if peer == ip("203.0.113.9")),
         "{e}"
@@ -108,38 +110,35 @@ async fn required_untrusted_peer_is_refused_before_reading() {
 
 #[tokio::test]
 async fn required_without_header_is_missing() {
-    let mut server = sent(CLIENT_HELLO).await;
-    let e = read_header(&mut server, addr(LB), &settings(Mode::Required))
-        .await
-        .unwrap_err();
+    let (e, _) = read(CLIENT_HELLO, LB, Mode::Required).await;
+    let e = e.unwrap_err();
     assert!(matches!(e, ReadError::Missing));
     assert_eq!(e.kind(), "missing");
 }
 
 #[tokio::test]
 async fn parse_errors_surface_with_their_kind() {
-    let mut server = sent(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n").await;
-    let e = read_header(&mut server, addr(LB), &settings(Mode::Required))
-        .await
-        .unwrap_err();
+    let (e, _) = read(
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n",
+        LB,
+        Mode::Required,
+    )
+    .await;
+    let e = e.unwrap_err();
     assert!(matches!(e, ReadError::Parse(ParseError::V1Malformed(_))));
     assert_eq!(e.kind(), "v1_malformed");
     let mut too_long = v2_azure();
     too_long[14..16].copy_from_slice(&[0x04, 0x01]);
-    let mut server = sent(&too_long[..16]).await;
-    let e = read_header(&mut server, addr(LB), &settings(Mode::Required))
-        .await
-        .unwrap_err();
+    let (e, _) = read(&too_long[..16], LB, Mode::Required).await;
+    let e = e.unwrap_err();
     assert_eq!(e.kind(), "v2_too_long");
 }
 
 #[tokio::test]
 async fn lenient_without_header_replays_everything() {
     for peer in [LB, STRANGER] {
-        let mut server = sent(CLIENT_HELLO).await;
-        let acc = read_header(&mut server, addr(peer), &settings(Mode::Lenient))
-            .await
-            .unwrap();
+        let (acc, server) = read(CLIENT_HELLO, peer, Mode::Lenient).await;
+        let acc = acc.unwrap();
         assert_eq!(acc.client.source, addr(peer).ip());
         assert_eq!(acc.header, None);
         assert!(!acc.prefix.is_empty());
@@ -149,10 +148,8 @@ async fn lenient_without_header_replays_everything() {
 
 #[tokio::test]
 async fn lenient_trusted_header_is_used() {
-    let mut server = sent(&[&v2_azure()[..], CLIENT_HELLO].concat()).await;
-    let acc = read_header(&mut server, addr(LB), &settings(Mode::Lenient))
-        .await
-        .unwrap();
+    let (acc, server) = read(&[&v2_azure()[..], CLIENT_HELLO].concat(), LB, Mode::Lenient).await;
+    let acc = acc.unwrap();
     assert_eq!(acc.client.source, ip("192.0.2.1"));
     assert_eq!(rest(acc.prefix, server).await, CLIENT_HELLO);
 }
@@ -160,10 +157,8 @@ async fn lenient_trusted_header_is_used() {
 #[tokio::test]
 async fn lenient_untrusted_signature_is_refused() {
     for header in [v2_azure(), V1.to_vec()] {
-        let mut server = sent(&header).await;
-        let e = read_header(&mut server, addr(STRANGER), &settings(Mode::Lenient))
-            .await
-            .unwrap_err();
+        let (e, _) = read(&header, STRANGER, Mode::Lenient).await;
+        let e = e.unwrap_err();
         assert_eq!(e.kind(), "untrusted");
     }
 }
@@ -171,10 +166,8 @@ async fn lenient_untrusted_signature_is_refused() {
 #[tokio::test]
 async fn off_reads_nothing() {
     let stream = [V1, CLIENT_HELLO].concat();
-    let mut server = sent(&stream).await;
-    let acc = read_header(&mut server, addr(STRANGER), &settings(Mode::Off))
-        .await
-        .unwrap();
+    let (acc, server) = read(&stream, STRANGER, Mode::Off).await;
+    let acc = acc.unwrap();
     assert_eq!(acc.client.source, ip("203.0.113.9"));
     assert_eq!((acc.header, acc.prefix.is_empty()), (None, true));
     assert_eq!(rest(acc.prefix, server).await, stream);
@@ -184,37 +177,19 @@ async fn off_reads_nothing() {
 async fn mapped_peer_is_canonicalised_and_local_uses_it() {
     // v2 LOCAL, as load balancer health checks send it.
     let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
-    let mut server = sent(local).await;
-    let acc = read_header(
-        &mut server,
-        addr("[::ffff:10.1.2.3]:9"),
-        &settings(Mode::Required),
-    )
-    .await
-    .unwrap();
+    let (acc, _) = read(local, "[::ffff:10.1.2.3]:9", Mode::Required).await;
+    let acc = acc.unwrap();
     assert_eq!(acc.client.source, ip("10.1.2.3"));
     assert_eq!(acc.client.endpoint, None);
     assert_eq!(acc.header.unwrap().command, Command::Local);
 
-    let mut server = sent(b"PROXY UNKNOWN\r\n").await;
-    let acc = read_header(
-        &mut server,
-        addr("[2001:db8::7]:9"),
-        &settings(Mode::Required),
-    )
-    .await
-    .unwrap();
+    let (acc, _) = read(b"PROXY UNKNOWN\r\n", "[2001:db8::7]:9", Mode::Required).await;
+    let acc = acc.unwrap();
     assert_eq!(acc.client.source, ip("2001:db8::7"));
 
     // Mapped, but not into a trusted network.
-    let mut server = sent(local).await;
-    let e = read_header(
-        &mut server,
-        addr("[::ffff:203.0.113.9]:9"),
-        &settings(Mode::Required),
-    )
-    .await
-    .unwrap_err();
+    let (e, _) = read(local, "[::ffff:203.0.113.9]:9", Mode::Required).await;
+    let e = e.unwrap_err();
     assert!(matches!(e, ReadError::Untrusted { peer } if peer == ip("203.0.113.9")));
 }
 
@@ -243,10 +218,8 @@ async fn a_stalled_partial_header_times_out() {
 #[tokio::test]
 async fn eof_mid_header_is_closed() {
     for partial in [&v2_azure()[..5], &v2_azure()[..20], &V1[..30], &b""[..]] {
-        let mut server = sent(partial).await;
-        let e = read_header(&mut server, addr(LB), &settings(Mode::Required))
-            .await
-            .unwrap_err();
+        let (e, _) = read(partial, LB, Mode::Required).await;
+        let e = e.unwrap_err();
         assert!(matches!(e, ReadError::Closed), "{partial:?}: {e}");
         assert_eq!(e.kind(), "closed");
     }

@@ -11,7 +11,7 @@
 //! `PROXY` header whose command nibble was corrupted into `LOCAL` is refused
 //! rather than served as the load balancer's own connection.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::crc32c::crc32c;
 use super::header::{
@@ -72,35 +72,27 @@ impl Family {
 
     /// Decodes the address block (`block.len() >= self.address_len()`).
     fn decode(self, block: &[u8]) -> Option<Addresses> {
-        fn ports(rest: &[u8]) -> Option<(u16, u16)> {
-            let ([s0, s1, d0, d1], _) = rest.split_first_chunk::<4>()?;
-            Some((
-                u16::from_be_bytes([*s0, *s1]),
-                u16::from_be_bytes([*d0, *d1]),
-            ))
-        }
         match self {
             Self::Unspec | Self::UnixStream => Some((None, None)),
-            Self::Tcp4 => {
-                let (src, rest) = block.split_first_chunk::<4>()?;
-                let (dst, rest) = rest.split_first_chunk::<4>()?;
-                let (sport, dport) = ports(rest)?;
-                Some((
-                    Some(SocketAddr::new(Ipv4Addr::from(*src).into(), sport)),
-                    Some(SocketAddr::new(Ipv4Addr::from(*dst).into(), dport)),
-                ))
-            }
-            Self::Tcp6 => {
-                let (src, rest) = block.split_first_chunk::<16>()?;
-                let (dst, rest) = rest.split_first_chunk::<16>()?;
-                let (sport, dport) = ports(rest)?;
-                Some((
-                    Some(SocketAddr::new(Ipv6Addr::from(*src).into(), sport)),
-                    Some(SocketAddr::new(Ipv6Addr::from(*dst).into(), dport)),
-                ))
-            }
+            Self::Tcp4 => source_and_destination::<4, Ipv4Addr>(block),
+            Self::Tcp6 => source_and_destination::<16, Ipv6Addr>(block),
         }
     }
+}
+
+/// The TCP address block: source address, destination address (`N` bytes
+/// each), then source and destination ports, all in network order.
+fn source_and_destination<const N: usize, A>(block: &[u8]) -> Option<Addresses>
+where
+    A: From<[u8; N]> + Into<IpAddr>,
+{
+    let (src, rest) = block.split_first_chunk::<N>()?;
+    let (dst, rest) = rest.split_first_chunk::<N>()?;
+    let ([s0, s1, d0, d1], _) = rest.split_first_chunk::<4>()?;
+    let at = |ip: &[u8; N], port: [u8; 2]| {
+        SocketAddr::new(A::from(*ip).into(), u16::from_be_bytes(port))
+    };
+    Some((Some(at(src, [*s0, *s1])), Some(at(dst, [*d0, *d1]))))
 }
 
 /// Parses a buffer that starts with the 12-byte v2 signature.

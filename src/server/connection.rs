@@ -89,14 +89,8 @@ pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shut
             // Each protocol's connection is boxed so that the task holds
             // only the one in use, not space for the larger of the two
             // (and for the handshake state) on every idle connection.
-            Box::pin(drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                &activity,
-                &proxy,
-                shutdown,
-            ))
-            .await
+            let served = drive(conn, |c| c.graceful_shutdown(), &activity, &proxy, shutdown);
+            Box::pin(served).await
         } else {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -115,14 +109,8 @@ pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shut
                 .writev(false)
                 .keep_alive(true)
                 .serve_connection(io, svc);
-            Box::pin(drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                &activity,
-                &proxy,
-                shutdown,
-            ))
-            .await
+            let served = drive(conn, |c| c.graceful_shutdown(), &activity, &proxy, shutdown);
+            Box::pin(served).await
         }
     }
     .instrument(span)

@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -31,6 +31,7 @@ use super::Proxy;
 use super::activity::{Activity, RequestGuard};
 use crate::access_log::{AccessLog, Line};
 use crate::endpoint::ClientIdentity;
+use crate::forward::body::PolledFrame;
 use crate::forward::headers::X_FOUND_CLUSTER;
 use crate::forward::{Forwarded, ResponseBody};
 use crate::policy::Decision;
@@ -406,10 +407,7 @@ impl Body for Served {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {

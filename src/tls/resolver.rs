@@ -199,37 +199,34 @@ mod tests {
         (SniResolver::new(&certs).expect("resolver"), certs)
     }
 
+    /// Which certificate of the fixture (0: default, 1: `*.es.example.com`,
+    /// 2: `abc123.es.example.com` and `Mixed.Example.COM`) each server
+    /// name picks, and why.
     #[test]
-    fn exact_name_wins_over_wildcard() {
+    fn picks_a_certificate_by_server_name() {
+        let cases: &[(&str, Option<&str>, usize)] = &[
+            ("exact beats wildcard", Some("abc123.es.example.com"), 2),
+            ("exact", Some("default.example.com"), 0),
+            ("wildcard: one label", Some("a.es.example.com"), 1),
+            ("wildcard: not two labels", Some("b.a.es.example.com"), 0),
+            ("wildcard: not zero labels", Some("es.example.com"), 0),
+            ("wildcard: not an empty label", Some(".es.example.com"), 0),
+            ("no server name: the first", None, 0),
+            ("unknown name: the first", Some("elsewhere.example.org"), 0),
+            ("empty name: the first", Some(""), 0),
+            ("case is ignored", Some("ABC123.ES.Example.com"), 2),
+            (
+                "one trailing dot is ignored",
+                Some("abc123.es.example.com."),
+                2,
+            ),
+            ("case and dot, wildcard", Some("XYZ.Es.Example.Com."), 1),
+            ("names are lowercased at load", Some("mixed.example.com"), 2),
+        ];
         let (r, c) = fixture();
-        assert_eq!(pick(&r, &c, Some("abc123.es.example.com")), 2);
-        assert_eq!(pick(&r, &c, Some("default.example.com")), 0);
-    }
-
-    #[test]
-    fn wildcard_matches_exactly_one_label() {
-        let (r, c) = fixture();
-        assert_eq!(pick(&r, &c, Some("a.es.example.com")), 1);
-        assert_eq!(pick(&r, &c, Some("b.a.es.example.com")), 0);
-        assert_eq!(pick(&r, &c, Some("es.example.com")), 0);
-        assert_eq!(pick(&r, &c, Some(".es.example.com")), 0);
-    }
-
-    #[test]
-    fn unknown_or_missing_sni_gets_the_first_certificate() {
-        let (r, c) = fixture();
-        assert_eq!(pick(&r, &c, None), 0);
-        assert_eq!(pick(&r, &c, Some("elsewhere.example.org")), 0);
-        assert_eq!(pick(&r, &c, Some("")), 0);
-    }
-
-    #[test]
-    fn matching_ignores_case_and_one_trailing_dot() {
-        let (r, c) = fixture();
-        assert_eq!(pick(&r, &c, Some("ABC123.ES.Example.com")), 2);
-        assert_eq!(pick(&r, &c, Some("abc123.es.example.com.")), 2);
-        assert_eq!(pick(&r, &c, Some("XYZ.Es.Example.Com.")), 1);
-        assert_eq!(pick(&r, &c, Some("mixed.example.com")), 2);
+        for &(why, sni, want) in cases {
+            assert_eq!(pick(&r, &c, sni), want, "{why}: {sni:?}");
+        }
     }
 
     #[test]

@@ -218,21 +218,13 @@ impl TestProxy {
     /// The remote-cluster access-log lines (`"message":"connection"`), once
     /// there are `count`.
     pub async fn connection_lines(&self, count: usize) -> Vec<Value> {
-        let mut found = Vec::new();
-        eventually(Duration::from_secs(10), "remote-cluster log lines", || {
-            found = self
-                .access_log
-                .lines()
-                .into_iter()
-                .filter(|l| l.contains("\"message\":\"connection\""))
-                .collect();
-            let enough = found.len() >= count;
-            async move { enough }
-        })
-        .await;
-        found
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
+        let connection = |l: &str| l.contains("\"message\":\"connection\"");
+        super::test_proxy::logged_lines(
+            &self.access_log,
+            count,
+            "remote-cluster log lines",
+            connection,
+        )
+        .await
     }
 }

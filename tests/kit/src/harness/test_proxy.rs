@@ -114,17 +114,7 @@ impl TestProxy {
     /// The access-log lines written so far, parsed, once `count` of them
     /// are there (lines are written by a background thread).
     pub async fn access_lines(&self, count: usize) -> Vec<Value> {
-        let mut lines = Vec::new();
-        eventually(Duration::from_secs(10), "access-log lines", || {
-            lines = self.access_log.lines();
-            let enough = lines.len() >= count;
-            async move { enough }
-        })
-        .await;
-        lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
+        logged_lines(&self.access_log, count, "access-log lines", |_| true).await
     }
 
     /// Applies a new snapshot (its version must be newer).
@@ -150,4 +140,25 @@ impl Drop for TestProxy {
         self.trigger.abort();
         self.task.abort();
     }
+}
+
+/// The lines of `sink` that `keep` selects, parsed as JSON, once there are
+/// `count` of them (lines are written by a background thread).
+pub(crate) async fn logged_lines(
+    sink: &MemorySink,
+    count: usize,
+    what: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<Value> {
+    let mut found = Vec::new();
+    eventually(Duration::from_secs(10), what, || {
+        found = sink.lines().into_iter().filter(|l| keep(l)).collect();
+        let enough = found.len() >= count;
+        async move { enough }
+    })
+    .await;
+    found
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }

@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, Throughput};
-use portcullis::access_log::{AccessLog, Format, Line, WriterSettings, format};
+use portcullis::access_log::{AccessLog, Format, Line, Origin, WriterSettings, format};
 use portcullis::endpoint::{PrivateEndpoint, VpceId};
 
 fn line() -> Line<'static> {
@@ -22,12 +22,14 @@ fn line() -> Line<'static> {
         time: SystemTime::now(),
         duration: Duration::from_micros(1234),
         request_id: "008e36f27ab037441a12ee7f74e6cf41",
-        client_ip: "203.0.113.9".parse().expect("ip"),
-        peer: "10.0.3.7:43316".parse().expect("addr"),
-        endpoint: VpceId::parse(b"vpce-0a1b2c3d4e5f67890")
-            .ok()
-            .map(PrivateEndpoint::AwsVpce),
-        sni: "my-deployment-d53192.es.us-east-1.aws.example.com",
+        origin: Origin {
+            client_ip: "203.0.113.9".parse().expect("ip"),
+            peer: "10.0.3.7:43316".parse().expect("addr"),
+            endpoint: VpceId::parse(b"vpce-0a1b2c3d4e5f67890")
+                .ok()
+                .map(PrivateEndpoint::AwsVpce),
+            sni: "my-deployment-d53192.es.us-east-1.aws.example.com",
+        },
         host: "my-deployment-d53192.es.us-east-1.aws.example.com",
         deployment: "d53192a1f0e54c0bb2c1b0c6a6f6e2f1",
         product: "es",

@@ -31,6 +31,17 @@ pub enum Format {
     Json,
 }
 
+/// Who connected: the same fields, in the same order, on a request line
+/// and on a remote-cluster connection line.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub client_ip: IpAddr,
+    /// The TCP peer: the load balancer.
+    pub peer: SocketAddr,
+    pub endpoint: Option<PrivateEndpoint>,
+    pub sni: &'a str,
+}
+
 /// Everything one access-log line says, borrowed from the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Line<'a> {
@@ -39,11 +50,7 @@ pub struct Line<'a> {
     /// How long it took, to the end of the response (or the cancellation).
     pub duration: Duration,
     pub request_id: &'a str,
-    pub client_ip: IpAddr,
-    /// The TCP peer: the load balancer.
-    pub peer: SocketAddr,
-    pub endpoint: Option<PrivateEndpoint>,
-    pub sni: &'a str,
+    pub origin: Origin<'a>,
     pub host: &'a str,
     pub deployment: &'a str,
     pub product: &'a str,
@@ -67,23 +74,24 @@ pub fn write(format: Format, line: &Line<'_>, out: &mut Vec<u8>) {
     f.token("request_id", |o| {
         o.extend_from_slice(l.request_id.as_bytes())
     });
-    f.token("client_ip", |o| ip(l.client_ip, o));
-    f.token("peer", |o| socket_addr(l.peer, o));
-    f.quoted("endpoint", |o| endpoint(l.endpoint, o));
-    f.str("sni", l.sni);
-    f.str("host", l.host);
-    f.str("deployment", l.deployment);
-    f.str("product", l.product);
-    f.str("method", l.method);
-    f.str("path", l.path);
+    f.origin(&l.origin);
+    f.strs(&[
+        ("host", l.host),
+        ("deployment", l.deployment),
+        ("product", l.product),
+        ("method", l.method),
+        ("path", l.path),
+    ]);
     f.token("version", |o| o.extend_from_slice(l.version.as_bytes()));
     f.num("status", l.status);
     f.num("bytes", l.bytes);
     f.millis("duration_ms", l.duration);
-    f.str("decision", l.decision);
-    f.str("reason", l.reason);
-    f.str("status_reason", l.status_reason);
-    f.str("policy", l.policy);
+    f.strs(&[
+        ("decision", l.decision),
+        ("reason", l.reason),
+        ("status_reason", l.status_reason),
+        ("policy", l.policy),
+    ]);
     f.end();
 }
 
@@ -158,6 +166,22 @@ impl<'o> Fields<'o> {
     pub fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         json_str(value, self.out);
+    }
+
+    /// Several strings in a row.
+    pub fn strs(&mut self, fields: &[(&str, &str)]) {
+        for &(key, value) in fields {
+            self.str(key, value);
+        }
+    }
+
+    /// The client, its load balancer, its private endpoint and its TLS
+    /// server name.
+    pub fn origin(&mut self, o: &Origin<'_>) {
+        self.token("client_ip", |out| ip(o.client_ip, out));
+        self.token("peer", |out| socket_addr(o.peer, out));
+        self.quoted("endpoint", |out| endpoint(o.endpoint, out));
+        self.str("sni", o.sni);
     }
 
     /// A value made of characters that need no escaping (an address, an
@@ -357,12 +381,14 @@ mod tests {
             time: at(1_795_000_000_123),
             duration: Duration::from_micros(120_228),
             request_id: "0123456789abcdef0123456789abcdef",
-            client_ip: "203.0.113.9".parse().unwrap(),
-            peer: "127.0.0.1:43316".parse().unwrap(),
-            endpoint: Some(PrivateEndpoint::AwsVpce(
-                VpceId::parse(b"vpce-0a1b2c3d4e5f67890").unwrap(),
-            )),
-            sni: "ip-only.es.example.com",
+            origin: Origin {
+                client_ip: "203.0.113.9".parse().unwrap(),
+                peer: "127.0.0.1:43316".parse().unwrap(),
+                endpoint: Some(PrivateEndpoint::AwsVpce(
+                    VpceId::parse(b"vpce-0a1b2c3d4e5f67890").unwrap(),
+                )),
+                sni: "ip-only.es.example.com",
+            },
             host: "ip-only.es.example.com",
             deployment: "1b2c3d4e5f6a40718293a4b5c6d7e8f9",
             product: "es",
@@ -462,26 +488,32 @@ mod tests {
 
     #[test]
     fn addresses_and_endpoints_of_every_kind() {
-        let l = Line {
-            client_ip: "2001:db8::7".parse().unwrap(),
-            peer: "[::1]:9".parse().unwrap(),
-            endpoint: Some(PrivateEndpoint::GcpPscConnectionId(u64::MAX)),
+        let at = |client_ip: &str, peer: &str, endpoint| Line {
+            origin: Origin {
+                client_ip: client_ip.parse().unwrap(),
+                peer: peer.parse().unwrap(),
+                endpoint,
+                ..sample().origin
+            },
             ..sample()
         };
+        let l = at(
+            "2001:db8::7",
+            "[::1]:9",
+            Some(PrivateEndpoint::GcpPscConnectionId(u64::MAX)),
+        );
         let v: serde_json::Value = serde_json::from_str(&line(Format::Json, &l)).unwrap();
         assert_eq!(v["client_ip"], "2001:db8::7");
         assert_eq!(v["peer"], "[::1]:9");
         assert_eq!(v["endpoint"], "gcp-psc:18446744073709551615");
-        let l = Line {
-            endpoint: Some(PrivateEndpoint::AzureLinkId(16_777_301)),
-            ..sample()
-        };
+        let l = at(
+            "203.0.113.9",
+            "127.0.0.1:43316",
+            Some(PrivateEndpoint::AzureLinkId(16_777_301)),
+        );
         let v: serde_json::Value = serde_json::from_str(&line(Format::Json, &l)).unwrap();
         assert_eq!(v["endpoint"], "azure-link-id:16777301");
-        let l = Line {
-            endpoint: None,
-            ..sample()
-        };
+        let l = at("203.0.113.9", "127.0.0.1:43316", None);
         let v: serde_json::Value = serde_json::from_str(&line(Format::Json, &l)).unwrap();
         assert_eq!(v["endpoint"], "");
     }

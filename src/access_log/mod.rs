@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 
-pub use format::{Format, Line};
+pub use format::{Format, Line, Origin};
 pub use writer::{Sink, WriterSettings, WriterThread};
 
 use writer::Writer;

@@ -13,12 +13,11 @@
 //! `message` and `target` tell these lines from request lines
 //! (`"message":"request"`, `portcullis::access`).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::access_log::Format;
-use crate::access_log::format::{Fields, endpoint, ip, socket_addr};
-use crate::endpoint::PrivateEndpoint;
+use crate::access_log::format::{Fields, socket_addr};
+use crate::access_log::{Format, Origin};
 
 pub const TARGET: &str = "portcullis::remote_cluster";
 
@@ -28,11 +27,7 @@ pub struct ConnectionLine<'a> {
     /// When the connection was accepted.
     pub time: SystemTime,
     pub duration: Duration,
-    pub client_ip: IpAddr,
-    /// The TCP peer: the load balancer.
-    pub peer: SocketAddr,
-    pub endpoint: Option<PrivateEndpoint>,
-    pub sni: &'a str,
+    pub origin: Origin<'a>,
     pub deployment: &'a str,
     /// The backend node, once connected.
     pub backend: Option<SocketAddr>,
@@ -53,10 +48,7 @@ pub struct ConnectionLine<'a> {
 pub fn write(format: Format, line: &ConnectionLine<'_>, out: &mut Vec<u8>) {
     let l = line;
     let mut f = Fields::begin(format, out, l.time, l.duration, "connection", TARGET);
-    f.token("client_ip", |o| ip(l.client_ip, o));
-    f.token("peer", |o| socket_addr(l.peer, o));
-    f.quoted("endpoint", |o| endpoint(l.endpoint, o));
-    f.str("sni", l.sni);
+    f.origin(&l.origin);
     f.str("deployment", l.deployment);
     f.quoted("backend", |o| {
         if let Some(b) = l.backend {
@@ -81,10 +73,12 @@ mod tests {
         ConnectionLine {
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             duration: Duration::from_micros(1_500_250),
-            client_ip: IpAddr::from([203, 0, 113, 7]),
-            peer: SocketAddr::from(([10, 0, 0, 1], 40000)),
-            endpoint: None,
-            sni: "abc.es.test\"x",
+            origin: Origin {
+                client_ip: std::net::IpAddr::from([203, 0, 113, 7]),
+                peer: SocketAddr::from(([10, 0, 0, 1], 40000)),
+                endpoint: None,
+                sni: "abc.es.test\"x",
+            },
             deployment: "abc",
             backend: Some(SocketAddr::from(([10, 1, 0, 5], 9400))),
             decision: "allowed",

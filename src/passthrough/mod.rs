@@ -47,7 +47,7 @@ pub use client_hello::{ClientHelloError, MAX_CLIENT_HELLO_BYTES, Parsed};
 pub use log::{ConnectionLine, TARGET};
 pub use metrics::{End, Outcome, PassthroughMetrics};
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Origin};
 use crate::endpoint::ClientIdentity;
 use crate::forward::{Ejection, ForwardError, Pool, PoolSettings};
 use crate::policy::{PolicySet, Product, RequestFacts, Target, Verdict, decide};
@@ -459,10 +459,12 @@ impl PassThrough {
         let line = ConnectionLine {
             time: rec.time,
             duration: rec.started.elapsed(),
-            client_ip: client.source,
-            peer: rec.peer,
-            endpoint: client.endpoint,
-            sni: &rec.sni,
+            origin: Origin {
+                client_ip: client.source,
+                peer: rec.peer,
+                endpoint: client.endpoint,
+                sni: &rec.sni,
+            },
             deployment: &rec.deployment,
             backend: rec.backend,
             decision: rec.decision,

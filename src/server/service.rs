@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::Proxy;
 use super::activity::{Activity, RequestGuard};
-use crate::access_log::{AccessLog, Line};
+use crate::access_log::{AccessLog, Line, Origin};
 use crate::endpoint::ClientIdentity;
 use crate::forward::body::PolledFrame;
 use crate::forward::headers::X_FOUND_CLUSTER;
@@ -342,10 +342,12 @@ impl Drop for Record {
             time: self.time,
             duration: self.started.elapsed(),
             request_id: self.id.as_str(),
-            client_ip: self.conn.client.source,
-            peer: self.conn.peer,
-            endpoint: self.conn.client.endpoint,
-            sni: self.conn.sni.as_deref().unwrap_or(""),
+            origin: Origin {
+                client_ip: self.conn.client.source,
+                peer: self.conn.peer,
+                endpoint: self.conn.client.endpoint,
+                sni: self.conn.sni.as_deref().unwrap_or(""),
+            },
             host,
             deployment,
             product: d.and_then(|d| d.target).map_or("", |t| t.product.as_str()),

@@ -434,12 +434,21 @@ fn each<'v, T>(
     ok.then_some(out)
 }
 
-fn ip_rule(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<IpRule> {
+/// A `{source, description}` rule (ip, vpce, gcp): its raw source and
+/// its description.
+fn source_rule<'v>(
+    v: &'v Value,
+    path: Path<'_>,
+    errs: &mut Errors,
+) -> Option<(&'v Value, Option<String>)> {
     let obj = object(v, path, &["source", "description"], errs)?;
     let description = obj.opt_string("description", errs);
-    let source = obj
-        .required("source", errs)
-        .and_then(|v| string(v, path.key("source"), errs))?;
+    Some((obj.required("source", errs)?, description))
+}
+
+fn ip_rule(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<IpRule> {
+    let (source, description) = source_rule(v, path, errs)?;
+    let source = string(source, path.key("source"), errs)?;
     match parse_ip_source(source) {
         Ok(source) => Some(IpRule {
             source,
@@ -453,11 +462,8 @@ fn ip_rule(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<IpRule> {
 }
 
 fn vpce_rule(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<VpceRule> {
-    let obj = object(v, path, &["source", "description"], errs)?;
-    let description = obj.opt_string("description", errs);
-    let source = obj
-        .required("source", errs)
-        .and_then(|v| string(v, path.key("source"), errs))?;
+    let (source, description) = source_rule(v, path, errs)?;
+    let source = string(source, path.key("source"), errs)?;
     let valid = source.len() > "vpce-".len()
         && source
             .get(..5)
@@ -509,9 +515,7 @@ fn azure_rule(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<AzureRule>
 }
 
 fn gcp_rule(v: &Value, path: Path<'_>, errs: &mut Errors) -> Option<GcpRule> {
-    let obj = object(v, path, &["source", "description"], errs)?;
-    let description = obj.opt_string("description", errs);
-    let v = obj.required("source", errs)?;
+    let (v, description) = source_rule(v, path, errs)?;
     // The SPEC writes the id as a decimal string; a JSON integer is exact
     // in serde_json, so accept it too.
     let id = match v {

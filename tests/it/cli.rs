@@ -5,7 +5,7 @@
 
 use portcullis_test_kit::harness::{EXPLAIN_KEYS, TempDir};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{Value, json};
@@ -66,6 +66,31 @@ fn run(args: &[&str]) -> Output {
         .expect("run portcullis")
 }
 
+/// Runs `check --snapshot SNAPSHOT`.
+fn check(snapshot: &Path) -> Output {
+    let snapshot = snapshot.to_str().expect("UTF-8 path");
+    run(&["check", "--snapshot", snapshot])
+}
+
+/// Runs `explain --snapshot SNAPSHOT` followed by `args`.
+fn explain(snapshot: &Path, args: &[&str]) -> Output {
+    let snapshot = snapshot.to_str().expect("UTF-8 path");
+    run(&[&["explain", "--snapshot", snapshot][..], args].concat())
+}
+
+// The deployments' Elasticsearch hosts, which most requests name.
+const MY_ES: &str = "my-deployment.es.example.com";
+const OPEN_ES: &str = "open-deployment.es.example.com";
+const DRY_ES: &str = "dry-deployment.es.example.com";
+const AZURE_ES: &str = "azure-deployment.es.example.com";
+const GCP_ES: &str = "gcp-deployment.es.example.com";
+
+/// `--host HOST --source SOURCE` and then `more`: the request nearly every
+/// `explain` call below makes.
+fn request<'a>(host: &'a str, source: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    [&["--host", host, "--source", source][..], more].concat()
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -102,10 +127,7 @@ impl Explain {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let snapshot = self.snapshot.to_str().expect("UTF-8 temp path");
-        let mut all = vec!["explain", "--snapshot", snapshot];
-        all.extend_from_slice(args);
-        run(&all)
+        explain(&self.snapshot, args)
     }
 
     /// Runs `explain --format json`, expects exit 0 and exactly one JSON
@@ -131,6 +153,14 @@ impl Explain {
         assert_eq!(keys, BTreeSet::from(EXPLAIN_KEYS), "{out}");
         values[0].clone()
     }
+
+    /// Runs each request and compares its JSON decision with the one
+    /// expected; a failure names the request.
+    fn decides(&self, cases: &[(Vec<&str>, Value)]) {
+        for (args, want) in cases {
+            assert_eq!(&self.json(args), want, "explain {args:?}");
+        }
+    }
 }
 
 fn decision(
@@ -151,6 +181,50 @@ fn decision(
     })
 }
 
+// The decisions the tests expect, by kind, so that each case states only
+// what sets it apart.
+
+/// Allowed by `rule` of the filtering `policy`.
+fn allowed(reason: &str, deployment: &str, product: &str, policy: &str, rule: u32) -> Value {
+    decision(
+        "allowed",
+        reason,
+        Some(deployment),
+        Some(product),
+        Some(policy),
+        Some(rule),
+    )
+}
+
+/// No rule matched: `denied`, or `would_deny` under dry run.
+fn unmatched(verdict: &str, deployment: &str, product: &str) -> Value {
+    decision(
+        verdict,
+        "unmatched",
+        Some(deployment),
+        Some(product),
+        None,
+        None,
+    )
+}
+
+/// Allowed because the deployment has no filtering policy.
+fn no_policy(deployment: &str, product: &str) -> Value {
+    decision(
+        "allowed",
+        "no_policy",
+        Some(deployment),
+        Some(product),
+        None,
+        None,
+    )
+}
+
+/// Denied before any deployment was settled on.
+fn refused(reason: &str) -> Value {
+    decision("denied", reason, None, None, None, None)
+}
+
 // ---------------------------------------------------------------------------
 // check
 
@@ -158,7 +232,7 @@ fn decision(
 fn check_valid_snapshot_prints_a_summary() {
     let dir = TempDir::new();
     let path = dir.write("snapshot.json", snapshot().to_string().as_bytes());
-    let o = run(&["check", "--snapshot", path.to_str().unwrap()]);
+    let o = check(&path);
     assert_exit(&o, 0, "check valid");
     let out = stdout(&o);
     assert_eq!(out.lines().count(), 1, "one summary line: {out:?}");
@@ -171,7 +245,7 @@ fn check_valid_snapshot_prints_a_summary() {
 #[test]
 fn check_the_example_snapshot() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/snapshot.example.json");
-    let o = run(&["check", "--snapshot", path]);
+    let o = check(Path::new(path));
     assert_exit(&o, 0, "check example");
     assert!(stdout(&o).contains("version 1"), "{}", stdout(&o));
 }
@@ -185,7 +259,7 @@ fn check_invalid_snapshot_lists_every_error_with_its_path() {
     v["deployments"][0]["policies"] = json!(["office-ips", "x"]);
     v["deployments"][1]["resources"]["es"]["backends"] = json!([]);
     let path = dir.write("bad.json", v.to_string().as_bytes());
-    let o = run(&["check", "--snapshot", path.to_str().unwrap()]);
+    let o = check(&path);
     assert_exit(&o, 1, "check invalid");
     assert!(stdout(&o).is_empty(), "nothing on stdout: {}", stdout(&o));
     let err = stderr(&o);
@@ -208,7 +282,7 @@ fn check_invalid_snapshot_lists_every_error_with_its_path() {
 fn check_malformed_json() {
     let dir = TempDir::new();
     let path = dir.write("broken.json", b"{\n  \"version\": 1,\n");
-    let o = run(&["check", "--snapshot", path.to_str().unwrap()]);
+    let o = check(&path);
     assert_exit(&o, 1, "check malformed");
     let err = stderr(&o);
     assert!(err.contains("invalid JSON"), "{err}");
@@ -219,7 +293,7 @@ fn check_malformed_json() {
 fn check_missing_file() {
     let dir = TempDir::new();
     let path = dir.0.join("no-such-snapshot.json");
-    let o = run(&["check", "--snapshot", path.to_str().unwrap()]);
+    let o = check(&path);
     assert_exit(&o, 1, "check missing file");
     let err = stderr(&o);
     assert!(
@@ -257,15 +331,8 @@ fn explain_ip_allow_names_policy_and_rule() {
         ),
     ];
     for &(host, source, product, rule) in cases {
-        let got = e.json(&["--host", host, "--source", source]);
-        let want = decision(
-            "allowed",
-            "ip",
-            Some(AWS_ID),
-            Some(product),
-            Some("office-ips"),
-            Some(rule),
-        );
+        let got = e.json(&request(host, source, &[]));
+        let want = allowed("ip", AWS_ID, product, "office-ips", rule);
         assert_eq!(got, want, "{host} from {source}");
     }
 }
@@ -273,17 +340,9 @@ fn explain_ip_allow_names_policy_and_rule() {
 #[test]
 fn explain_vpce_allow_is_case_insensitive() {
     let e = Explain::new();
-    let host = "my-deployment.es.example.com";
     for (vpce, rule) in [("VPCE-0A1b2C3d4E5f67890", 0), ("vpce-11112222333344445", 1)] {
-        let got = e.json(&["--host", host, "--source", "10.1.2.3", "--aws-vpce", vpce]);
-        let want = decision(
-            "allowed",
-            "vpce",
-            Some(AWS_ID),
-            Some("es"),
-            Some("prod-vpce"),
-            Some(rule),
-        );
+        let got = e.json(&request(MY_ES, "10.1.2.3", &["--aws-vpce", vpce]));
+        let want = allowed("vpce", AWS_ID, "es", "prod-vpce", rule);
         assert_eq!(got, want, "{vpce}");
     }
 }
@@ -291,193 +350,99 @@ fn explain_vpce_allow_is_case_insensitive() {
 #[test]
 fn explain_private_traffic_never_matches_ip_rules() {
     let e = Explain::new();
-    let got = e.json(&[
-        "--host",
-        "my-deployment.es.example.com",
-        "--source",
-        "203.0.113.9",
-        "--aws-vpce",
-        "vpce-ffffffffffffffff0",
-    ]);
-    let want = decision("denied", "unmatched", Some(AWS_ID), Some("es"), None, None);
-    assert_eq!(got, want);
+    let vpce = ["--aws-vpce", "vpce-ffffffffffffffff0"];
+    e.decides(&[(
+        request(MY_ES, "203.0.113.9", &vpce),
+        unmatched("denied", AWS_ID, "es"),
+    )]);
 }
 
 #[test]
 fn explain_azure_and_gcp_allows() {
     let e = Explain::new();
-    let got = e.json(&[
-        "--host",
-        "azure-deployment.es.example.com",
-        "--source",
-        "10.2.0.4",
-        "--azure-link-id",
-        "16777301",
+    e.decides(&[
+        (
+            request(AZURE_ES, "10.2.0.4", &["--azure-link-id", "16777301"]),
+            allowed("azure", AZURE_ID, "es", "az-pe", 0),
+        ),
+        (
+            request(
+                GCP_ES,
+                "10.3.0.4",
+                &["--gcp-psc-id", "18446744072646845332"],
+            ),
+            allowed("gcp", GCP_ID, "es", "gcp-psc", 0),
+        ),
+        // Another deployment's endpoint does not open this one.
+        (
+            request(AZURE_ES, "10.2.0.4", &["--azure-link-id", "16777302"]),
+            unmatched("denied", AZURE_ID, "es"),
+        ),
     ]);
-    let want = decision(
-        "allowed",
-        "azure",
-        Some(AZURE_ID),
-        Some("es"),
-        Some("az-pe"),
-        Some(0),
-    );
-    assert_eq!(got, want);
-
-    let got = e.json(&[
-        "--host",
-        "gcp-deployment.es.example.com",
-        "--source",
-        "10.3.0.4",
-        "--gcp-psc-id",
-        "18446744072646845332",
-    ]);
-    let want = decision(
-        "allowed",
-        "gcp",
-        Some(GCP_ID),
-        Some("es"),
-        Some("gcp-psc"),
-        Some(0),
-    );
-    assert_eq!(got, want);
-
-    // Another deployment's endpoint does not open this one.
-    let got = e.json(&[
-        "--host",
-        "azure-deployment.es.example.com",
-        "--source",
-        "10.2.0.4",
-        "--azure-link-id",
-        "16777302",
-    ]);
-    let want = decision(
-        "denied",
-        "unmatched",
-        Some(AZURE_ID),
-        Some("es"),
-        None,
-        None,
-    );
-    assert_eq!(got, want);
 }
 
 #[test]
 fn explain_unmatched_deny_and_dry_run() {
     let e = Explain::new();
-    let got = e.json(&[
-        "--host",
-        "my-deployment.es.example.com",
-        "--source",
-        "192.0.2.1",
+    e.decides(&[
+        (
+            request(MY_ES, "192.0.2.1", &[]),
+            unmatched("denied", AWS_ID, "es"),
+        ),
+        (
+            request(DRY_ES, "192.0.2.1", &[]),
+            unmatched("would_deny", DRY_ID, "es"),
+        ),
+        // Dry run changes nothing for an allowed request.
+        (
+            request(DRY_ES, "203.0.113.1", &[]),
+            allowed("ip", DRY_ID, "es", "office-ips", 0),
+        ),
     ]);
-    let want = decision("denied", "unmatched", Some(AWS_ID), Some("es"), None, None);
-    assert_eq!(got, want);
-
-    let got = e.json(&[
-        "--host",
-        "dry-deployment.es.example.com",
-        "--source",
-        "192.0.2.1",
-    ]);
-    let want = decision(
-        "would_deny",
-        "unmatched",
-        Some(DRY_ID),
-        Some("es"),
-        None,
-        None,
-    );
-    assert_eq!(got, want);
-
-    // Dry run changes nothing for an allowed request.
-    let got = e.json(&[
-        "--host",
-        "dry-deployment.es.example.com",
-        "--source",
-        "203.0.113.1",
-    ]);
-    let want = decision(
-        "allowed",
-        "ip",
-        Some(DRY_ID),
-        Some("es"),
-        Some("office-ips"),
-        Some(0),
-    );
-    assert_eq!(got, want);
 }
 
 #[test]
 fn explain_no_filtering_policy_allows_everything() {
     let e = Explain::new();
-    let host = "open-deployment.es.example.com";
-    let want = decision(
-        "allowed",
-        "no_policy",
-        Some(OPEN_ID),
-        Some("es"),
-        None,
-        None,
-    );
-    assert_eq!(e.json(&["--host", host, "--source", "192.0.2.1"]), want);
-    let args = [
-        "--host",
-        host,
-        "--source",
-        "10.1.2.3",
-        "--aws-vpce",
-        "vpce-0123",
-    ];
-    assert_eq!(e.json(&args), want, "private traffic, record-only policy");
-
+    let private = ["--aws-vpce", "vpce-0123"];
     // The older behaviour refuses unlisted private-endpoint traffic.
-    let mut args = args.to_vec();
-    args.extend_from_slice(&["--unassociated-private-traffic", "deny"]);
-    let want = decision("denied", "unmatched", Some(OPEN_ID), Some("es"), None, None);
-    assert_eq!(e.json(&args), want);
+    let refusing = [&private[..], &["--unassociated-private-traffic", "deny"]].concat();
+    e.decides(&[
+        (request(OPEN_ES, "192.0.2.1", &[]), no_policy(OPEN_ID, "es")),
+        // Private traffic, record-only policy.
+        (
+            request(OPEN_ES, "10.1.2.3", &private),
+            no_policy(OPEN_ID, "es"),
+        ),
+        (
+            request(OPEN_ES, "10.1.2.3", &refusing),
+            unmatched("denied", OPEN_ID, "es"),
+        ),
+    ]);
 }
 
 #[test]
 fn explain_unknown_host_and_resource() {
     let e = Explain::new();
-    let want = decision("denied", "unknown_deployment", None, None, None, None);
     for host in [
         "nope.es.example.com",
         "open-deployment.kb.example.com",
         "open-deployment.example.com",
         "192.0.2.10:9243",
     ] {
-        let got = e.json(&["--host", host, "--source", "203.0.113.9"]);
-        assert_eq!(got, want, "{host}");
+        let got = e.json(&request(host, "203.0.113.9", &[]));
+        assert_eq!(got, refused("unknown_deployment"), "{host}");
     }
 }
 
 #[test]
 fn explain_misdirected_sni() {
     let e = Explain::new();
-    let got = e.json(&[
-        "--host",
-        "my-deployment.es.example.com",
-        "--source",
-        "203.0.113.9",
-        "--sni",
-        "open-deployment.es.example.com",
-    ]);
-    assert_eq!(
-        got,
-        decision("denied", "misdirected", None, None, None, None)
-    );
+    let with_sni = |sni| request(MY_ES, "203.0.113.9", &["--sni", sni]);
+    e.decides(&[(with_sni(OPEN_ES), refused("misdirected"))]);
 
     // The same deployment under another product is not misdirected.
-    let got = e.json(&[
-        "--host",
-        "my-deployment.es.example.com",
-        "--source",
-        "203.0.113.9",
-        "--sni",
-        "my-deployment.kb.example.com",
-    ]);
+    let got = e.json(&with_sni("my-deployment.kb.example.com"));
     assert_eq!(got["decision"], "allowed", "{got}");
 }
 
@@ -485,86 +450,49 @@ fn explain_misdirected_sni() {
 fn explain_found_cluster_header_on_the_bare_zone() {
     let e = Explain::new();
     let zone = ["--zone", "es.example.com", "--host", "es.example.com"];
-    let mut args = zone.to_vec();
-    args.extend_from_slice(&[
-        "--source",
-        "203.0.113.9",
-        "--found-cluster",
-        "my-deployment.kb",
+    let on_zone = |more: &[&'static str]| [&zone[..], more].concat();
+    e.decides(&[
+        (
+            on_zone(&[
+                "--source",
+                "203.0.113.9",
+                "--found-cluster",
+                "my-deployment.kb",
+            ]),
+            allowed("ip", AWS_ID, "kb", "office-ips", 0),
+        ),
+        (
+            on_zone(&["--source", "192.0.2.1", "--found-cluster", OPEN_ID]),
+            no_policy(OPEN_ID, "es"),
+        ),
+        // Without the header the bare zone names no deployment.
+        (
+            on_zone(&["--source", "203.0.113.9"]),
+            refused("unknown_deployment"),
+        ),
     ]);
-    let want = decision(
-        "allowed",
-        "ip",
-        Some(AWS_ID),
-        Some("kb"),
-        Some("office-ips"),
-        Some(0),
-    );
-    assert_eq!(e.json(&args), want);
-
-    let mut args = zone.to_vec();
-    args.extend_from_slice(&["--source", "192.0.2.1", "--found-cluster", OPEN_ID]);
-    let want = decision(
-        "allowed",
-        "no_policy",
-        Some(OPEN_ID),
-        Some("es"),
-        None,
-        None,
-    );
-    assert_eq!(e.json(&args), want);
-
-    // Without the header the bare zone names no deployment.
-    let mut args = zone.to_vec();
-    args.extend_from_slice(&["--source", "203.0.113.9"]);
-    let want = decision("denied", "unknown_deployment", None, None, None, None);
-    assert_eq!(e.json(&args), want);
 }
 
 #[test]
 fn explain_text_first_line_starts_with_the_decision() {
     let e = Explain::new();
-    let cases: &[(&[&str], &str, &[&str])] = &[
+    let cases: &[(Vec<&str>, &str, &[&str])] = &[
         (
-            &[
-                "--host",
-                "my-deployment.es.example.com",
-                "--source",
-                "203.0.113.9",
-            ],
+            request(MY_ES, "203.0.113.9", &[]),
             "allowed",
             &["office-ips", AWS_ID],
         ),
+        (request(MY_ES, "192.0.2.1", &[]), "denied", &[AWS_ID]),
+        (request(DRY_ES, "192.0.2.1", &[]), "would_deny", &[DRY_ID]),
         (
-            &[
-                "--host",
-                "my-deployment.es.example.com",
-                "--source",
-                "192.0.2.1",
-            ],
-            "denied",
-            &[AWS_ID],
-        ),
-        (
-            &[
-                "--host",
-                "dry-deployment.es.example.com",
-                "--source",
-                "192.0.2.1",
-            ],
-            "would_deny",
-            &[DRY_ID],
-        ),
-        (
-            &["--host", "nope.es.example.com", "--source", "192.0.2.1"],
+            request("nope.es.example.com", "192.0.2.1", &[]),
             "denied",
             &["unknown_deployment"],
         ),
     ];
     for (args, first_word, mentions) in cases {
         for format in [&[][..], &["--format", "text"][..]] {
-            let mut all = args.to_vec();
-            all.extend_from_slice(format);
+            let all = [&args[..], format].concat();
             let o = e.run(&all);
             assert_exit(&o, 0, &format!("explain {all:?}"));
             let out = stdout(&o);
@@ -587,30 +515,13 @@ fn explain_invalid_or_missing_snapshot_exits_1() {
     v["deployments"][0]["policies"][1] = json!("x");
     let bad = dir.write("bad.json", v.to_string().as_bytes());
     let missing = dir.0.join("missing.json");
+    let args = request(MY_ES, "203.0.113.9", &["--format", "json"]);
     for path in [&bad, &missing] {
-        let o = run(&[
-            "explain",
-            "--snapshot",
-            path.to_str().unwrap(),
-            "--host",
-            "my-deployment.es.example.com",
-            "--source",
-            "203.0.113.9",
-            "--format",
-            "json",
-        ]);
+        let o = explain(path, &args);
         assert_exit(&o, 1, &format!("explain with {}", path.display()));
         assert!(stdout(&o).is_empty(), "no decision printed: {}", stdout(&o));
     }
-    let o = run(&[
-        "explain",
-        "--snapshot",
-        bad.to_str().unwrap(),
-        "--host",
-        "h",
-        "--source",
-        "192.0.2.1",
-    ]);
+    let o = explain(&bad, &request("h", "192.0.2.1", &[]));
     assert!(
         stderr(&o).contains("deployments[0].policies[1]: unknown policy \"x\""),
         "{}",
@@ -621,99 +532,54 @@ fn explain_invalid_or_missing_snapshot_exits_1() {
 #[test]
 fn explain_bad_arguments_exit_2() {
     let e = Explain::new();
-    let host = "my-deployment.es.example.com";
-    let cases: &[(&str, &[&str])] = &[
-        ("bad --source", &["--host", host, "--source", "not-an-ip"]),
-        (
-            "CIDR as --source",
-            &["--host", host, "--source", "10.0.0.0/8"],
-        ),
-        ("missing --source", &["--host", host]),
-        ("missing --host", &["--source", "203.0.113.9"]),
+    let cases: &[(&str, Vec<&str>)] = &[
+        ("bad --source", request(MY_ES, "not-an-ip", &[])),
+        ("CIDR as --source", request(MY_ES, "10.0.0.0/8", &[])),
+        ("missing --source", vec!["--host", MY_ES]),
+        ("missing --host", vec!["--source", "203.0.113.9"]),
         (
             "two endpoint flags",
-            &[
-                "--host",
-                host,
-                "--source",
+            request(
+                MY_ES,
                 "10.0.0.1",
-                "--aws-vpce",
-                "vpce-0123",
-                "--gcp-psc-id",
-                "5",
-            ],
+                &["--aws-vpce", "vpce-0123", "--gcp-psc-id", "5"],
+            ),
         ),
         (
             "azure and gcp endpoint flags",
-            &[
-                "--host",
-                host,
-                "--source",
+            request(
+                MY_ES,
                 "10.0.0.1",
-                "--azure-link-id",
-                "1",
-                "--gcp-psc-id",
-                "5",
-            ],
+                &["--azure-link-id", "1", "--gcp-psc-id", "5"],
+            ),
         ),
         (
             "unknown --format",
-            &[
-                "--host",
-                host,
-                "--source",
-                "203.0.113.9",
-                "--format",
-                "yaml",
-            ],
+            request(MY_ES, "203.0.113.9", &["--format", "yaml"]),
         ),
         (
             "LinkID above u32",
-            &[
-                "--host",
-                host,
-                "--source",
-                "10.0.0.1",
-                "--azure-link-id",
-                "4294967296",
-            ],
+            request(MY_ES, "10.0.0.1", &["--azure-link-id", "4294967296"]),
         ),
         (
             "PSC id not a number",
-            &[
-                "--host",
-                host,
-                "--source",
-                "10.0.0.1",
-                "--gcp-psc-id",
-                "abc",
-            ],
+            request(MY_ES, "10.0.0.1", &["--gcp-psc-id", "abc"]),
         ),
         (
             "VPC endpoint id with a space",
-            &[
-                "--host",
-                host,
-                "--source",
-                "10.0.0.1",
-                "--aws-vpce",
-                "vpce-a b",
-            ],
+            request(MY_ES, "10.0.0.1", &["--aws-vpce", "vpce-a b"]),
         ),
         (
             "bad --unassociated-private-traffic",
-            &[
-                "--host",
-                host,
-                "--source",
+            request(
+                MY_ES,
                 "10.0.0.1",
-                "--unassociated-private-traffic",
-                "maybe",
-            ],
+                &["--unassociated-private-traffic", "maybe"],
+            ),
         ),
         (
             "unknown flag",
-            &["--host", host, "--source", "203.0.113.9", "--verbose-ish"],
+            request(MY_ES, "203.0.113.9", &["--verbose-ish"]),
         ),
     ];
     for (what, args) in cases {
@@ -723,7 +589,7 @@ fn explain_bad_arguments_exit_2() {
         assert!(!stderr(&o).is_empty(), "{what}: a usage error is explained");
     }
     // Without --snapshot at all.
-    let o = run(&["explain", "--host", host, "--source", "203.0.113.9"]);
+    let o = run(&["explain", "--host", MY_ES, "--source", "203.0.113.9"]);
     assert_exit(&o, 2, "missing --snapshot");
 }
 

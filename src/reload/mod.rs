@@ -13,6 +13,7 @@
 //! request using it has finished, so freeing a large one never stalls a
 //! request.
 
+pub mod etcd;
 pub mod fetch;
 pub mod metrics;
 pub mod source;

@@ -554,23 +554,6 @@ impl Drop for Client {
 
 // ---------------------------------------------------------------- measuring
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Case {
-    Forwarded,
-    Denied,
-}
-
-impl Case {
-    const ALL: [Self; 2] = [Self::Forwarded, Self::Denied];
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Forwarded => "forwarded",
-            Self::Denied => "denied",
-        }
-    }
-}
-
 /// Per request: allocations, reallocations, bytes.
 #[derive(Clone, Copy)]
 struct PerRequest {
@@ -756,7 +739,8 @@ fn report_traces(what: &str, traces: &[Trace], requests: usize, depth: usize) {
 
 struct Row {
     log: LogSetup,
-    case: Case,
+    /// The kind of request (`cases` in `main`).
+    case: &'static str,
     rounds: Vec<PerRequest>,
 }
 
@@ -780,7 +764,7 @@ fn print_table(rows: &[Row], settings: &Settings) {
         println!(
             "| {} | {} | {} | {} | {} |",
             row.log.name(),
-            row.case.name(),
+            row.case,
             range(row.rounds.iter().map(|r| r.allocs), 2),
             range(row.rounds.iter().map(|r| r.reallocs), 2),
             range(row.rounds.iter().map(|r| r.bytes), 0),
@@ -810,21 +794,24 @@ fn main() {
     let backend = runtime.block_on(start_backend(body));
     let denied_len = FORBIDDEN_BODY.len();
 
+    // The kinds of request: the name in the table, the deployment asked
+    // for, and the answer the client checks each response against.
+    let cases = [
+        ("forwarded", FORWARDED_ID, StatusCode::OK, body_len),
+        ("denied", DENIED_ID, StatusCode::FORBIDDEN, denied_len),
+    ];
+
     let mut rows = Vec::new();
     for log in LogSetup::ALL {
         let proxy = Proxy::start(backend, log);
         runtime.block_on(async {
-            for case in Case::ALL {
-                let (id, status, len) = match case {
-                    Case::Forwarded => (FORWARDED_ID, StatusCode::OK, body_len),
-                    Case::Denied => (DENIED_ID, StatusCode::FORBIDDEN, denied_len),
-                };
+            for (case, id, status, len) in cases {
                 let mut client =
                     Client::connect(proxy.addr, client_tls.clone(), id, status, len).await;
                 client.run(settings.warmup).await;
                 if let Some(t) = &settings.trace {
                     let traces = trace(&mut client, t.requests).await;
-                    let what = format!("{}, {}", log.name(), case.name());
+                    let what = format!("{}, {case}", log.name());
                     report_traces(&what, &traces, t.requests, t.depth);
                     continue;
                 }

@@ -25,9 +25,8 @@
 #
 # Results: a markdown table on stdout and in target/compare-passthrough/results.md.
 set -euo pipefail
-
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
+# shellcheck source=benches/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 RUNS=2
 GIB=2
@@ -46,7 +45,7 @@ while (($#)); do
         --filter) FILTER=1; shift ;;
         --haproxy-splice) HA_SPLICE=1; shift ;;
         --port-base) PORT_BASE="$2"; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -80,13 +79,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    echo "nothing listens on $1" >&2
-    return 1
+# listening PORT: waits up to 10 s for a process just started.
+listening() {
+    wait_port "$1" 10 || { echo "nothing listens on $1" >&2; return 1; }
 }
 
 # ---------------------------------------------------------------- files
@@ -109,19 +104,12 @@ cat >"$WORK/snapshot.json" <<EOF
     "rules": [{"source": "203.0.113.0/24"}]}]}
 EOF
 
-filter_toml=false
-((FILTER)) && filter_toml=true
 portcullis_toml() {
+    portcullis_front_toml 127.0.0.1/32 "$WORK/proxy.pem" "$WORK/proxy.key"
     cat <<EOF
 [server]
 listen = ["127.0.0.1:$PC_HTTPS"]
 zones = ["es.test"]
-[proxy_protocol]
-mode = "required"
-trusted_sources = ["127.0.0.1/32"]
-[[tls.certificates]]
-cert = "$WORK/proxy.pem"
-key = "$WORK/proxy.key"
 [snapshot]
 path = "$WORK/snapshot.json"
 [admin]
@@ -161,7 +149,7 @@ haproxy_cfg "    option splice-auto" >"$WORK/haproxy-splice.cfg"
 taskset -c 1 python3 "$LOAD" node --listen "127.0.0.1:$NODE_PORT" \
     --cert "$WORK/node.pem" --key "$WORK/node.key" >"$WORK/node.log" 2>&1 &
 PIDS+=($!)
-wait_port "$NODE_PORT"
+listening "$NODE_PORT"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
@@ -178,7 +166,7 @@ measure() {
                 >/dev/null 2>"$WORK/portcullis.log" & pid=$!; port=$PC_RC ;;
     esac
     PIDS+=("$pid")
-    wait_port "$port"
+    listening "$port"
     sleep 0.5
     local target="127.0.0.1:$port" bytes=$((GIB * 1024 * 1024 * 1024 / 4))
     # Warm-up: one connection of each kind.

@@ -66,9 +66,8 @@
 # Environment: PORTCULLIS_BIN, the portcullis binary to measure (default
 # target/release/portcullis; e.g. one built with another allocator).
 set -euo pipefail
-
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$ROOT"
+# shellcheck source=benches/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 DURATION=10
 REPEAT=1
@@ -88,8 +87,6 @@ REPORT_ONLY=0
 PORT_BASE=24400
 LOGS=both
 PORTCULLIS_LOG_FORMAT=json
-
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 while (($#)); do
     case "$1" in
@@ -178,16 +175,6 @@ stop() {
     STARTED=("${keep[@]}")
 }
 
-wait_port() { # port seconds
-    for _ in $(seq $(($2 * 10))); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # ------------------------------------------------------------------- set-up
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -270,14 +257,24 @@ gen_snapshot() {
 # A ~600-byte Elasticsearch search response.
 SEARCH_RESPONSE='{"took":3,"timed_out":false,"_shards":{"total":1,"successful":1,"skipped":0,"failed":0},"hits":{"total":{"value":2,"relation":"eq"},"max_score":1.3862942,"hits":[{"_index":"logs-2024.11.23","_id":"kxbP9ZMBa1DUwN2qYH3u","_score":1.3862942,"_source":{"@timestamp":"2024-11-23T18:47:12.384Z","message":"GET /api/v1/orders 200 12ms","service":{"name":"checkout"},"host":{"name":"web-07"}}},{"_index":"logs-2024.11.23","_id":"lBbP9ZMBa1DUwN2qYH3u","_score":1.3862942,"_source":{"@timestamp":"2024-11-23T18:47:13.019Z","message":"GET /api/v1/cart 200 8ms","service":{"name":"checkout"},"host":{"name":"web-02"}}}]}}'
 
+# nginx_main DIR WORKER-CONNECTIONS: the top of an nginx.conf, the same for
+# the backend and the proxy: one worker process, its pid and error log in
+# DIR. The caller's http block follows.
+nginx_main() {
+    cat <<EOF
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections $2; }
+EOF
+}
+
 write_configs() {
     mkdir -p "$WORK/backend" "$WORK/nginx" "$WORK/haproxy" "$WORK/portcullis"
-    cat >"$WORK/backend/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
+    {
+        nginx_main "$WORK/backend" 8192
+        cat <<EOF
 http {
     access_log off;
     keepalive_timeout 600s;
@@ -291,6 +288,7 @@ http {
     }
 }
 EOF
+    } >"$WORK/backend/nginx.conf"
     # Access logs: the fields portcullis writes (src/server/service.rs
     # Record::emit). What nginx cannot know (deployment, decision, policy)
     # comes from constants and from the geo it filters with.
@@ -313,12 +311,9 @@ EOF
     echo 'access_log off;' >"$WORK/nginx/log-off.conf"
     local mode
     for mode in on off; do
-        cat >"$WORK/nginx/nginx-$mode.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 30000; }
+        {
+            nginx_main "$WORK/nginx" 30000
+            cat <<EOF
 http {
     keepalive_timeout 600s;
     keepalive_requests 100000000;
@@ -354,6 +349,7 @@ http {
     }
 }
 EOF
+        } >"$WORK/nginx/nginx-$mode.conf"
     done
     # HAProxy: syslog over UDP to a local sink (see the header). The same
     # fields as nginx's, JSON-shaped; %{+E}o escapes '"' and '\' in every
@@ -410,20 +406,14 @@ EOF
 portcullis_config() {
     local mode
     for mode in on off; do
-        cat >"$WORK/portcullis-$mode.toml" <<EOF
+        {
+            portcullis_front_toml 127.0.0.0/8 "$WORK/cert.pem" "$WORK/key.pem"
+            cat <<EOF
 [server]
 listen = ["127.0.0.1:${PORT[portcullis]}"]
 zones = ["bench.test"]
 idle_timeout = "600s"
 max_connections = 60000
-
-[proxy_protocol]
-mode = "required"
-trusted_sources = ["127.0.0.0/8"]
-
-[[tls.certificates]]
-cert = "$WORK/cert.pem"
-key = "$WORK/key.pem"
 
 [snapshot]
 path = "$1"
@@ -433,6 +423,7 @@ poll_interval = "3600s"
 listen = "127.0.0.1:$ADMIN_PORT"
 token_file = "$WORK/admin.token"
 EOF
+        } >"$WORK/portcullis-$mode.toml"
         if [ "$mode" = off ]; then
             printf '\n[log]\naccess = false\n' >>"$WORK/portcullis-$mode.toml"
         fi

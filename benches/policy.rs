@@ -193,7 +193,7 @@ fn cases(snapshot: &Snapshot, set: &PolicySet, router: &Router) -> Vec<Case> {
         if out.iter().all(|(_, v)| v.len() >= REQUESTS) {
             break;
         }
-        let d = &snapshot.deployments[rng.below(snapshot.deployments.len())];
+        let d = pick(&mut rng, &snapshot.deployments);
         let Some((deployment, product)) = router.host_target(set, &format!("{}.{ZONE}", d.id))
         else {
             continue;
@@ -213,7 +213,7 @@ fn cases(snapshot: &Snapshot, set: &PolicySet, router: &Router) -> Vec<Case> {
         for p in d.policies.iter().filter_map(|id| by_id.get(id.as_str())) {
             match &snapshot.policies[*p].rules {
                 Rules::Ip(rules) if !rules.is_empty() => {
-                    let rule = &rules[rng.below(rules.len())];
+                    let rule = pick(&mut rng, rules);
                     match rule.source {
                         IpNet::V4(n) => {
                             let host = u32::from(n.network())
@@ -232,54 +232,56 @@ fn cases(snapshot: &Snapshot, set: &PolicySet, router: &Router) -> Vec<Case> {
                         }
                     }
                 }
-                Rules::Vpce(rules) if !rules.is_empty() => {
-                    let id = VpceId::parse(rules[rng.below(rules.len())].source.as_bytes()).ok();
-                    let src = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
-                    if let Some(id) = id {
-                        push(4, src, Some(PrivateEndpoint::AwsVpce(id)));
+                rules => {
+                    if let Some([hit, miss]) = private_endpoints(rules, &mut rng) {
+                        // Private endpoints connect from private addresses.
+                        let src = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
+                        // A listed id that does not parse is no hit.
+                        if hit.is_some() {
+                            push(4, src, hit);
+                        }
+                        push(5, src, miss);
                     }
-                    push(
-                        5,
-                        src,
-                        VpceId::parse(b"vpce-00000000000000000")
-                            .ok()
-                            .map(PrivateEndpoint::AwsVpce),
-                    );
                 }
-                Rules::Azure(rules) if !rules.is_empty() => {
-                    let src = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
-                    push(
-                        4,
-                        src,
-                        Some(PrivateEndpoint::AzureLinkId(
-                            rules[rng.below(rules.len())].link_id,
-                        )),
-                    );
-                    push(5, src, Some(PrivateEndpoint::AzureLinkId(7)));
-                }
-                Rules::Gcp(rules) if !rules.is_empty() => {
-                    let src = IpAddr::V4(Ipv4Addr::new(10, 9, 8, 7));
-                    push(
-                        4,
-                        src,
-                        Some(PrivateEndpoint::GcpPscConnectionId(
-                            rules[rng.below(rules.len())].source,
-                        )),
-                    );
-                    push(5, src, Some(PrivateEndpoint::GcpPscConnectionId(7)));
-                }
-                _ => {}
             }
         }
     }
     out
 }
 
+/// One of `items`, at random.
+fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
+    &items[rng.below(items.len())]
+}
+
+/// For a private-endpoint policy with rules, the endpoints of its two
+/// cases: one of its rules' (private-hit) and one no generated rule has
+/// (private-miss). `None` for IP policies and empty ones.
+fn private_endpoints(rules: &Rules, rng: &mut Rng) -> Option<[Option<PrivateEndpoint>; 2]> {
+    let aws = |id: &str| {
+        VpceId::parse(id.as_bytes())
+            .ok()
+            .map(PrivateEndpoint::AwsVpce)
+    };
+    match rules {
+        Rules::Vpce(rules) if !rules.is_empty() => {
+            Some([aws(&pick(rng, rules).source), aws("vpce-00000000000000000")])
+        }
+        Rules::Azure(rules) if !rules.is_empty() => {
+            Some([pick(rng, rules).link_id, 7].map(|id| Some(PrivateEndpoint::AzureLinkId(id))))
+        }
+        Rules::Gcp(rules) if !rules.is_empty() => Some(
+            [pick(rng, rules).source, 7].map(|id| Some(PrivateEndpoint::GcpPscConnectionId(id))),
+        ),
+        _ => None,
+    }
+}
+
 fn hosts(snapshot: &Snapshot) -> Vec<String> {
     let mut rng = Rng::new(11);
     (0..REQUESTS)
         .map(|_| {
-            let d = &snapshot.deployments[rng.below(snapshot.deployments.len())];
+            let d = pick(&mut rng, &snapshot.deployments);
             match &d.alias {
                 Some(alias) => format!("{alias}.es.{ZONE}:9243"),
                 None => format!("{}.{ZONE}", d.id),

@@ -195,6 +195,27 @@ pub fn tls_config(opts: &TlsOptions<'_>) -> Result<Arc<ClientConfig>, String> {
 #[derive(Debug)]
 struct AcceptAnyCertificate(Arc<CryptoProvider>);
 
+/// The `ServerCertVerifier` method `$check` (TLS 1.2's or 1.3's handshake
+/// signature) as rustls's own function of that name does it, with the
+/// provider's algorithms: the two differ only in that name.
+macro_rules! verify_signature_as_rustls {
+    ($check:ident) => {
+        fn $check(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::$check(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+    };
+}
+
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
         &self,
@@ -207,33 +228,8 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
+    verify_signature_as_rustls!(verify_tls12_signature);
+    verify_signature_as_rustls!(verify_tls13_signature);
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()

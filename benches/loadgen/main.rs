@@ -322,11 +322,11 @@ fn prepare(args: &Args) -> Result<(Plan, Settings, Sources), String> {
         rate,
         duration: args.duration,
         requests_per_connection: args.requests_per_connection,
+        seed: args.seed,
+        measure_pids: args.measure_pids.clone(),
         connect_concurrency: args.connect_concurrency,
         ramp_timeout: args.ramp_timeout,
         ready_file: args.ready_file.clone(),
-        measure_pids: args.measure_pids.clone(),
-        seed: args.seed,
     };
     Ok((plan, settings, sources))
 }

@@ -69,7 +69,7 @@ impl Report<'_> {
     }
 
     fn rss_per_connection_bytes(&self) -> Option<f64> {
-        let idle = self.outcome.idle.as_ref()?;
+        let idle = self.outcome.idle()?;
         let (before, held) = (idle.rss_before_kib?, idle.rss_held_kib?);
         (idle.established > 0)
             .then(|| (held as f64 - before as f64) * 1024.0 / idle.established as f64)
@@ -118,7 +118,7 @@ impl Report<'_> {
             "latency_us": percentiles(&c.latency),
             "connect_us": percentiles(&c.connect),
             "tls_negotiated": tls,
-            "scheduled": o.scheduled,
+            "scheduled": o.scheduled(),
             "warnings": o.warnings,
         });
         if a.mode == Mode::Open {
@@ -140,7 +140,7 @@ impl Report<'_> {
                 "rss_kib_after": o.server.map(|s| s.after.rss_kib),
             });
         }
-        if let Some(idle) = &o.idle {
+        if let Some(idle) = o.idle() {
             out["idle"] = json!({
                 "established": idle.established,
                 "held_at_end": idle.held_at_end,
@@ -210,7 +210,7 @@ impl Report<'_> {
                 format!(" ({})", kinds.join(", "))
             }
         );
-        if let Some(n) = o.scheduled {
+        if let Some(n) = o.scheduled() {
             let _ = writeln!(s, "  scheduled    {n}");
         }
         let line = |s: &mut String, name: &str, h: &hdrhistogram::Histogram<u64>| {
@@ -266,7 +266,7 @@ impl Report<'_> {
             }
             let _ = writeln!(s, "  server       {}", parts.join(", "));
         }
-        if let Some(idle) = &o.idle {
+        if let Some(idle) = o.idle() {
             let _ = writeln!(
                 s,
                 "  idle         {} established, {} still open at the end",

@@ -48,13 +48,17 @@ pub struct Plan {
     pub duration: Duration,
     /// 0: keep connections open; n: open a new one after n requests.
     pub requests_per_connection: u64,
+    /// Where the client identities' random picks start.
+    pub seed: u64,
+    /// Server processes whose CPU time and RSS are sampled (summed).
+    pub measure_pids: Vec<u32>,
+    // The ramp that opens the connections (before the window; in idle
+    // mode, it is the window).
     pub connect_concurrency: usize,
     /// Idle: the longest the connection ramp may take.
     pub ramp_timeout: Duration,
     /// Idle: written (with the number established) once all are open.
     pub ready_file: Option<PathBuf>,
-    pub measure_pids: Vec<u32>,
-    pub seed: u64,
 }
 
 /// Server-side cost, from `/proc`, over the measured window.
@@ -64,14 +68,27 @@ pub struct ServerCost {
     pub after: ProcSample,
 }
 
+/// In the order they were taken: server RSS before the ramp, the
+/// connections the ramp established, server RSS once all were open (after
+/// a 1 s settle), those still open at the end of the hold, and server RSS
+/// then.
 pub struct IdleOutcome {
-    pub established: u64,
-    pub held_at_end: u64,
-    /// Server RSS before the ramp, once all connections were open (after a
-    /// 1 s settle), and at the end of the hold.
     pub rss_before_kib: Option<u64>,
+    pub established: u64,
     pub rss_held_kib: Option<u64>,
+    pub held_at_end: u64,
     pub rss_end_kib: Option<u64>,
+}
+
+/// What only one mode measures: one enum rather than an `Option` a mode,
+/// so no outcome can carry another mode's figures.
+pub enum ModeOutcome {
+    Closed,
+    /// The requests scheduled, sent or not.
+    Open {
+        scheduled: u64,
+    },
+    Idle(IdleOutcome),
 }
 
 pub struct Outcome {
@@ -79,12 +96,27 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Connections opened inside the window.
     pub connections_opened: u64,
-    /// Open loop: requests scheduled.
-    pub scheduled: Option<u64>,
     pub server: Option<ServerCost>,
-    pub idle: Option<IdleOutcome>,
+    pub mode: ModeOutcome,
     /// Problems reading `/proc` (the run itself went on).
     pub warnings: Vec<String>,
+}
+
+impl Outcome {
+    /// Open loop: the requests scheduled (`None` in the other modes).
+    pub fn scheduled(&self) -> Option<u64> {
+        match self.mode {
+            ModeOutcome::Open { scheduled } => Some(scheduled),
+            _ => None,
+        }
+    }
+
+    pub fn idle(&self) -> Option<&IdleOutcome> {
+        match &self.mode {
+            ModeOutcome::Idle(idle) => Some(idle),
+            _ => None,
+        }
+    }
 }
 
 struct Run {
@@ -286,8 +318,7 @@ async fn load(run: &Arc<Run>, plan: &Plan) -> Outcome {
     let hard_stop = deadline + plan_slack(run);
 
     let mut tasks = JoinSet::new();
-    let mut scheduled = None;
-    if plan.mode == Mode::Closed {
+    let mode = if plan.mode == Mode::Closed {
         for (i, slot) in slots.iter().enumerate() {
             for s in 0..plan.streams {
                 let run = run.clone();
@@ -296,6 +327,7 @@ async fn load(run: &Arc<Run>, plan: &Plan) -> Outcome {
                 tasks.spawn(closed_worker(run, slot, rng, deadline));
             }
         }
+        ModeOutcome::Closed
     } else {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Arc::new(Mutex::new(rx));
@@ -317,7 +349,6 @@ async fn load(run: &Arc<Run>, plan: &Plan) -> Outcome {
         // Only a bug could make the dispatcher panic; the report then
         // shows 0 scheduled rather than a made-up number.
         let total = dispatcher.unwrap_or(0);
-        scheduled = Some(total);
         join_until(&mut tasks, hard_stop + Duration::from_secs(1)).await;
         let end = Instant::now();
         let mut rx = queue.lock().await;
@@ -328,7 +359,8 @@ async fn load(run: &Arc<Run>, plan: &Plan) -> Outcome {
                 Some(end.saturating_duration_since(intended)),
             );
         }
-    }
+        ModeOutcome::Open { scheduled: total }
+    };
     join_until(&mut tasks, hard_stop + Duration::from_secs(1)).await;
     let elapsed = start.elapsed();
     let after = sample(&plan.measure_pids, &mut warnings);
@@ -337,11 +369,10 @@ async fn load(run: &Arc<Run>, plan: &Plan) -> Outcome {
     Outcome {
         elapsed,
         connections_opened,
-        scheduled,
         server: before
             .zip(after)
             .map(|(before, after)| ServerCost { before, after }),
-        idle: None,
+        mode,
         warnings,
     }
 }
@@ -478,15 +509,14 @@ async fn idle(run: &Arc<Run>, plan: &Plan) -> Outcome {
         // cost of a new connection plus one request.
         elapsed: ramp_time,
         connections_opened: established,
-        scheduled: None,
         server: before
             .zip(ramp_sample)
             .map(|(before, after)| ServerCost { before, after }),
-        idle: Some(IdleOutcome {
-            established,
-            held_at_end,
+        mode: ModeOutcome::Idle(IdleOutcome {
             rss_before_kib: before.map(|s| s.rss_kib),
+            established,
             rss_held_kib: held.map(|s| s.rss_kib),
+            held_at_end,
             rss_end_kib: end.map(|s| s.rss_kib),
         }),
         warnings,

@@ -84,7 +84,7 @@ async fn one_request_per_connection_reconnects_every_time() {
 #[tokio::test]
 async fn open_loop_sends_exactly_the_scheduled_requests() {
     let (outcome, c) = run(&["--mode", "open", "--rate", "200"]).await;
-    assert_eq!(outcome.scheduled, Some(60));
+    assert_eq!(outcome.scheduled(), Some(60));
     assert_eq!(c.responses(), 60);
     assert_eq!(c.errors(), 0, "{:?}", c.failures);
 }
@@ -92,7 +92,7 @@ async fn open_loop_sends_exactly_the_scheduled_requests() {
 #[tokio::test]
 async fn idle_connections_are_opened_and_held() {
     let (outcome, c) = run(&["--mode", "idle"]).await;
-    let idle = outcome.idle.expect("idle outcome");
+    let idle = outcome.idle().expect("idle outcome");
     assert_eq!(idle.established, 4);
     assert_eq!(idle.held_at_end, 4);
     assert_eq!(c.status_count(200), 4);

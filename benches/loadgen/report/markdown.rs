@@ -410,14 +410,12 @@ fn reload_section(o: &mut String, r: &Value, reload: &Value, mml: &str) {
                 Value::Null => "–".to_owned(),
                 l => text(l),
             };
+            let latency = ["p50", "p99", "p99_9", "max"].map(|q| v(&["latency_us", q]));
             let _ = writeln!(
                 o,
-                "| {label} | {} | {} | {} | {} | {} | {} | {lines} |",
+                "| {label} | {} | {} | {} | {lines} |",
                 v(&["rps"]),
-                v(&["latency_us", "p50"]),
-                v(&["latency_us", "p99"]),
-                v(&["latency_us", "p99_9"]),
-                v(&["latency_us", "max"]),
+                latency.join(" | "),
                 v(&["errors"]),
             );
         }

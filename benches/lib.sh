@@ -1,0 +1,40 @@
+# shellcheck shell=bash
+# What benches/compare.sh and benches/compare-passthrough.sh share. Sourced
+# (after `set -euo pipefail`), not run: it moves to the repository root and
+# sets ROOT.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit
+
+# usage: the calling script's header comment (line 2 up to `set -euo`) is
+# its --help, so the two cannot drift apart.
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+# port_free PORT: nothing accepts TCP connections on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT SECONDS: until something accepts them (1 if nothing did).
+wait_port() {
+    for _ in $(seq $(($2 * 10))); do
+        if ! port_free "$1"; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# portcullis_front_toml TRUSTED-CIDR CERT KEY: how both benches' clients
+# reach portcullis, a PROXY header from TRUSTED-CIDR first and then TLS with
+# the bench's certificate. Each bench writes these sections first and its
+# own after them (TOML does not care about the order of sections).
+portcullis_front_toml() {
+    cat <<EOF
+[proxy_protocol]
+mode = "required"
+trusted_sources = ["$1"]
+
+[[tls.certificates]]
+cert = "$2"
+key = "$3"
+
+EOF
+}

@@ -327,38 +327,38 @@ fn route(dir: &Path) {
     }
 }
 
+/// `bytes` behind their length as a big-endian integer of `width` bytes,
+/// as TLS nests every vector of a ClientHello: 3 bytes for the handshake
+/// message, 2 for the record, the extensions and the names in them.
+fn length_prefixed(width: usize, bytes: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(bytes.len()).unwrap().to_be_bytes();
+    assert!(
+        len[..4 - width].iter().all(|&b| b == 0),
+        "too long for {width} bytes"
+    );
+    [&len[4 - width..], bytes].concat()
+}
+
 /// A ClientHello record with `extensions`, built by hand: TLS 1.2
 /// version, fixed random, one cipher suite, null compression.
 fn client_hello_record(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let exts: Vec<u8> = extensions
+        .iter()
+        .flat_map(|(kind, data)| [&kind.to_be_bytes()[..], &length_prefixed(2, data)].concat())
+        .collect();
     let mut body = vec![3, 3];
     body.extend_from_slice(&[0x5a; 32]);
     body.push(0);
     body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
-    let mut exts = Vec::new();
-    for (kind, data) in extensions {
-        exts.extend_from_slice(&kind.to_be_bytes());
-        exts.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
-        exts.extend_from_slice(data);
-    }
-    body.extend_from_slice(&u16::try_from(exts.len()).unwrap().to_be_bytes());
-    body.extend_from_slice(&exts);
-    let len = u32::try_from(body.len()).unwrap().to_be_bytes();
-    let mut handshake = vec![1, len[1], len[2], len[3]];
-    handshake.extend_from_slice(&body);
-    let mut record = vec![0x16, 3, 1];
-    record.extend_from_slice(&u16::try_from(handshake.len()).unwrap().to_be_bytes());
-    record.extend_from_slice(&handshake);
-    record
+    body.extend_from_slice(&length_prefixed(2, &exts));
+    let handshake = [&[1][..], &length_prefixed(3, &body)].concat();
+    [&[0x16, 3, 1][..], &length_prefixed(2, &handshake)].concat()
 }
 
 /// `server_name` extension data with one `host_name`.
 fn server_name(host: &[u8]) -> Vec<u8> {
-    let mut list = vec![0];
-    list.extend_from_slice(&u16::try_from(host.len()).unwrap().to_be_bytes());
-    list.extend_from_slice(host);
-    let mut data = u16::try_from(list.len()).unwrap().to_be_bytes().to_vec();
-    data.extend_from_slice(&list);
-    data
+    let list = [&[0][..], &length_prefixed(2, host)].concat();
+    length_prefixed(2, &list)
 }
 
 /// ClientHello seeds, each checked against the outcome its name promises.

@@ -267,6 +267,13 @@ async fn resumption_can_be_disabled_entirely() {
     }
 }
 
+/// Reads until the server closes: keeps the socket open until the server
+/// has decided.
+async fn until_closed(tcp: &mut TcpStream) {
+    let mut sink = Vec::new();
+    let _ = tcp.read_to_end(&mut sink).await;
+}
+
 /// Connects, lets `client` act on the raw socket, and returns the server's
 /// verdict.
 async fn failure(settings: Settings, client: impl AsyncFnOnce(TcpStream)) -> &'static str {
@@ -282,9 +289,7 @@ async fn plain_http_is_not_tls() {
     let kind = failure(Settings::default(), async |mut tcp| {
         let request = b"GET / HTTP/1.1\r\nHost: a.es.example.com\r\n\r\n";
         tcp.write_all(request).await.expect("write");
-        // Keep the socket open until the server has decided.
-        let mut sink = Vec::new();
-        let _ = tcp.read_to_end(&mut sink).await;
+        until_closed(&mut tcp).await;
     })
     .await;
     assert_eq!(kind, "not_tls");
@@ -296,11 +301,7 @@ async fn silent_client_times_out() {
         handshake_timeout: Duration::from_millis(200),
         ..Settings::default()
     };
-    let kind = failure(settings, async |mut tcp| {
-        let mut sink = Vec::new();
-        let _ = tcp.read_to_end(&mut sink).await;
-    })
-    .await;
+    let kind = failure(settings, async |mut tcp| until_closed(&mut tcp).await).await;
     assert_eq!(kind, "timeout");
 }
 

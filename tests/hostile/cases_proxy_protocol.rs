@@ -258,14 +258,14 @@ pub(crate) async fn proxy_v2_local_with_a_bad_crc(w: Arc<World>) {
     assert_prompt(after);
 }
 
-pub(crate) async fn proxy_v2_local_with_a_good_crc_is_served_as_the_peer(w: Arc<World>) {
-    // The same health check with a matching CRC is served, and its vendor
-    // TLV is not read: the TCP peer is the client.
-    let header = V2::local().aws_vpce(VPCE).crc(Crc::Good).build();
+/// After `header`, a LOCAL one (the balancer's own connection, such as a
+/// health check), a GET to `open` is served with the TCP peer (127.0.0.1)
+/// as the client, and reaches the backend once.
+async fn assert_served_as_the_peer(w: &World, header: &[u8]) {
     let before = w.counters();
     let ex = h1(
-        &w,
-        &header,
+        w,
+        header,
         format!(
             "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             open_host()
@@ -274,7 +274,14 @@ pub(crate) async fn proxy_v2_local_with_a_good_crc_is_served_as_the_peer(w: Arc<
     )
     .await;
     assert_eq!(ex.one(StatusCode::OK).echo().forwarded_for(), ["127.0.0.1"]);
-    assert_eq!(before.backend_requests_since(&w), 1);
+    assert_eq!(before.backend_requests_since(w), 1);
+}
+
+pub(crate) async fn proxy_v2_local_with_a_good_crc_is_served_as_the_peer(w: Arc<World>) {
+    // The same health check with a matching CRC is served, and its vendor
+    // TLV is not read: the TCP peer is the client.
+    let header = V2::local().aws_vpce(VPCE).crc(Crc::Good).build();
+    assert_served_as_the_peer(&w, &header).await;
 }
 
 /// xorshift bytes, never starting with a PROXY signature byte.
@@ -307,17 +314,5 @@ pub(crate) async fn proxy_v2_local_with_any_family_is_served_as_the_peer(w: Arc<
     // LOCAL (a health check) ignores the family byte, per the spec; the
     // TCP peer is the client.
     let header = [&V2_SIGNATURE[..], &[0x20, 0xff, 0x00, 0x00]].concat();
-    let before = w.counters();
-    let ex = h1(
-        &w,
-        &header,
-        format!(
-            "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            open_host()
-        ),
-        1,
-    )
-    .await;
-    assert_eq!(ex.one(StatusCode::OK).echo().forwarded_for(), ["127.0.0.1"]);
-    assert_eq!(before.backend_requests_since(&w), 1);
+    assert_served_as_the_peer(&w, &header).await;
 }

@@ -164,6 +164,18 @@ impl Instance {
     async fn conn(&self) -> Conn {
         self.client().connect().await
     }
+
+    /// Waits up to [`WAIT`] until the metrics satisfy `met`. A failed
+    /// `/metrics` request counts as "not yet" rather than failing the test:
+    /// these waits run while the proxy is flooded or has no snapshot.
+    async fn until_metrics(&self, what: &str, met: impl Fn(&Metrics) -> bool) {
+        let (admin, met) = (self.admin, &met);
+        eventually(WAIT, what, || async move {
+            let r = admin_request(admin, Method::GET, "/metrics", &[], None).await;
+            r.is_ok_and(|r| met(&Metrics::parse(&r.text())))
+        })
+        .await;
+    }
 }
 
 /// `GET /` to deployment `id` on `conn`.
@@ -173,6 +185,11 @@ async fn get(conn: &mut Conn, id: &str) -> Reply {
 
 fn upstream_errors(m: &Metrics, kind: &str) -> f64 {
     m.sum("portcullis_upstream_errors_total", &[("kind", kind)])
+}
+
+/// Requests answered 503 because their resource had no healthy node.
+fn no_healthy_backend(m: &Metrics) -> f64 {
+    upstream_errors(m, "no_healthy_backend")
 }
 
 fn reloads(m: &Metrics, result: &str) -> f64 {
@@ -456,12 +473,8 @@ async fn connection_flood_is_refused_cheaply_and_the_proxy_stays_responsive() {
     for _ in 0..LIMIT {
         held.push(Raw::connect(p.data, None).await);
     }
-    let admin = p.admin;
-    eventually(WAIT, "every slot taken", || async move {
-        let r = admin_request(admin, Method::GET, "/metrics", &[], None).await;
-        r.is_ok_and(|r| active(&Metrics::parse(&r.text())) == LIMIT as f64)
-    })
-    .await;
+    p.until_metrics("every slot taken", |m| active(m) == LIMIT as f64)
+        .await;
 
     // Past the limit: accepted and closed at once, nothing sent back.
     for _ in 0..EXCESS {
@@ -485,9 +498,8 @@ async fn connection_flood_is_refused_cheaply_and_the_proxy_stays_responsive() {
 
     // Half the flood goes away: its slots serve real clients again.
     held.truncate(LIMIT / 2);
-    eventually(WAIT, "released slots are free", || async move {
-        let r = admin_request(admin, Method::GET, "/metrics", &[], None).await;
-        r.is_ok_and(|r| active(&Metrics::parse(&r.text())) == (LIMIT / 2) as f64)
+    p.until_metrics("released slots are free", |m| {
+        active(m) == (LIMIT / 2) as f64
     })
     .await;
     let mut conn = p.conn().await;
@@ -617,6 +629,25 @@ async fn until_status(
     }
 }
 
+/// [`until_status`] for `solo0001`, whose only node is `a`: until `a`
+/// serves it again.
+async fn until_solo_served(conn: &mut Conn, meanwhile: &[StatusCode], limit: Duration) -> Reply {
+    until_status(conn, "solo0001", StatusCode::OK, meanwhile, limit).await
+}
+
+/// [`until_status`] for `new0001`, which only the second snapshot has:
+/// unknown (404) until that snapshot is applied.
+async fn until_new0001_served(conn: &mut Conn) -> Reply {
+    until_status(
+        conn,
+        "new0001",
+        StatusCode::OK,
+        &[StatusCode::NOT_FOUND],
+        Duration::from_secs(8),
+    )
+    .await
+}
+
 /// Outcome: killing node `a` of a two-node resource under load fails only
 /// requests on connections `a` had open (each with a 502 JSON answer); the
 /// rest are served by `b`. Repeated connect failures eject `a`, which a
@@ -675,10 +706,8 @@ async fn node_killed_under_load_fails_only_its_open_requests_and_rejoins_after_r
     .await;
     // The backoff is capped at `eject_max`.
     assert!(restarted.elapsed() < Duration::from_secs(3));
-    until_status(
+    until_solo_served(
         &mut solo,
-        "solo0001",
-        StatusCode::OK,
         &[StatusCode::SERVICE_UNAVAILABLE, StatusCode::BAD_GATEWAY],
         Duration::from_secs(3),
     )
@@ -704,11 +733,7 @@ async fn node_killed_under_load_fails_only_its_open_requests_and_rejoins_after_r
         "failures after the restart"
     );
     let m = p.metrics().await;
-    assert!(
-        upstream_errors(&m, "no_healthy_backend") >= 1.0,
-        "{}",
-        m.text
-    );
+    assert!(no_healthy_backend(&m) >= 1.0, "{}", m.text);
 }
 
 /// Outcome: with active checks, a dead node is ejected by the check before
@@ -748,13 +773,11 @@ async fn active_checks_eject_a_dead_node_before_clients_hit_it_and_restore_it() 
     }
     let m = p.metrics().await;
     assert_eq!(upstream_errors(&m, "connect"), 0.0, "{}", m.text);
-    assert_eq!(upstream_errors(&m, "no_healthy_backend"), 1.0, "{}", m.text);
+    assert_eq!(no_healthy_backend(&m), 1.0, "{}", m.text);
 
     a.restart().await;
-    let r = until_status(
+    let r = until_solo_served(
         &mut solo,
-        "solo0001",
-        StatusCode::OK,
         &[StatusCode::SERVICE_UNAVAILABLE],
         Duration::from_secs(3),
     )
@@ -802,10 +825,8 @@ async fn lone_dead_node_gets_502_then_503_for_the_whole_ejection_then_serves() {
         .assert_local(StatusCode::SERVICE_UNAVAILABLE, None);
 
     let node = Killable::start_at("a", addr).await;
-    let r = until_status(
+    let r = until_solo_served(
         &mut conn,
-        "solo0001",
-        StatusCode::OK,
         &[StatusCode::SERVICE_UNAVAILABLE],
         Duration::from_secs(5),
     )
@@ -819,11 +840,7 @@ async fn lone_dead_node_gets_502_then_503_for_the_whole_ejection_then_serves() {
     assert_eq!(node.served(), 1);
     let m = p.metrics().await;
     assert_eq!(upstream_errors(&m, "connect"), 2.0, "{}", m.text);
-    assert!(
-        upstream_errors(&m, "no_healthy_backend") >= 2.0,
-        "{}",
-        m.text
-    );
+    assert!(no_healthy_backend(&m) >= 2.0, "{}", m.text);
 }
 
 /// Outcome: a backend that accepts the connection and never answers gets
@@ -899,7 +916,7 @@ async fn backend_that_never_answers_gets_504_and_the_client_connection_lives_on(
 
     let m = p.metrics().await;
     assert_eq!(upstream_errors(&m, "timeout"), 3.0, "{}", m.text);
-    assert_eq!(upstream_errors(&m, "no_healthy_backend"), 0.0, "{}", m.text);
+    assert_eq!(no_healthy_backend(&m), 0.0, "{}", m.text);
 }
 
 /// How the resetting backend answers, by request path.
@@ -945,6 +962,18 @@ async fn read_body(body: Incoming) -> (usize, Option<String>) {
     }
 }
 
+/// Sends `GET path` to `host` on `conn` and checks that the response
+/// starts (200) but its body ends in an error, never cleanly. Returns how
+/// many body bytes arrived first.
+async fn assert_body_aborted(conn: &mut Conn, host: &str, path: &str) -> usize {
+    let req = conn.request(Method::GET, host, path).body(empty()).unwrap();
+    let resp = conn.send_streaming(req).await.expect("head");
+    assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    let (bytes, error) = read_body(resp.into_body()).await;
+    assert!(error.is_some(), "{path}: a clean end after {bytes} bytes");
+    bytes
+}
+
 /// Outcome: a backend that resets the connection before answering gets
 /// the client a 502 JSON answer on a connection that stays open. One that
 /// resets mid-body (after the 200 head went out) aborts that response: an
@@ -974,14 +1003,7 @@ async fn backend_reset_mid_response_aborts_that_response_and_the_next_is_served(
     for path in ["/content-length", "/chunked"] {
         // HTTP/1.1: the response is cut off and the connection closed.
         let mut conn = p.conn().await;
-        let req = conn
-            .request(Method::GET, &reset_host, path)
-            .body(empty())
-            .unwrap();
-        let resp = conn.send_streaming(req).await.expect("head");
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        let (bytes, error) = read_body(resp.into_body()).await;
-        assert!(error.is_some(), "{path}: a clean end after {bytes} bytes");
+        let bytes = assert_body_aborted(&mut conn, &reset_host, path).await;
         assert!(bytes <= 1000, "{path}: {bytes}");
         eventually(WAIT, "the proxy closes the connection", || {
             let closed = conn.is_closed();
@@ -991,14 +1013,7 @@ async fn backend_reset_mid_response_aborts_that_response_and_the_next_is_served(
 
         // HTTP/2: only the stream is reset; the connection serves on.
         let mut h2 = p.client().h2().connect().await;
-        let req = h2
-            .request(Method::GET, &reset_host, path)
-            .body(empty())
-            .unwrap();
-        let resp = h2.send_streaming(req).await.expect("head");
-        assert_eq!(resp.status(), StatusCode::OK, "{path}");
-        let (bytes, error) = read_body(resp.into_body()).await;
-        assert!(error.is_some(), "{path}: a clean end after {bytes} bytes");
+        assert_body_aborted(&mut h2, &reset_host, path).await;
         assert_eq!(get(&mut h2, "open0001").await.echo().backend(), "es");
 
         let mut fresh = p.conn().await;
@@ -1078,12 +1093,8 @@ async fn hanging_snapshot_url_times_out_and_the_running_snapshot_stays() {
     assert_eq!(get(&mut conn, "open0001").await.echo().backend(), "es");
 
     cp_state.lock().unwrap().body = None;
-    let admin = p.admin;
-    eventually(WAIT, "two polls time out", || async move {
-        let r = admin_request(admin, Method::GET, "/metrics", &[], None).await;
-        r.is_ok_and(|r| reloads(&Metrics::parse(&r.text()), "unreadable") >= 2.0)
-    })
-    .await;
+    p.until_metrics("two polls time out", |m| reloads(m, "unreadable") >= 2.0)
+        .await;
 
     // Still serving the snapshot in force.
     assert_eq!(p.admin_get("/readyz").await.status, StatusCode::OK);
@@ -1110,14 +1121,7 @@ async fn hanging_snapshot_url_times_out_and_the_running_snapshot_stays() {
     assert_eq!(reloads(&m, "applied"), 1.0, "{}", m.text);
 
     cp_state.lock().unwrap().body = Some((Bytes::from(v2), "\"v2\""));
-    let r = until_status(
-        &mut conn,
-        "new0001",
-        StatusCode::OK,
-        &[StatusCode::NOT_FOUND],
-        Duration::from_secs(8),
-    )
-    .await;
+    let r = until_new0001_served(&mut conn).await;
     assert_eq!(r.echo().backend(), "es");
     assert_eq!(p.snapshot_meta().await["version"], 2);
     assert_eq!(reloads(&p.metrics().await, "applied"), 2.0);
@@ -1137,10 +1141,8 @@ async fn snapshot_url_hanging_at_boot_without_state_keeps_the_proxy_not_ready() 
     let p = Instance::start(&o).await;
 
     // Several fetch timeouts later: still not ready.
-    let admin = p.admin;
-    eventually(WAIT, "the boot fetch and a poll time out", || async move {
-        let r = admin_request(admin, Method::GET, "/metrics", &[], None).await;
-        r.is_ok_and(|r| reloads(&Metrics::parse(&r.text()), "unreadable") >= 2.0)
+    p.until_metrics("the boot fetch and a poll time out", |m| {
+        reloads(m, "unreadable") >= 2.0
     })
     .await;
     assert_eq!(p.admin_get("/healthz").await.status, StatusCode::OK);
@@ -1200,13 +1202,6 @@ async fn snapshot_url_hanging_at_boot_falls_back_to_the_state_dir_after_the_fetc
 
     let v2 = snapshot(2, &[("open0001", &[es.addr]), ("new0001", &[es.addr])]);
     cp_state.lock().unwrap().body = Some((Bytes::from(v2), "\"v2\""));
-    until_status(
-        &mut conn,
-        "new0001",
-        StatusCode::OK,
-        &[StatusCode::NOT_FOUND],
-        Duration::from_secs(8),
-    )
-    .await;
+    until_new0001_served(&mut conn).await;
     assert_eq!(p.snapshot_meta().await["version"], 2);
 }

@@ -3,6 +3,7 @@
 //! sees (status, body) and what the backend does or does not receive.
 //! PROXY-protocol handling has its own file, `data_plane_proxy_protocol.rs`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +20,33 @@ fn big_len() -> u64 {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(64);
     mb * 1024 * 1024
+}
+
+/// The standard fixture with `adjust` applied to the default proxy options
+/// (a shorter timeout, another PROXY mode); shared with
+/// `data_plane_proxy_protocol.rs`.
+pub(crate) async fn fixture_with(adjust: impl FnOnce(&mut ProxyOptions)) -> Fixture {
+    let mut options = ProxyOptions::default();
+    adjust(&mut options);
+    Fixture::with(options).await
+}
+
+/// `builder` connected over HTTP/2 when `h2`, else over HTTP/1.1: the tests
+/// that must hold for both protocols loop over `h2` (here and in
+/// `reload.rs`).
+pub(crate) async fn connect_over(builder: ClientBuilder, h2: bool) -> Conn {
+    if h2 { builder.h2() } else { builder }.connect().await
+}
+
+/// A keep-alive connection with SNI `sni`, from `client` as a PROXY v1
+/// header names it, over HTTP/2 when `h2`.
+pub(crate) async fn connect_from(
+    f: &Fixture,
+    sni: &str,
+    client: impl Into<IpAddr>,
+    h2: bool,
+) -> Conn {
+    connect_over(f.client(sni).preamble(v1_from(client)), h2).await
 }
 
 fn hashed_reply(reply: &Reply) -> Hashed {
@@ -55,8 +83,7 @@ async fn unknown_deployment_or_missing_product_gets_404() {
 async fn sni_naming_another_deployment_gets_421() {
     let f = Fixture::start().await;
     for h2 in [false, true] {
-        let builder = f.client(&host(OPEN)).preamble(v1_from(ALLOWED_V4));
-        let mut conn = if h2 { builder.h2() } else { builder }.connect().await;
+        let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, h2).await;
         let reply = conn.get(&host(OFFICE), "/").await;
         reply.assert_local(StatusCode::MISDIRECTED_REQUEST, Some(MISDIRECTED_BODY));
         // Another product of the SNI's own deployment is not misdirected.
@@ -77,16 +104,8 @@ async fn unreachable_backend_gets_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_gets_504_after_the_response_timeout() {
-    let f = Fixture::with(ProxyOptions {
-        response_timeout: "500ms",
-        ..ProxyOptions::default()
-    })
-    .await;
-    let mut conn = f
-        .client(&host(OPEN))
-        .preamble(v1_from(ALLOWED_V4))
-        .connect()
-        .await;
+    let f = fixture_with(|o| o.response_timeout = "500ms").await;
+    let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, false).await;
     let started = Instant::now();
     let reply = conn.get(&host(OPEN), "/slow?ms=8000").await;
     let took = started.elapsed();
@@ -118,16 +137,8 @@ async fn deployments_without_a_filtering_policy_or_in_dry_run_forward_everything
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_that_stops_reading_an_upload_gets_504() {
-    let f = Fixture::with(ProxyOptions {
-        response_timeout: "500ms",
-        ..ProxyOptions::default()
-    })
-    .await;
-    let mut conn = f
-        .client(&host(OPEN))
-        .preamble(v1_from(ALLOWED_V4))
-        .h2()
-        .connect()
+    let f = fixture_with(|o| o.response_timeout = "500ms").await;
+    let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, true)
         .await
         .patient(Duration::from_secs(6));
     // `/slow` reads nothing for a minute; 32 MiB cannot all sit in the
@@ -148,11 +159,7 @@ async fn backend_that_stops_reading_an_upload_gets_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_request_headers_are_rewritten() {
     let f = Fixture::start().await;
-    let mut conn = f
-        .client(&host(OPEN))
-        .preamble(v1_from(ALLOWED_V4))
-        .connect()
-        .await;
+    let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, false).await;
     let req = conn
         .request(Method::GET, &host(OPEN), "/echo?q=1")
         .header("x-forwarded-for", "6.6.6.6")
@@ -187,12 +194,7 @@ async fn forwarded_request_headers_are_rewritten() {
     assert_eq!(echo.0["query"], "q=1");
 
     // HTTP/2: the same rewrite, and `:authority` arrives as `Host`.
-    let mut conn = f
-        .client(&host(OPEN))
-        .preamble(v1_from(DENIED_V4))
-        .h2()
-        .connect()
-        .await;
+    let mut conn = connect_from(&f, &host(OPEN), DENIED_V4, true).await;
     let req = conn
         .request(Method::GET, &host(OPEN), "/h2")
         .header("x-forwarded-for", "6.6.6.6")
@@ -209,11 +211,7 @@ async fn forwarded_request_headers_are_rewritten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_closing_after_each_response_does_not_reach_the_client() {
     let f = Fixture::start().await;
-    let mut conn = f
-        .client(&host(OPEN))
-        .preamble(v1_from(ALLOWED_V4))
-        .connect()
-        .await;
+    let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, false).await;
     for i in 0..4 {
         let reply = conn.get(&host(OPEN), &format!("/c?close=1&i={i}")).await;
         assert!(reply.headers.get("connection").is_none());
@@ -237,8 +235,7 @@ async fn rejected_request_body_never_reaches_a_backend() {
         ] {
             // A fresh connection each: HTTP/1.1 may close after a
             // response whose request body was left unread.
-            let builder = f.client(ZONE).preamble(v1_from(DENIED_V4));
-            let mut conn = if h2 { builder.h2() } else { builder }.connect().await;
+            let mut conn = connect_from(&f, ZONE, DENIED_V4, h2).await;
             let req = conn
                 .request(Method::POST, &name, "/hash")
                 .header("content-type", "application/octet-stream")
@@ -258,7 +255,7 @@ async fn rejected_request_body_never_reaches_a_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_found_cluster_selects_the_deployment_for_the_bare_zone() {
     let f = Fixture::start().await;
-    let mut conn = f.client(ZONE).preamble(v1_from(DENIED_V4)).connect().await;
+    let mut conn = connect_from(&f, ZONE, DENIED_V4, false).await;
     let with_header = |conn: &Conn, host: &str, cluster: &str| {
         conn.request(Method::GET, host, "/")
             .header("x-found-cluster", cluster)
@@ -302,7 +299,7 @@ async fn x_found_cluster_selects_the_deployment_for_the_bare_zone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_forms_select_deployment_and_product() {
     let f = Fixture::start().await;
-    let mut conn = f.client(ZONE).preamble(v1_from(ALLOWED_V4)).connect().await;
+    let mut conn = connect_from(&f, ZONE, ALLOWED_V4, false).await;
     for (name, backend) in [
         ("open0001.es.test", "es"),
         ("open0001.es.es.test", "es"),
@@ -325,11 +322,7 @@ async fn host_forms_select_deployment_and_product() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_target_naming_another_host_is_400() {
     let f = Fixture::start().await;
-    let mut conn = f
-        .client(&host(OPEN))
-        .preamble(v1_from(ALLOWED_V4))
-        .connect()
-        .await;
+    let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, false).await;
     let absolute = |target: String| {
         Request::get(format!("https://{target}/abs"))
             .header("host", host(OPEN))
@@ -350,12 +343,7 @@ async fn absolute_form_target_naming_another_host_is_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_serves_allowed_and_denied_requests_on_one_connection() {
     let f = Fixture::start().await;
-    let mut conn = f
-        .client(ZONE)
-        .preamble(v1_from(DENIED_V4))
-        .h2()
-        .connect()
-        .await;
+    let mut conn = connect_from(&f, ZONE, DENIED_V4, true).await;
     let echo = conn.get(&host(OPEN), "/a").await.echo();
     assert_eq!(echo.forwarded_for(), ["198.51.100.9"]);
     conn.get(&host(OFFICE), "/b")
@@ -374,12 +362,7 @@ async fn http2_serves_allowed_and_denied_requests_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_concurrent_streams_each_get_their_own_answer() {
     let f = Fixture::start().await;
-    let conn = f
-        .client(ZONE)
-        .preamble(v1_from(DENIED_V4))
-        .h2()
-        .connect()
-        .await;
+    let conn = connect_from(&f, ZONE, DENIED_V4, true).await;
     let tasks: Vec<_> = (0..24)
         .map(|i| {
             let mut tx = conn.h2_sender();
@@ -420,8 +403,7 @@ async fn policy_change_applies_to_the_next_request_on_an_open_connection() {
     let f = Fixture::start().await;
     let mut version = 1;
     for h2 in [false, true] {
-        let builder = f.client(&host(OFFICE)).preamble(v1_from(ALLOWED_V4));
-        let mut conn = if h2 { builder.h2() } else { builder }.connect().await;
+        let mut conn = connect_from(&f, &host(OFFICE), ALLOWED_V4, h2).await;
         conn.get(&host(OFFICE), "/1").await.echo();
 
         version += 1;
@@ -442,9 +424,7 @@ async fn policy_change_applies_to_the_next_request_on_an_open_connection() {
 
 async fn upload_is_intact(h2: bool) {
     let f = Fixture::start().await;
-    let builder = f.client(&host(OPEN)).preamble(v1_from(ALLOWED_V4));
-    let mut conn = if h2 { builder.h2() } else { builder }
-        .connect()
+    let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, h2)
         .await
         .patient(BIG_WAIT);
     let len = big_len();
@@ -492,9 +472,7 @@ async fn large_download_streams_intact() {
     let f = Fixture::start().await;
     let len = big_len();
     for h2 in [false, true] {
-        let builder = f.client(&host(OPEN)).preamble(v1_from(ALLOWED_V4));
-        let mut conn = if h2 { builder.h2() } else { builder }
-            .connect()
+        let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, h2)
             .await
             .patient(BIG_WAIT);
         let req = conn
@@ -516,11 +494,7 @@ async fn large_download_streams_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_passes_over_a_dead_backend() {
     let f = Fixture::start().await;
-    let mut conn = f
-        .client(&host(FAILOVER))
-        .preamble(v1_from(ALLOWED_V4))
-        .connect()
-        .await;
+    let mut conn = connect_from(&f, &host(FAILOVER), ALLOWED_V4, false).await;
     // Round-robin starts at each node in turn; every request still lands.
     for i in 0..6 {
         let echo = conn.get(&host(FAILOVER), &format!("/f{i}")).await.echo();

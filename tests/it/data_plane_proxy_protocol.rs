@@ -4,11 +4,14 @@
 //! 403, or a closed connection) and as the backend sees it
 //! (`X-Forwarded-For`).
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use portcullis_test_kit::harness::*;
+
+use super::data_plane::fixture_with;
 
 const UNTRUSTED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// A private VPC address: what a load balancer reports for private-link
@@ -17,6 +20,18 @@ const VPC_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
 
 fn v6(s: &str) -> Ipv6Addr {
     s.parse().expect("IPv6 literal")
+}
+
+/// `reply` was forwarded with `X-Forwarded-For: forwarded`, or, when
+/// `forwarded` is `None`, was the exact 403; `case` names the request.
+fn assert_forwarded_or_denied(reply: &Reply, forwarded: Option<&str>, case: &dyn fmt::Debug) {
+    match forwarded {
+        Some(client) => assert_eq!(reply.echo().forwarded_for(), [client], "{case:?}"),
+        None => {
+            assert_eq!(reply.status, StatusCode::FORBIDDEN, "{case:?}");
+            reply.assert_local(StatusCode::FORBIDDEN, Some(FORBIDDEN_BODY));
+        }
+    }
 }
 
 /// The connection is closed before any response, and nothing reaches a
@@ -73,20 +88,17 @@ async fn v1_source_is_the_client_for_ip_policies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_tcp4_and_tcp6_sources_are_the_client_for_ip_policies() {
     let f = Fixture::start().await;
-    for (source, allowed, forwarded) in [
-        (IpAddr::from(ALLOWED_V4), true, "203.0.113.7"),
-        (IpAddr::from(DENIED_V4), false, ""),
-        (v6("2001:db8::5").into(), true, "2001:db8::5"),
-        (v6("2001:db9::5").into(), false, ""),
+    // The address the backend is told, or `None`: denied.
+    for (source, forwarded) in [
+        (IpAddr::from(ALLOWED_V4), Some("203.0.113.7")),
+        (IpAddr::from(DENIED_V4), None),
+        (v6("2001:db8::5").into(), Some("2001:db8::5")),
+        (v6("2001:db9::5").into(), None),
         // IPv4-mapped IPv6 is matched (and forwarded) as IPv4.
-        (v6("::ffff:203.0.113.7").into(), true, "203.0.113.7"),
+        (v6("::ffff:203.0.113.7").into(), Some("203.0.113.7")),
     ] {
         let reply = f.get(V2::from(source).build(), &host(OFFICE), "/").await;
-        if allowed {
-            assert_eq!(reply.echo().forwarded_for(), [forwarded], "{source}");
-        } else {
-            reply.assert_local(StatusCode::FORBIDDEN, Some(FORBIDDEN_BODY));
-        }
+        assert_forwarded_or_denied(&reply, forwarded, &source);
     }
     assert_eq!(f.es.requests(), 3);
 }
@@ -110,11 +122,8 @@ async fn cloud_endpoint_tlvs_are_matched_by_private_connection_policies() {
         (from_vpc().tlv(0xF5, *b"opaque").aws_vpce(VPCE), MIXED, true),
     ] {
         let reply = f.get(header.build(), &host(deployment), "/").await;
-        if allowed {
-            assert_eq!(reply.echo().forwarded_for(), ["10.1.2.3"], "{header:?}");
-        } else {
-            reply.assert_local(StatusCode::FORBIDDEN, Some(FORBIDDEN_BODY));
-        }
+        let forwarded = allowed.then_some("10.1.2.3");
+        assert_forwarded_or_denied(&reply, forwarded, &(deployment, &header));
     }
     assert_eq!(f.es.requests(), 6);
 }
@@ -210,11 +219,7 @@ async fn required_mode_refuses_a_connection_without_a_header() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lenient_mode_uses_a_header_when_present() {
-    let f = Fixture::with(ProxyOptions {
-        mode: "lenient",
-        ..ProxyOptions::default()
-    })
-    .await;
+    let f = fixture_with(|o| o.mode = "lenient").await;
     let echo = f.get(Vec::new(), &host(OPEN), "/").await.echo();
     assert_eq!(echo.forwarded_for(), ["127.0.0.1"]);
     let echo = f.get(v1_from(ALLOWED_V4), &host(OFFICE), "/").await.echo();
@@ -238,11 +243,7 @@ async fn lenient_mode_uses_a_header_when_present() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_header_is_dropped_after_the_read_timeout() {
-    let f = Fixture::with(ProxyOptions {
-        read_timeout: "300ms",
-        ..ProxyOptions::default()
-    })
-    .await;
+    let f = fixture_with(|o| o.read_timeout = "300ms").await;
     let v2 = V2::from(ALLOWED_V4).build();
     let v1 = v1_from(ALLOWED_V4);
     for half in [&v2[..v2.len() / 2], &v1[..v1.len() / 2]] {

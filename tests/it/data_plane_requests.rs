@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use super::data_plane::connect_from;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use portcullis_test_kit::harness::*;
@@ -25,8 +26,7 @@ async fn every_response_carries_a_request_id_the_backend_and_the_log_see_too() {
     let f = Fixture::start().await;
     let mut seen = HashSet::new();
     for h2 in [false, true] {
-        let builder = f.client(&host(OFFICE)).preamble(v1_from(ALLOWED_V4));
-        let mut conn = if h2 { builder.h2() } else { builder }.connect().await;
+        let mut conn = connect_from(&f, &host(OFFICE), ALLOWED_V4, h2).await;
         let mut req = conn.request(Method::GET, &host(OFFICE), "/_search");
         // A client cannot choose its own id.
         req = req.header("x-cloud-request-id", "forged");
@@ -101,12 +101,7 @@ async fn access_log_lines_say_who_asked_for_what_and_what_happened() {
 async fn http2_requests_the_client_cancels_are_logged_with_499() {
     const STREAMS: usize = 20;
     let f = Fixture::start().await;
-    let conn = f
-        .client(&host(OPEN))
-        .preamble(v1_from(ALLOWED_V4))
-        .h2()
-        .connect()
-        .await;
+    let conn = connect_from(&f, &host(OPEN), ALLOWED_V4, true).await;
     let mut pending = Vec::new();
     for i in 0..STREAMS {
         let mut tx = conn.h2_sender();
@@ -149,8 +144,7 @@ async fn http2_requests_the_client_cancels_are_logged_with_499() {
 async fn a_response_cut_short_by_the_client_is_logged_with_499_and_the_bytes_sent() {
     let f = Fixture::start().await;
     for h2 in [false, true] {
-        let builder = f.client(&host(OPEN)).preamble(v1_from(ALLOWED_V4));
-        let mut conn = if h2 { builder.h2() } else { builder }.connect().await;
+        let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, h2).await;
         let req = conn
             .request(Method::GET, &host(OPEN), "/big?bytes=200000000")
             .body(empty())
@@ -178,8 +172,7 @@ async fn a_response_cut_short_by_the_client_is_logged_with_499_and_the_bytes_sen
 async fn the_backend_gets_joined_cookies_and_no_client_forwarding_claims() {
     let f = Fixture::start().await;
     for h2 in [false, true] {
-        let builder = f.client(&host(OPEN)).preamble(v1_from(ALLOWED_V4));
-        let mut conn = if h2 { builder.h2() } else { builder }.connect().await;
+        let mut conn = connect_from(&f, &host(OPEN), ALLOWED_V4, h2).await;
         let mut req = conn
             .request(Method::GET, &host(OPEN), "/")
             .header("forwarded", "for=6.6.6.6;proto=http")
@@ -236,8 +229,7 @@ async fn an_unrequested_switch_of_protocols_by_the_backend_is_a_502() {
     }
     f.proxy.apply(&snapshot);
     for h2 in [false, true] {
-        let builder = f.client(&host(DEAD)).preamble(v1_from(ALLOWED_V4));
-        let mut conn = if h2 { builder.h2() } else { builder }.connect().await;
+        let mut conn = connect_from(&f, &host(DEAD), ALLOWED_V4, h2).await;
         let reply = conn.get(&host(DEAD), "/").await;
         reply.assert_local(StatusCode::BAD_GATEWAY, None);
         assert!(!reply.text().contains("raw bytes"), "{}", reply.text());
@@ -258,8 +250,7 @@ async fn health_checks_on_the_https_listener_are_answered_by_the_proxy() {
         (true, "es.test"),
         (false, "es.test:9243"),
     ] {
-        let builder = f.client("es.test").preamble(v1_from(DENIED_V4));
-        let mut conn = if h2 { builder.h2() } else { builder }.connect().await;
+        let mut conn = connect_from(&f, "es.test", DENIED_V4, h2).await;
         let reply = conn.get(name, "/_health").await;
         assert_eq!(reply.status, StatusCode::OK, "{name}: {}", reply.text());
         assert_eq!(reply.json(), serde_json::json!({"ok": true}));

@@ -42,9 +42,8 @@ use portcullis_test_kit::harness::*;
 use prometheus::proto::MetricType;
 use regex::Regex;
 use serde::Deserialize as _;
-use serde::de::{
-    self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::value::{MapDeserializer, SeqDeserializer};
+use serde::de::{self, Deserializer, IntoDeserializer, Visitor};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -109,6 +108,18 @@ impl Checks {
             self.failed.push(what.to_string());
         }
         ok
+    }
+
+    /// `listed`, the config keys `what` shows, are the loader's `keys`:
+    /// none missing, none the loader does not have.
+    fn same_keys(&mut self, what: &str, listed: &BTreeSet<String>, keys: &BTreeSet<String>) {
+        let missing: Vec<_> = keys.difference(listed).collect();
+        self.check(missing.is_empty(), format!("{what} lacks {missing:?}"));
+        let unknown: Vec<_> = listed.difference(keys).collect();
+        self.check(
+            unknown.is_empty(),
+            format!("{what} shows keys the loader does not have: {unknown:?}"),
+        );
     }
 
     fn done(self, what: &str) {
@@ -212,18 +223,18 @@ impl<'de> Deserializer<'de> for Probe<'_> {
             }
             out.shown.push_str(field);
         }
-        visitor.visit_map(OneField {
-            key: Some(field),
-            value: Probe {
-                path: rest,
-                out: self.out,
-            },
-        })
+        // A map of one entry: the next field of the path.
+        let next = Probe {
+            path: rest,
+            out: self.out,
+        };
+        visitor.visit_map(MapDeserializer::new(std::iter::once((field, next))))
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
         self.out.borrow_mut().in_seq = true;
-        visitor.visit_seq(OneElement(Some(self)))
+        // A sequence of one element, probed further.
+        visitor.visit_seq(SeqDeserializer::new(std::iter::once(self)))
     }
 
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
@@ -245,41 +256,13 @@ impl<'de> Deserializer<'de> for Probe<'_> {
     }
 }
 
-/// A map with one key: the next field of the path.
-struct OneField<'a> {
-    key: Option<&'static str>,
-    value: Probe<'a>,
-}
+/// Lets serde's one-entry map and one-element sequence hand the probe on
+/// as their value.
+impl<'de> IntoDeserializer<'de, Stop> for Probe<'_> {
+    type Deserializer = Self;
 
-impl<'de> MapAccess<'de> for OneField<'_> {
-    type Error = Stop;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Stop> {
-        self.key
-            .take()
-            .map(|k| seed.deserialize(IntoDeserializer::<Stop>::into_deserializer(k)))
-            .transpose()
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Stop> {
-        seed.deserialize(self.value)
-    }
-}
-
-/// A sequence of one element.
-struct OneElement<'a>(Option<Probe<'a>>);
-
-impl<'de> SeqAccess<'de> for OneElement<'_> {
-    type Error = Stop;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Stop> {
-        self.0.take().map(|p| seed.deserialize(p)).transpose()
+    fn into_deserializer(self) -> Self {
+        self
     }
 }
 
@@ -320,16 +303,7 @@ fn every_config_key_is_in_the_example_config_and_the_reference_table() {
         .captures_iter(reference)
         .map(|m| m[1].to_owned())
         .collect();
-    let missing: Vec<_> = keys.difference(&table).collect();
-    c.check(
-        missing.is_empty(),
-        format!("docs/operating.md's configuration table lacks {missing:?}"),
-    );
-    let unknown: Vec<_> = table.difference(&keys).collect();
-    c.check(
-        unknown.is_empty(),
-        format!("docs/operating.md's configuration table lists keys the loader does not have: {unknown:?}"),
-    );
+    c.same_keys("docs/operating.md's configuration table", &table, &keys);
 
     // config/portcullis.toml lists every key, the optional ones commented
     // out (`# key = value`) under their section.
@@ -339,15 +313,10 @@ fn every_config_key_is_in_the_example_config_and_the_reference_table() {
         .unwrap_or_else(|e| panic!("config/portcullis.toml, comments removed: {e}"));
     let mut shown = BTreeSet::new();
     toml_keys(&uncommented, "", &mut shown);
-    let missing: Vec<_> = keys.difference(&shown).collect();
-    c.check(
-        missing.is_empty(),
-        format!("config/portcullis.toml lacks {missing:?} (as a key or a `# key = value` comment)"),
-    );
-    let unknown: Vec<_> = shown.difference(&keys).collect();
-    c.check(
-        unknown.is_empty(),
-        format!("config/portcullis.toml shows keys the loader does not have: {unknown:?}"),
+    c.same_keys(
+        "config/portcullis.toml (keys and `# key = value` comments)",
+        &shown,
+        &keys,
     );
 
     // As shipped it loads; and each commented key, uncommented alone, is a

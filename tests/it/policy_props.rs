@@ -149,6 +149,11 @@ fn region_of(p: &PolicySpec) -> usize {
     }
 }
 
+/// `rule` applied to each of `items`, in order.
+fn each<T: Copy, R>(items: &[T], rule: impl Fn(T) -> R) -> Vec<R> {
+    items.iter().map(|&item| rule(item)).collect()
+}
+
 fn build(policies: &[PolicySpec], deployments: &[DeploymentSpec]) -> Snapshot {
     let region = |i: usize| Region::parse(REGIONS[i]).unwrap();
     let policies_model: Vec<Policy> = policies
@@ -160,42 +165,27 @@ fn build(policies: &[PolicySpec], deployments: &[DeploymentSpec]) -> Snapshot {
             description: None,
             region: region(region_of(p)),
             include_by_default: None,
+            // One rule per generated source, or per index into the
+            // endpoint id tables.
             rules: match p {
-                PolicySpec::Ip { rules, .. } => Rules::Ip(
-                    rules
-                        .iter()
-                        .map(|&source| IpRule {
-                            source,
-                            description: None,
-                        })
-                        .collect(),
-                ),
-                PolicySpec::Vpce(ids) => Rules::Vpce(
-                    ids.iter()
-                        .map(|&i| VpceRule {
-                            source: VPCE[i].into(),
-                            description: None,
-                        })
-                        .collect(),
-                ),
-                PolicySpec::Azure(ids) => Rules::Azure(
-                    ids.iter()
-                        .map(|&i| AzureRule {
-                            link_id: AZURE[i],
-                            azure_endpoint_name: None,
-                            azure_endpoint_guid: None,
-                            description: None,
-                        })
-                        .collect(),
-                ),
-                PolicySpec::Gcp(ids) => Rules::Gcp(
-                    ids.iter()
-                        .map(|&i| GcpRule {
-                            source: GCP[i],
-                            description: None,
-                        })
-                        .collect(),
-                ),
+                PolicySpec::Ip { rules, .. } => Rules::Ip(each(rules, |source| IpRule {
+                    source,
+                    description: None,
+                })),
+                PolicySpec::Vpce(ids) => Rules::Vpce(each(ids, |i| VpceRule {
+                    source: VPCE[i].into(),
+                    description: None,
+                })),
+                PolicySpec::Azure(ids) => Rules::Azure(each(ids, |i| AzureRule {
+                    link_id: AZURE[i],
+                    azure_endpoint_name: None,
+                    azure_endpoint_guid: None,
+                    description: None,
+                })),
+                PolicySpec::Gcp(ids) => Rules::Gcp(each(ids, |i| GcpRule {
+                    source: GCP[i],
+                    description: None,
+                })),
             },
         })
         .collect();

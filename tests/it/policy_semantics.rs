@@ -100,6 +100,19 @@ fn private(endpoint: PrivateEndpoint) -> ClientIdentity {
     }
 }
 
+/// (verdict, reason, matched policy id, rule index)
+type Summary = (Verdict, Reason, Option<String>, Option<u32>);
+
+/// Allowed: the deployment has no filtering policy (rule 1).
+const NO_POLICY: Summary = (Allowed, NoPolicy, None, None);
+/// Denied: no rule of the deployment's policies admits the client.
+const UNMATCHED: Summary = (Denied, Unmatched, None, None);
+
+/// Allowed by rule `rule` of policy `policy`, of kind `reason`.
+fn admitted(reason: Reason, policy: &str, rule: u32) -> Summary {
+    (Allowed, reason, Some(policy.to_owned()), Some(rule))
+}
+
 impl World {
     fn ask(&self, host: &str, client: ClientIdentity) -> Decision {
         self.ask_with(host, None, None, client)
@@ -121,14 +134,28 @@ impl World {
         explain::explain(&self.set, &self.router, &q)
     }
 
-    /// (verdict, reason, matched policy id, rule index)
-    fn summary(&self, d: &Decision) -> (Verdict, Reason, Option<String>, Option<u32>) {
+    fn summary(&self, d: &Decision) -> Summary {
         let j = explain::to_json(&self.set, d);
         (d.verdict, d.reason, j.policy.map(str::to_owned), j.rule)
     }
 
     fn deployment(&self, d: &Decision) -> Option<String> {
         explain::to_json(&self.set, d).deployment.map(str::to_owned)
+    }
+
+    /// Each (deployment id, client) gets its expected summary; a failure
+    /// names the case.
+    fn expect(&self, cases: &[(&str, ClientIdentity, Summary)]) {
+        for (id, client, want) in cases {
+            let got = self.summary(&self.ask(&host(id), *client));
+            assert_eq!(&got, want, "{id} from {client:?}");
+        }
+    }
+
+    /// Every client in `clients` gets `want` from deployment `id`.
+    fn expect_all(&self, id: &str, clients: &[ClientIdentity], want: Summary) {
+        let cases: Vec<_> = clients.iter().map(|&c| (id, c, want.clone())).collect();
+        self.expect(&cases);
     }
 }
 
@@ -142,184 +169,106 @@ use Verdict::*;
 #[test]
 fn rule_1_no_filtering_policy_allows_everything() {
     let w = world(PolicyOptions::default());
-    for client in [public("198.18.0.1"), public("::1"), vpce("vpce-anything")] {
-        assert_eq!(
-            w.summary(&w.ask(&host("open"), client)),
-            (Allowed, NoPolicy, None, None)
-        );
-    }
+    let clients = [public("198.18.0.1"), public("::1"), vpce("vpce-anything")];
+    w.expect_all("open", &clients, NO_POLICY);
 }
 
 #[test]
 fn rule_2_record_only_private_policy_does_not_filter() {
     let w = world(PolicyOptions::default());
-    assert_eq!(
-        w.summary(&w.ask(&host("records"), public("198.18.0.1"))),
-        (Allowed, NoPolicy, None, None)
-    );
-    assert_eq!(
-        w.summary(&w.ask(&host("records"), vpce("vpce-unlisted"))),
-        (Allowed, NoPolicy, None, None)
-    );
+    let clients = [public("198.18.0.1"), vpce("vpce-unlisted")];
+    w.expect_all("records", &clients, NO_POLICY);
 }
 
 #[test]
 fn rule_2_ip_policy_without_rules_filters_everything() {
     let w = world(PolicyOptions::default());
-    assert_eq!(
-        w.summary(&w.ask(&host("empty-ip"), public("203.0.113.9"))),
-        (Denied, Unmatched, None, None)
-    );
-    assert_eq!(
-        w.summary(&w.ask(&host("empty-ip"), vpce("vpce-0a1b2c3d4e5f67890"))),
-        (Denied, Unmatched, None, None)
-    );
+    let clients = [public("203.0.113.9"), vpce("vpce-0a1b2c3d4e5f67890")];
+    w.expect_all("empty-ip", &clients, UNMATCHED);
 }
 
 #[test]
 fn rule_3_deny_by_default_and_union_across_policies_and_types() {
     let w = world(PolicyOptions::default());
-    let s = |h: &str, c| w.summary(&w.ask(&host(h), c));
-    assert_eq!(
-        s("iponly", public("198.18.0.1")),
-        (Denied, Unmatched, None, None)
-    );
-    assert_eq!(
-        s("iponly", public("203.0.113.200")),
-        (Allowed, Ip, Some("office-ips".into()), Some(0))
-    );
-    assert_eq!(
-        s("iponly", public("198.51.100.7")),
-        (Allowed, Ip, Some("office-ips".into()), Some(2))
-    );
-    assert_eq!(
-        s("iponly", public("198.51.100.8")),
-        (Denied, Unmatched, None, None)
-    );
-    // Either policy of a union admits; the first in snapshot order reports.
-    assert_eq!(
-        s("union", public("192.0.2.1")),
-        (Allowed, Ip, Some("partner-ips".into()), Some(0))
-    );
-    assert_eq!(
-        s("union", public("203.0.113.1")),
-        (Allowed, Ip, Some("office-ips".into()), Some(0))
-    );
-    assert_eq!(
-        s("union", public("192.0.2.128")),
-        (Denied, Unmatched, None, None)
-    );
-    // Across types: ip and vpce on one deployment.
-    assert_eq!(
-        s("both", public("203.0.113.1")),
-        (Allowed, Ip, Some("office-ips".into()), Some(0))
-    );
-    assert_eq!(
-        s("both", vpce("vpce-0a1b2c3d4e5f67890")),
-        (Allowed, Vpce, Some("prod-vpce".into()), Some(0))
-    );
-    assert_eq!(
-        s("both", vpce("vpce-ffffffffffffffff0")),
-        (Denied, Unmatched, None, None)
-    );
+    let office = |rule| admitted(Ip, "office-ips", rule);
+    w.expect(&[
+        ("iponly", public("198.18.0.1"), UNMATCHED),
+        ("iponly", public("203.0.113.200"), office(0)),
+        ("iponly", public("198.51.100.7"), office(2)),
+        ("iponly", public("198.51.100.8"), UNMATCHED),
+        // Either policy of a union admits; the first in snapshot order reports.
+        ("union", public("192.0.2.1"), admitted(Ip, "partner-ips", 0)),
+        ("union", public("203.0.113.1"), office(0)),
+        ("union", public("192.0.2.128"), UNMATCHED),
+        // Across types: ip and vpce on one deployment.
+        ("both", public("203.0.113.1"), office(0)),
+        (
+            "both",
+            vpce("vpce-0a1b2c3d4e5f67890"),
+            admitted(Vpce, "prod-vpce", 0),
+        ),
+        ("both", vpce("vpce-ffffffffffffffff0"), UNMATCHED),
+    ]);
 }
 
 #[test]
 fn rule_4_ip_rules_never_match_private_endpoint_traffic() {
-    let w = world(PolicyOptions::default());
     // 203.0.113.9 is in office-ips, but the request came through a VPC
     // endpoint that no policy lists.
     let c = private(PrivateEndpoint::AwsVpce(
         VpceId::parse(b"vpce-unlisted").unwrap(),
     ));
-    assert_eq!(
-        w.summary(&w.ask(&host("iponly"), c)),
-        (Denied, Unmatched, None, None)
-    );
-    assert_eq!(
-        w.summary(&w.ask(&host("both"), c)),
-        (Denied, Unmatched, None, None)
-    );
+    let w = world(PolicyOptions::default());
+    w.expect(&[("iponly", c, UNMATCHED), ("both", c, UNMATCHED)]);
 }
 
 #[test]
 fn rule_4_ipv4_mapped_sources_match_ipv4_rules_and_ipv6_rules_match_ipv6() {
+    let office = |rule| admitted(Ip, "office-ips", rule);
+    let cases = [
+        (public("::ffff:203.0.113.5"), office(0)),
+        (public("::ffff:198.51.100.7"), office(2)),
+        (public("::ffff:198.18.0.1"), UNMATCHED),
+        (public("2001:db8:1234::1"), office(1)),
+        (public("2001:db9::1"), UNMATCHED),
+    ];
     let w = world(PolicyOptions::default());
-    let s = |c| w.summary(&w.ask(&host("iponly"), c));
-    assert_eq!(
-        s(public("::ffff:203.0.113.5")),
-        (Allowed, Ip, Some("office-ips".into()), Some(0))
-    );
-    assert_eq!(
-        s(public("::ffff:198.51.100.7")),
-        (Allowed, Ip, Some("office-ips".into()), Some(2))
-    );
-    assert_eq!(
-        s(public("::ffff:198.18.0.1")),
-        (Denied, Unmatched, None, None)
-    );
-    assert_eq!(
-        s(public("2001:db8:1234::1")),
-        (Allowed, Ip, Some("office-ips".into()), Some(1))
-    );
-    assert_eq!(s(public("2001:db9::1")), (Denied, Unmatched, None, None));
+    w.expect(&cases.map(|(client, want)| ("iponly", client, want)));
 }
 
 #[test]
 fn rule_5_vpce_ids_compare_case_insensitively() {
     let w = world(PolicyOptions::default());
-    for id in [
+    let ids = [
         "vpce-0a1b2c3d4e5f67890",
         "VPCE-0A1B2C3D4E5F67890",
         "Vpce-0a1B2c3D4e5F67890",
-    ] {
-        assert_eq!(
-            w.summary(&w.ask(&host("both"), vpce(id))),
-            (Allowed, Vpce, Some("prod-vpce".into()), Some(0)),
-            "{id}"
-        );
-    }
+    ];
+    w.expect_all("both", &ids.map(vpce), admitted(Vpce, "prod-vpce", 0));
 }
 
 #[test]
 fn rule_5_azure_link_ids_and_gcp_psc_ids() {
+    let azure = |link_id| private(PrivateEndpoint::AzureLinkId(link_id));
+    let gcp = |psc_id| private(PrivateEndpoint::GcpPscConnectionId(psc_id));
+    let listed_elsewhere = private(PrivateEndpoint::AwsVpce(
+        VpceId::parse(b"vpce-0a1b2c3d4e5f67890").unwrap(),
+    ));
     let w = world(PolicyOptions::default());
-    let s = |h: &str, e| w.summary(&w.ask(&host(h), private(e)));
-    assert_eq!(
-        s("az", PrivateEndpoint::AzureLinkId(16777301)),
-        (Allowed, Azure, Some("az-pe".into()), Some(0))
-    );
-    assert_eq!(
-        s("az", PrivateEndpoint::AzureLinkId(16777302)),
-        (Denied, Unmatched, None, None)
-    );
-    assert_eq!(
-        s(
+    w.expect(&[
+        ("az", azure(16777301), admitted(Azure, "az-pe", 0)),
+        ("az", azure(16777302), UNMATCHED),
+        (
             "gcp",
-            PrivateEndpoint::GcpPscConnectionId(18446744072646845332)
+            gcp(18446744072646845332),
+            admitted(Gcp, "gcp-psc", 0),
         ),
-        (Allowed, Gcp, Some("gcp-psc".into()), Some(0))
-    );
-    assert_eq!(
-        s(
-            "gcp",
-            PrivateEndpoint::GcpPscConnectionId(18446744072646845333)
-        ),
-        (Denied, Unmatched, None, None)
-    );
-    // An endpoint listed by some other deployment's policy does not admit.
-    assert_eq!(
-        s(
-            "iponly",
-            PrivateEndpoint::AwsVpce(VpceId::parse(b"vpce-0a1b2c3d4e5f67890").unwrap())
-        ),
-        (Denied, Unmatched, None, None)
-    );
-    // Public traffic to a private-only deployment is denied.
-    assert_eq!(
-        w.summary(&w.ask(&host("az"), public("203.0.113.9"))),
-        (Denied, Unmatched, None, None)
-    );
+        ("gcp", gcp(18446744072646845333), UNMATCHED),
+        // An endpoint listed by some other deployment's policy does not admit.
+        ("iponly", listed_elsewhere, UNMATCHED),
+        // Public traffic to a private-only deployment is denied.
+        ("az", public("203.0.113.9"), UNMATCHED),
+    ]);
 }
 
 #[test]
@@ -327,29 +276,16 @@ fn rule_6_unassociated_private_traffic_deny() {
     let w = world(PolicyOptions {
         unassociated_private_traffic: UnassociatedPrivateTraffic::Deny,
     });
-    let s = |h: &str, c| w.summary(&w.ask(&host(h), c));
-    // Private traffic now needs an associated listing...
-    assert_eq!(
-        s("open", vpce("vpce-0a1b2c3d4e5f67890")),
-        (Denied, Unmatched, None, None)
-    );
-    assert_eq!(
-        s("records", vpce("vpce-0a1b2c3d4e5f67890")),
-        (Denied, Unmatched, None, None)
-    );
-    assert_eq!(
-        s("both", vpce("vpce-0a1b2c3d4e5f67890")),
-        (Allowed, Vpce, Some("prod-vpce".into()), Some(0))
-    );
-    // ...while public traffic keeps rule 1.
-    assert_eq!(
-        s("open", public("198.18.0.1")),
-        (Allowed, NoPolicy, None, None)
-    );
-    assert_eq!(
-        s("records", public("198.18.0.1")),
-        (Allowed, NoPolicy, None, None)
-    );
+    let listed = vpce("vpce-0a1b2c3d4e5f67890");
+    w.expect(&[
+        // Private traffic now needs an associated listing...
+        ("open", listed, UNMATCHED),
+        ("records", listed, UNMATCHED),
+        ("both", listed, admitted(Vpce, "prod-vpce", 0)),
+        // ...while public traffic keeps rule 1.
+        ("open", public("198.18.0.1"), NO_POLICY),
+        ("records", public("198.18.0.1"), NO_POLICY),
+    ]);
 }
 
 #[test]
@@ -358,10 +294,7 @@ fn rule_9_dry_run_gives_would_deny_and_keeps_allows() {
     let d = w.ask(&host("dry"), public("198.18.0.1"));
     assert_eq!(w.summary(&d), (WouldDeny, Unmatched, None, None));
     assert!(d.verdict.forwards());
-    assert_eq!(
-        w.summary(&w.ask(&host("dry"), public("203.0.113.1"))),
-        (Allowed, Ip, Some("office-ips".into()), Some(0))
-    );
+    w.expect(&[("dry", public("203.0.113.1"), admitted(Ip, "office-ips", 0))]);
     assert!(
         !w.ask(&host("iponly"), public("198.18.0.1"))
             .verdict

@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::data_plane::connect_over;
+
 const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// A file or URL change must be in force within this: a few 100 ms poll
@@ -62,12 +64,42 @@ impl World {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.0.join(name)
     }
+
+    /// What the file source reads: `snapshot.json` in the directory.
+    fn file(&self) -> PathBuf {
+        self.path("snapshot.json")
+    }
+
+    /// Writes version 1 ([`RULES_A`]) to [`World::file`] and serves from
+    /// it, with `more` added to the file source's options; returns once
+    /// ready.
+    async fn serve_v1_with(&self, more: impl FnOnce(ServeOptions) -> ServeOptions) -> Served {
+        std::fs::write(self.file(), self.bytes(1, RULES_A)).unwrap();
+        Served::ready(&more(ServeOptions::path(self.file()))).await
+    }
+
+    /// [`World::serve_v1_with`] the file source's default options.
+    async fn serve_v1(&self) -> Served {
+        self.serve_v1_with(|options| options).await
+    }
+
+    /// `GET /snapshot`'s `source` for a snapshot read from [`World::file`].
+    fn source(&self) -> String {
+        file_source(&self.file())
+    }
 }
 
 /// A keep-alive connection to `ip0001` from `client`.
 async fn office_conn(p: &Served, client: impl Into<std::net::IpAddr>, h2: bool) -> Conn {
-    let builder = p.client(&host(OFFICE)).preamble(v1_from(client));
-    if h2 { builder.h2() } else { builder }.connect().await
+    connect_over(p.client(&host(OFFICE)).preamble(v1_from(client)), h2).await
+}
+
+/// [`office_conn`] from [`DENIED_V4`], checked to be denied under
+/// [`RULES_A`]: the reload tests then watch it turn allowed.
+async fn denied_conn(p: &Served, h2: bool) -> Conn {
+    let mut conn = office_conn(p, DENIED_V4, h2).await;
+    assert_eq!(decision(&mut conn).await, StatusCode::FORBIDDEN);
+    conn
 }
 
 /// One `GET` to `ip0001` on `conn`: a backend echo (200) or the exact 403.
@@ -116,20 +148,16 @@ async fn assert_meta(p: &Served, version: u64, bytes: &[u8], source: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_rewritten_in_place_applies_to_open_connections() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
-    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
-    let p = Served::ready(&ServeOptions::path(&path)).await;
-    let mut h1 = office_conn(&p, DENIED_V4, false).await;
-    let mut h2 = office_conn(&p, DENIED_V4, true).await;
-    assert_eq!(decision(&mut h1).await, StatusCode::FORBIDDEN);
-    assert_eq!(decision(&mut h2).await, StatusCode::FORBIDDEN);
-    assert_meta(&p, 1, &w.bytes(1, RULES_A), &file_source(&path)).await;
+    let p = w.serve_v1().await;
+    let mut h1 = denied_conn(&p, false).await;
+    let mut h2 = denied_conn(&p, true).await;
+    assert_meta(&p, 1, &w.bytes(1, RULES_A), &w.source()).await;
 
     let v7 = w.bytes(7, RULES_B);
-    std::fs::write(&path, &v7).unwrap();
+    std::fs::write(w.file(), &v7).unwrap();
     until_decision(&mut h1, StatusCode::OK).await;
     until_decision(&mut h2, StatusCode::OK).await;
-    assert_meta(&p, 7, &v7, &file_source(&path)).await;
+    assert_meta(&p, 7, &v7, &w.source()).await;
     // The other side of the change: the address v1 allowed is now denied.
     let mut was_allowed = office_conn(&p, ALLOWED_V4, false).await;
     assert_eq!(decision(&mut was_allowed).await, StatusCode::FORBIDDEN);
@@ -138,16 +166,13 @@ async fn file_rewritten_in_place_applies_to_open_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_replaced_by_atomic_rename_is_picked_up() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
-    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
-    let p = Served::ready(&ServeOptions::path(&path)).await;
-    let mut conn = office_conn(&p, DENIED_V4, false).await;
-    assert_eq!(decision(&mut conn).await, StatusCode::FORBIDDEN);
+    let p = w.serve_v1().await;
+    let mut conn = denied_conn(&p, false).await;
 
     let v2 = w.bytes(2, RULES_B);
-    replace_atomically(&path, &v2);
+    replace_atomically(&w.file(), &v2);
     until_decision(&mut conn, StatusCode::OK).await;
-    assert_meta(&p, 2, &v2, &file_source(&path)).await;
+    assert_meta(&p, 2, &v2, &w.source()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,8 +191,7 @@ async fn kubernetes_configmap_update_is_picked_up() {
     symlink("..data/snapshot.json", cm.join("snapshot.json")).unwrap();
     let path = cm.join("snapshot.json");
     let p = Served::ready(&ServeOptions::path(&path)).await;
-    let mut conn = office_conn(&p, DENIED_V4, true).await;
-    assert_eq!(decision(&mut conn).await, StatusCode::FORBIDDEN);
+    let mut conn = denied_conn(&p, true).await;
     assert_meta(&p, 1, &w.bytes(1, RULES_A), &file_source(&path)).await;
 
     // The kubelet's update: a new timestamped directory, a new `..data`
@@ -186,7 +210,7 @@ async fn kubernetes_configmap_update_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_and_stale_files_are_refused_and_counted() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
+    let path = w.file();
     let v5 = w.bytes(5, RULES_A);
     std::fs::write(&path, &v5).unwrap();
     let p = Served::ready(&ServeOptions::path(&path)).await;
@@ -318,8 +342,7 @@ async fn url_source_polls_with_etags_and_applies_changes() {
     let (addr, server) = start_control_plane(state.clone()).await;
     let url = format!("http://{addr}/snapshot");
     let p = Served::ready(&ServeOptions::url(&url)).await;
-    let mut conn = office_conn(&p, DENIED_V4, false).await;
-    assert_eq!(decision(&mut conn).await, StatusCode::FORBIDDEN);
+    let mut conn = denied_conn(&p, false).await;
     assert_meta(&p, 1, &v1, &format!("url:{url}")).await;
 
     let conditional = |etag: &'static str| {
@@ -373,12 +396,9 @@ async fn url_source_polls_with_etags_and_applies_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_snapshot_authenticates_validates_and_applies_at_once() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
-    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
     let max_bytes = 16 * 1024;
-    let p = Served::ready(&ServeOptions::path(&path).max_bytes(max_bytes)).await;
-    let mut conn = office_conn(&p, DENIED_V4, true).await;
-    assert_eq!(decision(&mut conn).await, StatusCode::FORBIDDEN);
+    let p = w.serve_v1_with(|o| o.max_bytes(max_bytes)).await;
+    let mut conn = denied_conn(&p, true).await;
     let v2 = Bytes::from(w.bytes(2, RULES_B));
 
     // No token, a wrong token, another scheme: 401 with a challenge.
@@ -522,10 +542,8 @@ fn says_connection_close(response: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_declared_over_the_limit_is_refused_without_reading_it() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
-    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
     let max_bytes = 16 * 1024;
-    let p = Served::ready(&ServeOptions::path(&path).max_bytes(max_bytes)).await;
+    let p = w.serve_v1_with(|o| o.max_bytes(max_bytes)).await;
 
     // Only the head is sent. The 413 must come at once, not after a body
     // that never arrives; and with `Expect: 100-continue`, no 100 first.
@@ -580,10 +598,8 @@ async fn body_declared_over_the_limit_is_refused_without_reading_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_that_stalls_gets_408_after_body_timeout() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
-    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
     let body_timeout = Duration::from_millis(500);
-    let p = Served::ready(&ServeOptions::path(&path).admin_body_timeout("500ms")).await;
+    let p = w.serve_v1_with(|o| o.admin_body_timeout("500ms")).await;
     let v2 = w.bytes(2, RULES_B);
 
     // Half the body, then nothing: 408 once body_timeout has passed with
@@ -630,9 +646,7 @@ async fn body_that_stalls_gets_408_after_body_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_scheme_is_case_insensitive() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
-    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
-    let p = Served::ready(&ServeOptions::path(&path)).await;
+    let p = w.serve_v1().await;
 
     // RFC 9110 §11.1: the scheme is case-insensitive; one or more blanks
     // may follow it.
@@ -698,7 +712,7 @@ async fn explain_cli(snapshot: &Path, host: &str, source: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_explain_answers_like_the_explain_command() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
+    let path = w.file();
     std::fs::write(&path, w.bytes(1, &["192.0.2.0/24", "203.0.113.0/24"])).unwrap();
     let p = Served::ready(&ServeOptions::path(&path)).await;
     let explain = |body: String| {
@@ -776,7 +790,7 @@ async fn post_explain_answers_like_the_explain_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_a_snapshot_is_loadable() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
+    let path = w.file();
     let p = Served::start(&ServeOptions::path(&path)).await;
 
     let health = p.admin_get("/healthz").await;
@@ -813,7 +827,7 @@ async fn not_ready_until_a_snapshot_is_loadable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_without_a_source_serves_the_saved_snapshot() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
+    let path = w.file();
     let state = w.path("state");
     std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
     let options = ServeOptions::path(&path).state_dir(&state);
@@ -921,17 +935,14 @@ async fn metrics_after_connections(p: &Served, ended: f64) -> Metrics {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_cover_spec_families_move_and_carry_no_unbounded_labels() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
-    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
-    let p = Served::ready(&ServeOptions::path(&path)).await;
+    let p = w.serve_v1().await;
 
     // Traffic touching every family: 6 connections in all.
     {
         let mut allowed = office_conn(&p, ALLOWED_V4, false).await;
         assert_eq!(decision(&mut allowed).await, StatusCode::OK);
         assert_eq!(decision(&mut allowed).await, StatusCode::OK);
-        let mut denied = office_conn(&p, DENIED_V4, true).await;
-        assert_eq!(decision(&mut denied).await, StatusCode::FORBIDDEN);
+        let _denied = denied_conn(&p, true).await;
         let mut dead = p
             .client(&host(DEAD))
             .preamble(v1_from(ALLOWED_V4))
@@ -1054,10 +1065,8 @@ async fn metrics_cover_spec_families_move_and_carry_no_unbounded_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_puts_leave_state_and_metrics_matching_the_snapshot_in_force() {
     let w = World::new().await;
-    let path = w.path("snapshot.json");
     let state = w.path("state");
-    std::fs::write(&path, w.bytes(1, RULES_A)).unwrap();
-    let p = Arc::new(Served::ready(&ServeOptions::path(&path).state_dir(&state)).await);
+    let p = Arc::new(w.serve_v1_with(|o| o.state_dir(&state)).await);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(2));
     let mut tasks = Vec::new();
     for _ in 0..8 {

@@ -84,6 +84,14 @@ impl Rig {
         RcConn::connect(self.proxy.rc_addr(), &v1_from(from), name, true).await
     }
 
+    /// A connection from [`ALLOWED_V4`] spliced to `rc0001`, which has no
+    /// filtering policy: for the tests of the splice itself.
+    async fn spliced_open(&self) -> RcConn {
+        self.connect(ALLOWED_V4, &host(RC_OPEN))
+            .await
+            .expect("spliced")
+    }
+
     fn count(&self, result: &str) -> f64 {
         self.proxy.metrics().sum(
             "portcullis_remote_cluster_connections_total",
@@ -330,10 +338,7 @@ async fn a_new_snapshot_revokes_only_the_connections_it_denies_within_a_second()
 #[tokio::test]
 async fn half_close_passes_the_eof_on_and_the_answer_still_arrives() {
     let rig = Rig::start(false, "").await;
-    let mut conn = rig
-        .connect(ALLOWED_V4, &host(RC_OPEN))
-        .await
-        .expect("spliced");
+    let mut conn = rig.spliced_open().await;
     conn.tls.write_all(b"ping").await.expect("write");
     // close_notify, then FIN: the client will send nothing more.
     conn.tls.shutdown().await.expect("half-close");
@@ -434,14 +439,8 @@ async fn connect_failures_fail_over_to_the_next_node_then_refuse() {
 #[tokio::test]
 async fn idle_connections_are_closed_and_busy_ones_are_not() {
     let rig = Rig::start(false, "idle_timeout = \"400ms\"").await;
-    let mut idle = rig
-        .connect(ALLOWED_V4, &host(RC_OPEN))
-        .await
-        .expect("spliced");
-    let mut busy = rig
-        .connect(ALLOWED_V4, &host(RC_OPEN))
-        .await
-        .expect("spliced");
+    let mut idle = rig.spliced_open().await;
+    let mut busy = rig.spliced_open().await;
     let started = Instant::now();
     for _ in 0..10 {
         busy.echo(b"tick")
@@ -466,10 +465,7 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
 async fn drain_closes_the_listener_and_cuts_spliced_connections_after_the_grace() {
     let rig = Rig::start(false, "").await;
     let addr = rig.proxy.rc_addr();
-    let mut conn = rig
-        .connect(ALLOWED_V4, &host(RC_OPEN))
-        .await
-        .expect("spliced");
+    let mut conn = rig.spliced_open().await;
     let drained = Instant::now();
     rig.proxy.drain();
     eventually(WAIT, "listener closed", || async move {

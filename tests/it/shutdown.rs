@@ -55,6 +55,23 @@ impl Process {
     fn client(&self) -> ClientBuilder {
         ClientBuilder::new(self.data, &host(OPEN)).preamble(v1_from(ALLOWED_V4))
     }
+
+    /// Sends signal `name`; returns when, to time the exit against.
+    fn signal_now(&self, name: &str) -> Instant {
+        let signalled = Instant::now();
+        self.signal(name);
+        signalled
+    }
+}
+
+/// Waits until `backend` has received `n` requests in all, so that the
+/// slow ones are in flight when the signal is sent.
+async fn until_at_backend(backend: &Backend, n: usize, what: &str) {
+    eventually(WAIT, what, || {
+        let seen = backend.requests();
+        async move { seen >= n }
+    })
+    .await;
 }
 
 async fn readyz(admin: SocketAddr) -> Option<StatusCode> {
@@ -95,14 +112,9 @@ async fn sigterm_finishes_requests_in_flight_closes_idle_connections_and_exits_z
         .expect("request");
     let in_flight_h2 = tokio::spawn(async move { sender.send_request(req).await });
     // Both requests have reached the backend before the signal.
-    eventually(WAIT, "both slow requests at the backend", || {
-        let n = backend.requests();
-        async move { n >= 4 }
-    })
-    .await;
+    until_at_backend(&backend, 4, "both slow requests at the backend").await;
 
-    let signalled = Instant::now();
-    p.signal("TERM");
+    let signalled = p.signal_now("TERM");
 
     // Not ready, and no longer accepting, at once.
     let admin = p.admin;
@@ -166,8 +178,7 @@ async fn sigint_with_nothing_in_flight_exits_zero_at_once() {
     let mut p = Process::start(backend.addr).await;
     let mut conn = p.client().connect().await;
     assert_eq!(conn.get(&host(OPEN), "/").await.status, StatusCode::OK);
-    let signalled = Instant::now();
-    p.signal("INT");
+    let signalled = p.signal_now("INT");
     assert_eq!(p.exit_code(GRACE).await, Some(0));
     assert!(signalled.elapsed() < Duration::from_secs(2));
 }
@@ -185,13 +196,8 @@ async fn a_request_outliving_the_grace_period_is_cut_and_the_process_still_exits
             .expect("request");
         conn.send(req).await.map(|r| r.status)
     });
-    eventually(WAIT, "the slow request at the backend", || {
-        let n = backend.requests();
-        async move { n >= 1 }
-    })
-    .await;
-    let signalled = Instant::now();
-    p.signal("TERM");
+    until_at_backend(&backend, 1, "the slow request at the backend").await;
+    let signalled = p.signal_now("TERM");
     assert_eq!(p.exit_code(GRACE * 2).await, Some(0));
     let waited = signalled.elapsed();
     assert!(

@@ -45,7 +45,7 @@ pub use shutdown::Shutdown;
 
 use access_log::AccessLog;
 use admin::{Admin, Readiness};
-use reload::{Reloader, SnapshotMetrics, Source, StateDir, Store};
+use reload::{Opened, Reloader, SnapshotMetrics, StateDir, Store};
 use route::Router;
 use server::Server;
 use shutdown::Phase;
@@ -79,7 +79,9 @@ pub async fn serve(
         snapshot.max_bytes,
         SnapshotMetrics::register(&registry).map_err(server::ServerError::from)?,
     ));
-    let source = Source::new(&snapshot.source, snapshot.max_bytes)?;
+    // Opened before anything is served: a URL that cannot be fetched from
+    // is a configuration error, reported at once.
+    let source = Opened::new(&snapshot.source, snapshot.max_bytes)?;
 
     let readiness = Arc::new(Readiness::default());
     let Listeners {
@@ -125,15 +127,11 @@ pub async fn serve(
     let reload_now = Arc::new(tokio::sync::Notify::new());
     spawn_sighup(reload_now.clone());
     let poll = settings.snapshot.poll_interval;
-    let watcher = {
-        let reloader = reloader.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut source = source;
-            reloader.initial(&mut source).await;
-            reloader.watch(source, poll, reload_now, shutdown).await;
-        })
-    };
+    let watcher = tokio::spawn(
+        reloader
+            .clone()
+            .run(source, poll, reload_now, shutdown.clone()),
+    );
     let draining = {
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -20,6 +20,8 @@ use crate::forward::{ActiveChecks, Ejection, PoolSettings};
 use crate::passthrough;
 use crate::policy::PolicyOptions;
 use crate::proxy_protocol;
+use crate::reload::PolledSource;
+use crate::reload::etcd::EtcdSettings;
 use crate::settings::{
     AdminSettings, HttpSettings, ListenAddrs, LogSettings, ServerSettings, Settings,
     SnapshotSettings, SnapshotSource, Timeouts, UpstreamSettings,
@@ -216,6 +218,8 @@ impl Default for UpstreamConfig {
 pub struct SnapshotConfig {
     pub path: Option<PathBuf>,
     pub url: Option<String>,
+    /// Follow a prefix in an etcd cluster (SPEC §3.1).
+    pub etcd: Option<EtcdSettings>,
     #[serde(deserialize_with = "duration::deserialize")]
     pub poll_interval: Duration,
     #[serde(deserialize_with = "duration::deserialize")]
@@ -234,6 +238,7 @@ impl Default for SnapshotConfig {
         Self {
             path: None,
             url: None,
+            etcd: None,
             poll_interval: DEFAULT_SNAPSHOT_POLL_INTERVAL,
             fetch_timeout: DEFAULT_SNAPSHOT_FETCH_TIMEOUT,
             max_bytes: DEFAULT_SNAPSHOT_MAX_BYTES,
@@ -502,8 +507,16 @@ impl Config {
         if self.tls.certificates.is_empty() {
             errors.push("tls.certificates: at least one certificate is needed".to_owned());
         }
-        if self.snapshot.path.is_some() == self.snapshot.url.is_some() {
+        let sources = [
+            self.snapshot.path.is_some(),
+            self.snapshot.url.is_some(),
+            self.snapshot.etcd.is_some(),
+        ];
+        if sources.into_iter().filter(|&set| set).count() != 1 {
             errors.push(ONE_SOURCE.to_owned());
+        }
+        if let Some(etcd) = &self.snapshot.etcd {
+            errors.extend(etcd.problems());
         }
         if let Some(url) = &self.snapshot.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -524,13 +537,14 @@ impl Config {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         self.check()?;
         let snapshot = &self.snapshot;
-        let source = match (&snapshot.path, &snapshot.url) {
-            (Some(path), None) => SnapshotSource::File(path.clone()),
-            (None, Some(url)) => SnapshotSource::Url {
+        let source = match (&snapshot.path, &snapshot.url, &snapshot.etcd) {
+            (Some(path), None, None) => SnapshotSource::Polled(PolledSource::File(path.clone())),
+            (None, Some(url), None) => SnapshotSource::Polled(PolledSource::Url {
                 url: url.clone(),
                 fetch_timeout: snapshot.fetch_timeout,
                 ca_file: snapshot.ca_file.clone(),
-            },
+            }),
+            (None, None, Some(etcd)) => SnapshotSource::Etcd(etcd.clone()),
             // `check` refused both and neither; say so again rather than
             // trust that.
             _ => return Err(ConfigError::Invalid(vec![ONE_SOURCE.to_owned()])),
@@ -621,7 +635,7 @@ impl Config {
 }
 
 /// The rule [`SnapshotSource`] makes a type.
-const ONE_SOURCE: &str = "snapshot: set exactly one of path or url";
+const ONE_SOURCE: &str = "snapshot: set exactly one of path, url or [snapshot.etcd]";
 
 #[cfg(test)]
 mod tests {
@@ -788,6 +802,9 @@ mod tests {
             "path = \"s.json\"\nurl = \"https://cp/s\"",
         );
         let e = Config::from_toml(&both).unwrap_err().to_string();
-        assert!(e.contains("exactly one of path or url"), "{e}");
+        assert!(
+            e.contains("exactly one of path, url or [snapshot.etcd]"),
+            "{e}"
+        );
     }
 }

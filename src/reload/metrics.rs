@@ -7,6 +7,7 @@ pub struct SnapshotMetrics {
     version: IntGauge,
     loaded_at: Gauge,
     reloads: IntCounterVec,
+    invalid_entries: IntGauge,
 }
 
 impl SnapshotMetrics {
@@ -27,10 +28,15 @@ impl SnapshotMetrics {
                 ),
                 &["result"],
             )?,
+            invalid_entries: IntGauge::new(
+                "snapshot_invalid_entries",
+                "Entries of the etcd source refused on their own (their last valid version, if any, stays in force)",
+            )?,
         };
         registry.register(Box::new(m.version.clone()))?;
         registry.register(Box::new(m.loaded_at.clone()))?;
         registry.register(Box::new(m.reloads.clone()))?;
+        registry.register(Box::new(m.invalid_entries.clone()))?;
         Ok(m)
     }
 
@@ -38,6 +44,11 @@ impl SnapshotMetrics {
         self.count(result);
         self.version.set(i64::try_from(version).unwrap_or(i64::MAX));
         self.loaded_at.set(loaded_at);
+    }
+
+    pub fn invalid_entries(&self, n: usize) {
+        self.invalid_entries
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn refused(&self, result: Reload) {

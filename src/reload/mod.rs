@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 pub use metrics::{Reload, SnapshotMetrics};
-pub use source::{SnapshotSource, Source, SourceError};
+pub use source::{PolledSource, SnapshotSource, Source, SourceError};
 pub use state::StateDir;
 pub use store::{ApplyError, Loaded, Meta, Store, prepare};
 
@@ -59,6 +59,24 @@ impl Origin {
     }
 }
 
+/// A configured source, opened: whole documents polled, or an etcd prefix
+/// followed.
+#[derive(Debug)]
+pub enum Opened {
+    Polled(Source),
+    Etcd(etcd::EtcdSettings),
+}
+
+impl Opened {
+    /// Fails only on a URL that cannot be fetched from (see [`Source::new`]).
+    pub fn new(source: &SnapshotSource, max_bytes: usize) -> Result<Self, fetch::FetchError> {
+        Ok(match source {
+            SnapshotSource::Polled(p) => Self::Polled(Source::new(p, max_bytes)?),
+            SnapshotSource::Etcd(e) => Self::Etcd(e.clone()),
+        })
+    }
+}
+
 /// Applies snapshots to the store.
 #[derive(Debug)]
 pub struct Reloader {
@@ -71,6 +89,8 @@ pub struct Reloader {
     /// concurrent sources cannot leave the version gauge or the saved
     /// snapshot behind the snapshot in force. Compiling stays concurrent.
     commit: tokio::sync::Mutex<()>,
+    /// How following etcd goes, when that is the source.
+    etcd: std::sync::Mutex<Option<etcd::Status>>,
 }
 
 impl Reloader {
@@ -88,7 +108,28 @@ impl Reloader {
             max_bytes,
             metrics,
             commit: tokio::sync::Mutex::new(()),
+            etcd: std::sync::Mutex::new(None),
         }
+    }
+
+    /// How following etcd goes (`None` for the other sources).
+    pub fn etcd_status(&self) -> Option<etcd::Status> {
+        self.etcd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Updates the etcd status (the follower's), and the gauge of refused
+    /// entries with it.
+    pub(crate) fn update_etcd(&self, update: impl FnOnce(&mut etcd::Status)) {
+        let mut guard = self
+            .etcd
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let status = guard.get_or_insert_with(etcd::Status::default);
+        update(status);
+        self.metrics.invalid_entries(status.invalid_entries.len());
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -127,6 +168,19 @@ impl Reloader {
                 return Err(e);
             }
         };
+        self.commit(loaded, bytes, origin, started).await
+    }
+
+    /// The commit step for a snapshot already compiled from `bytes` (the
+    /// document the state directory keeps): swap, metrics, log, save.
+    pub async fn commit(
+        &self,
+        loaded: Loaded,
+        bytes: Bytes,
+        origin: Origin,
+        started: Instant,
+    ) -> Result<Meta, ApplyError> {
+        let source = origin.describe();
         let meta = loaded.meta.clone();
         let _commit = self.commit.lock().await;
         let retired = match self.store.apply(loaded) {
@@ -167,6 +221,25 @@ impl Reloader {
         Ok(meta)
     }
 
+    /// Keeps the store following `source` until shutdown: the first
+    /// snapshot (or the state directory's), then every change. `now` (SIGHUP)
+    /// reads a polled source at once; etcd is followed continuously.
+    pub async fn run(
+        self: Arc<Self>,
+        source: Opened,
+        poll_interval: Duration,
+        now: Arc<Notify>,
+        shutdown: Shutdown,
+    ) {
+        match source {
+            Opened::Polled(mut source) => {
+                self.initial(&mut source).await;
+                self.watch(source, poll_interval, now, shutdown).await;
+            }
+            Opened::Etcd(settings) => etcd::follow(self, settings, shutdown).await,
+        }
+    }
+
     /// At boot: the source's snapshot, else the state directory's. Returns
     /// whether a snapshot is in force.
     pub async fn initial(&self, source: &mut Source) -> bool {
@@ -186,6 +259,12 @@ impl Reloader {
                 tracing::warn!(source = %source.describe(), error = %error_chain(&e), "snapshot source unavailable at start");
             }
         }
+        self.restore().await
+    }
+
+    /// At boot, when the source has no valid snapshot: the state
+    /// directory's. Returns whether a snapshot is in force.
+    pub async fn restore(&self) -> bool {
         let Some(state) = &self.state else {
             tracing::error!(
                 "no valid snapshot and no state directory: not ready until a snapshot is loaded"

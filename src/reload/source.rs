@@ -14,12 +14,23 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use super::etcd::EtcdSettings;
 use super::fetch::{FetchError, FetchSettings, Fetched, Fetcher};
 use super::state::read_capped;
 
 /// Exactly one source: the type cannot hold two, or none.
 #[derive(Debug, Clone)]
 pub enum SnapshotSource {
+    /// A whole document, read again every `poll_interval`.
+    Polled(PolledSource),
+    /// A prefix in an etcd cluster, one key per entry, followed with a
+    /// watch (SPEC §3.1).
+    Etcd(EtcdSettings),
+}
+
+/// A source of whole snapshot documents.
+#[derive(Debug, Clone)]
+pub enum PolledSource {
     File(PathBuf),
     /// Polled with ETags.
     Url {
@@ -85,10 +96,10 @@ impl SourceError {
 impl Source {
     /// The source `settings` names; fails only on a URL that cannot be
     /// fetched from (malformed, unsupported scheme, unreadable CA file).
-    pub fn new(settings: &SnapshotSource, max_bytes: usize) -> Result<Self, FetchError> {
+    pub fn new(settings: &PolledSource, max_bytes: usize) -> Result<Self, FetchError> {
         Ok(match settings {
-            SnapshotSource::File(path) => Self::file(path.clone(), max_bytes),
-            SnapshotSource::Url {
+            PolledSource::File(path) => Self::file(path.clone(), max_bytes),
+            PolledSource::Url {
                 url,
                 fetch_timeout,
                 ca_file,

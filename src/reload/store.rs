@@ -77,6 +77,12 @@ pub fn prepare(
 ) -> Result<Loaded, SnapshotErrors> {
     let snapshot = parse_snapshot(bytes)?;
     let set = PolicySet::compile(&snapshot, options);
+    Ok(compiled(set, bytes, source))
+}
+
+/// A compiled set with its metadata; `bytes` is the document it was
+/// compiled from (hashed, and counted).
+pub fn compiled(set: PolicySet, bytes: &[u8], source: &str) -> Loaded {
     let meta = Meta {
         version: set.version(),
         sha256: hex(&Sha256::digest(bytes)),
@@ -87,7 +93,7 @@ pub fn prepare(
         bytes: bytes.len(),
         stats: set.stats(),
     };
-    Ok(Loaded { set, meta })
+    Loaded { set, meta }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -14,7 +14,7 @@ use super::{LoadedCertificate, load_certified_key};
 #[path = "../../tests/kit/src/pki.rs"]
 mod pki;
 
-pub(crate) use pki::{Leaf, TestCa};
+pub(crate) use pki::{CheckingVerifier, Leaf, TestCa};
 
 impl Leaf {
     pub fn pems(&self) -> (Vec<u8>, Vec<u8>) {

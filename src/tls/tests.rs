@@ -1,22 +1,17 @@
 //! Handshakes over loopback TCP between a rustls client and [`handshake()`].
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, DigitallySignedStruct, HandshakeKind, ProtocolVersion, SignatureScheme,
-    SupportedProtocolVersion,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::testing::{Leaf, TempDir, TestCa, der_sequence};
+use super::testing::{CheckingVerifier, Leaf, TempDir, TestCa, der_sequence};
 use super::*;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -325,72 +320,6 @@ async fn client_rejecting_the_certificate_is_protocol() {
     assert_eq!(kind, "protocol");
 }
 
-/// Checks the server's chain as rustls' default verifier does (against the
-/// test CA) and records the OCSP response stapled with it: empty when the
-/// server stapled none. rustls' own verifier accepts but ignores it.
-#[derive(Debug)]
-struct RecordingVerifier {
-    inner: Arc<WebPkiServerVerifier>,
-    stapled: Mutex<Vec<Vec<u8>>>,
-}
-
-impl RecordingVerifier {
-    fn new(ca: &TestCa) -> Arc<Self> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(ca.roots()), provider)
-            .build()
-            .expect("verifier");
-        Arc::new(Self {
-            inner,
-            stapled: Mutex::default(),
-        })
-    }
-
-    fn stapled(&self) -> Vec<Vec<u8>> {
-        self.stapled.lock().expect("not poisoned").clone()
-    }
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.stapled
-            .lock()
-            .expect("not poisoned")
-            .push(ocsp_response.to_vec());
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 #[tokio::test]
 async fn ocsp_response_is_stapled_only_for_the_certificate_that_has_one() {
     let ca = TestCa::new();
@@ -427,7 +356,7 @@ async fn ocsp_response_is_stapled_only_for_the_certificate_that_has_one() {
         ] {
             // A fresh client each time: a resumed session sends no
             // certificate, hence no staple.
-            let verifier = RecordingVerifier::new(&ca);
+            let verifier = Arc::new(CheckingVerifier::new(ca.der()));
             let config = ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::aws_lc_rs::default_provider(),
             ))

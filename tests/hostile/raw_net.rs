@@ -1,10 +1,8 @@
 //! Raw TCP and TLS clients for the hostile suite: write any bytes after
 //! any PROXY header, read until the proxy closes.
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use portcullis_test_kit::pki::CheckingVerifier;
+use rustls::pki_types::ServerName;
 
 use super::*;
 
@@ -78,49 +76,6 @@ pub(crate) async fn read_to_close<S: AsyncRead + Unpin>(
 
 // ================================================================ TLS
 
-/// Verifies the proxy's certificate as if the client had asked for
-/// `es.test`, whatever SNI it sent (or none): the cases here choose odd
-/// SNIs on purpose and still want to know they reached the real proxy.
-#[derive(Debug)]
-pub(crate) struct AsIfEsTest(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AsIfEsTest {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let name = ServerName::try_from("es.test").expect("valid name");
-        self.0
-            .verify_server_cert(end_entity, intermediates, &name, ocsp, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
 /// TLS client settings for one connection.
 #[derive(Debug, Clone)]
 pub(crate) struct TlsOpts {
@@ -174,16 +129,14 @@ pub(crate) async fn tls_over(
     opts: &TlsOpts,
 ) -> Result<TlsStream<TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki().ca.clone()).expect("test CA");
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .expect("verifier");
+    // The cases here choose odd SNIs on purpose and still want to know
+    // they reached the real proxy: check the certificate as `es.test`'s.
+    let verifier = CheckingVerifier::new(pki().ca.clone()).checking_as("es.test");
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AsIfEsTest(verifier)))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     config.alpn_protocols = opts.alpn.clone();
     config.enable_sni = opts.sni.is_some();

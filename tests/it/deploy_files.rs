@@ -306,9 +306,10 @@ fn every_config_key_is_in_the_example_config_and_the_reference_table() {
     c.same_keys("docs/operating.md's configuration table", &table, &keys);
 
     // config/portcullis.toml lists every key, the optional ones commented
-    // out (`# key = value`) under their section.
+    // out (`# key = value`, or `# table.key = value` for a table within the
+    // section) under their section.
     let example = read("config/portcullis.toml");
-    let commented = Regex::new(r"(?m)^# ?([a-z0-9_]+ *=.*)$").expect("regex");
+    let commented = Regex::new(r"(?m)^# ?([a-z0-9_.]+ *=.*)$").expect("regex");
     let uncommented: toml::Table = toml::from_str(&commented.replace_all(&example, "$1"))
         .unwrap_or_else(|e| panic!("config/portcullis.toml, comments removed: {e}"));
     let mut shown = BTreeSet::new();

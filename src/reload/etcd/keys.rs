@@ -3,8 +3,6 @@
 //! Shared by the follower (which reads keys) and `portcullis publish`
 //! (which writes them), so the two cannot disagree.
 
-use std::fmt;
-
 const DEPLOYMENTS: &str = "deployments/";
 const POLICIES: &str = "policies/";
 
@@ -29,12 +27,6 @@ impl Kind {
             Self::Deployment => "deployment",
             Self::Policy => "policy",
         }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -88,3 +88,93 @@ impl Default for TestCa {
         Self::new()
     }
 }
+
+/// Checks a server's certificate against one CA exactly as rustls's own
+/// verifier does, and shows a test what rustls would not: every stapled
+/// OCSP response is recorded, and [`CheckingVerifier::checking_as`] checks the
+/// certificate for a fixed name whatever server name the client sent (for
+/// cases that send odd SNIs on purpose and still want to know they reached
+/// the real proxy).
+#[derive(Debug)]
+pub struct CheckingVerifier {
+    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    as_name: Option<rustls::pki_types::ServerName<'static>>,
+    stapled: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl CheckingVerifier {
+    /// Trusts `ca` (DER), with aws-lc-rs's algorithms.
+    pub fn new(ca: CertificateDer<'static>) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).expect("test CA");
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider,
+        )
+        .build()
+        .expect("verifier");
+        Self {
+            inner,
+            as_name: None,
+            stapled: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Checks every certificate for `name` instead of the server name sent.
+    pub fn checking_as(mut self, name: &str) -> Self {
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).expect("valid name");
+        self.as_name = Some(name);
+        self
+    }
+
+    /// The OCSP responses seen so far, one per handshake (empty when the
+    /// server stapled none).
+    pub fn stapled(&self) -> Vec<Vec<u8>> {
+        self.stapled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for CheckingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.stapled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(ocsp.to_vec());
+        let name = self.as_name.as_ref().unwrap_or(server_name);
+        self.inner
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,320 @@
+//! The entries in force, kept one by one (SPEC §3.1), and the pure rules
+//! that decide what a batch of changes does to them.
+//!
+//! Each key is validated on its own: a policy as a document holding only
+//! that policy; a deployment as a document holding it and a stub of each
+//! policy it names (id, type, region: all that association checks read),
+//! so validating a deployment never copies a large policy's rules. The
+//! checks that span entries are made here: a key's id must equal the
+//! object's, names (ids and aliases) must be unique, a policy cannot move
+//! to a region its deployments are not in, and a policy still associated
+//! cannot be deleted.
+//!
+//! A refused change leaves the entry's last valid version in force (or no
+//! entry, if it never had one) and is kept with its error. Refused changes
+//! are retried with every batch, because a later change can make them
+//! valid: the policy a deployment names arrives, or the deployment that
+//! held on to a deleted policy lets go of it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::keys::{self, Kind};
+use crate::policy::{Deployment, Policy, Snapshot, SnapshotErrors, validate_value};
+
+/// One key's new state, from etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(Bytes),
+    Delete,
+}
+
+/// A refused entry, as `GET /snapshot` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    pub key: String,
+    pub message: String,
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries whose version in force changed (put, replaced or removed).
+    pub changed: usize,
+    /// Changes refused in this batch (new refusals and retries that still
+    /// fail).
+    pub refused: usize,
+}
+
+/// The entries in force and the refused changes.
+#[derive(Debug, Default, Clone)]
+pub struct Entries {
+    prefix: String,
+    policies: BTreeMap<String, Policy>,
+    deployments: BTreeMap<String, Deployment>,
+    /// Deployment id or alias → deployment id, for uniqueness.
+    names: HashMap<String, String>,
+    /// Key → (the refused change, why).
+    refused: BTreeMap<String, (Change, String)>,
+}
+
+impl Entries {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Applies one batch (the events of one or more etcd revisions) to the
+    /// entries in force. Later changes to a key win over earlier ones.
+    pub fn apply(&mut self, batch: impl IntoIterator<Item = (String, Change)>) -> Applied {
+        let mut total = self.pass(batch);
+        // A change accepted in this pass can make a refused one valid (an
+        // alias freed, an association dropped): retry until nothing moves.
+        while total.changed > 0 && !self.refused.is_empty() {
+            let again = self.pass(std::iter::empty());
+            total.refused = again.refused;
+            if again.changed == 0 {
+                break;
+            }
+            total.changed += again.changed;
+        }
+        total
+    }
+
+    fn pass(&mut self, batch: impl IntoIterator<Item = (String, Change)>) -> Applied {
+        // The batch wins over an older refused change to the same key.
+        let mut work: BTreeMap<String, Change> = std::mem::take(&mut self.refused)
+            .into_iter()
+            .map(|(k, (c, _))| (k, c))
+            .collect();
+        work.extend(batch);
+
+        let mut applied = Applied::default();
+        let mut policy_puts = Vec::new();
+        let mut policy_deletes = Vec::new();
+        let mut deployment_puts = Vec::new();
+        let mut deployment_deletes = Vec::new();
+        for (key, change) in work {
+            let id = match keys::parse(&self.prefix, key.as_bytes()) {
+                Ok(k) => (k.kind, k.id.to_owned()),
+                Err(e) => {
+                    // Not an entry: shown, never served. A delete of such a
+                    // key just clears its refusal.
+                    if let Change::Put(_) = change {
+                        self.refuse(&mut applied, key, change, e.to_string());
+                    }
+                    continue;
+                }
+            };
+            match (id, change) {
+                ((Kind::Policy, id), Change::Put(v)) => policy_puts.push((key, id, v)),
+                ((Kind::Policy, id), Change::Delete) => policy_deletes.push((key, id)),
+                ((Kind::Deployment, id), Change::Put(v)) => deployment_puts.push((key, id, v)),
+                ((Kind::Deployment, id), Change::Delete) => deployment_deletes.push((key, id)),
+            }
+        }
+
+        // The order `portcullis publish` writes in: policies before the
+        // deployments that name them, deletions of deployments before
+        // deletions of the policies they named.
+        let batch_deployments: Vec<&str> = deployment_puts
+            .iter()
+            .map(|(_, id, _)| id.as_str())
+            .chain(deployment_deletes.iter().map(|(_, id)| id.as_str()))
+            .collect();
+        for (key, id, value) in policy_puts {
+            match self.check_policy(&id, &value, &batch_deployments) {
+                Ok(p) => {
+                    self.policies.insert(id, p);
+                    applied.changed += 1;
+                }
+                Err(why) => self.refuse(&mut applied, key, Change::Put(value), why),
+            }
+        }
+        for (key, id, value) in deployment_puts {
+            match self.check_deployment(&id, &value) {
+                Ok(d) => {
+                    self.forget_names(&id);
+                    self.names.insert(d.id.clone(), d.id.clone());
+                    if let Some(alias) = &d.alias {
+                        self.names.insert(alias.clone(), d.id.clone());
+                    }
+                    self.deployments.insert(id, d);
+                    applied.changed += 1;
+                }
+                Err(why) => self.refuse(&mut applied, key, Change::Put(value), why),
+            }
+        }
+        for (_, id) in deployment_deletes {
+            self.forget_names(&id);
+            if self.deployments.remove(&id).is_some() {
+                applied.changed += 1;
+            }
+        }
+        for (key, id) in policy_deletes {
+            let users = self.users_of(&id, &[]);
+            if users.is_empty() {
+                if self.policies.remove(&id).is_some() {
+                    applied.changed += 1;
+                }
+            } else {
+                let why = format!(
+                    "cannot delete: still associated by deployment{} {}",
+                    if users.len() == 1 { "" } else { "s" },
+                    users.join(", ")
+                );
+                self.refuse(&mut applied, key, Change::Delete, why);
+            }
+        }
+        applied
+    }
+
+    /// The entries in force as a snapshot at `version` (the etcd revision).
+    pub fn snapshot(&self, version: u64) -> Snapshot {
+        Snapshot {
+            version,
+            deployments: self.deployments.values().cloned().collect(),
+            policies: self.policies.values().cloned().collect(),
+        }
+    }
+
+    /// Every refused change, by key.
+    pub fn refused(&self) -> Vec<Refused> {
+        self.refused
+            .iter()
+            .map(|(key, (_, message))| Refused {
+                key: key.clone(),
+                message: message.clone(),
+            })
+            .collect()
+    }
+
+    fn refuse(&mut self, applied: &mut Applied, key: String, change: Change, why: String) {
+        applied.refused += 1;
+        self.refused.insert(key, (change, why));
+    }
+
+    fn forget_names(&mut self, id: &str) {
+        if let Some(old) = self.deployments.get(id) {
+            self.names.remove(&old.id);
+            if let Some(alias) = &old.alias {
+                self.names.remove(alias);
+            }
+        }
+    }
+
+    /// Deployments in force (other than `except`) that associate `policy`.
+    fn users_of(&self, policy: &str, except: &[&str]) -> Vec<String> {
+        self.deployments
+            .values()
+            .filter(|d| !except.contains(&d.id.as_str()) && d.policies.iter().any(|p| p == policy))
+            .map(|d| d.id.clone())
+            .collect()
+    }
+
+    fn check_policy(&self, id: &str, value: &[u8], batch: &[&str]) -> Result<Policy, String> {
+        let v = parse(value)?;
+        let doc = json!({"version": 1, "deployments": [], "policies": [v]});
+        let mut s = validate_value(&doc).map_err(|e| entry_errors(&e, "policies[0]"))?;
+        let p = s.policies.pop().ok_or("no policy")?;
+        same_id(id, &p.id)?;
+        // A region change must not strand a deployment that stays as it is
+        // (deployments changed in this batch are checked against it next).
+        let stranded: Vec<String> = self
+            .users_of(id, batch)
+            .into_iter()
+            .filter(|d| {
+                self.deployments
+                    .get(d)
+                    .is_some_and(|d| d.region != p.region)
+            })
+            .collect();
+        if !stranded.is_empty() {
+            return Err(format!(
+                "region \"{}\" differs from that of deployment(s) that associate it: {}",
+                p.region,
+                stranded.join(", ")
+            ));
+        }
+        Ok(p)
+    }
+
+    fn check_deployment(&self, id: &str, value: &[u8]) -> Result<Deployment, String> {
+        let v = parse(value)?;
+        let stubs: Vec<Value> = v
+            .get("policies")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter_map(|p| self.policies.get(p))
+            .map(stub)
+            .collect();
+        let doc = json!({"version": 1, "deployments": [v], "policies": stubs});
+        let mut s = validate_value(&doc).map_err(|e| entry_errors(&e, "deployments[0]"))?;
+        let d = s.deployments.pop().ok_or("no deployment")?;
+        same_id(id, &d.id)?;
+        for name in std::iter::once(&d.id).chain(d.alias.as_ref()) {
+            if let Some(holder) = self.names.get(name)
+                && holder != id
+            {
+                return Err(format!(
+                    "name \"{name}\" is already used by deployment {holder}"
+                ));
+            }
+        }
+        Ok(d)
+    }
+}
+
+fn parse(value: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(value).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+fn same_id(key_id: &str, object_id: &str) -> Result<(), String> {
+    if key_id == object_id {
+        Ok(())
+    } else {
+        Err(format!(
+            "the key names \"{key_id}\" but the object's id is \"{object_id}\""
+        ))
+    }
+}
+
+/// What association checks read of a policy.
+fn stub(p: &Policy) -> Value {
+    json!({
+        "id": p.id,
+        "type": p.rules.policy_type().as_str(),
+        "region": p.region.as_str(),
+        "rules": [],
+    })
+}
+
+/// The errors of a one-entry document, with paths relative to the entry
+/// (`policies[1]: unknown policy "x"`, not `deployments[0].policies[1]`).
+fn entry_errors(errors: &SnapshotErrors, entry: &str) -> String {
+    errors
+        .0
+        .iter()
+        .map(|e| {
+            let path = e.path.strip_prefix(entry).unwrap_or(&e.path);
+            let path = path.strip_prefix('.').unwrap_or(path);
+            if path.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{path}: {}", e.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+#[path = "entries_tests.rs"]
+mod tests;

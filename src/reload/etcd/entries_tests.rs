@@ -1,0 +1,213 @@
+//! The per-entry rules of SPEC §3.1, one case each.
+
+use serde_json::json;
+
+use super::*;
+
+const P: &str = "/p/";
+
+fn policy(id: &str, region: &str, source: &str) -> (String, Change) {
+    let v = json!({"id": id, "type": "ip", "region": region, "rules": [{"source": source}]});
+    (keys::key(P, Kind::Policy, id), put(&v))
+}
+
+fn deployment(id: &str, alias: Option<&str>, region: &str, policies: &[&str]) -> (String, Change) {
+    let mut v = json!({
+        "id": id,
+        "region": region,
+        "resources": {"es": {"backends": ["10.0.0.1:9200"]}},
+        "policies": policies,
+    });
+    if let Some(a) = alias {
+        v["alias"] = json!(a);
+    }
+    (keys::key(P, Kind::Deployment, id), put(&v))
+}
+
+fn put(v: &serde_json::Value) -> Change {
+    Change::Put(Bytes::from(serde_json::to_vec(v).unwrap()))
+}
+
+fn delete(kind: Kind, id: &str) -> (String, Change) {
+    (keys::key(P, kind, id), Change::Delete)
+}
+
+/// The entries in force: (deployment ids, policy ids, refused keys).
+fn state(e: &Entries) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let s = e.snapshot(1);
+    (
+        s.deployments.into_iter().map(|d| d.id).collect(),
+        s.policies.into_iter().map(|p| p.id).collect(),
+        e.refused().into_iter().map(|r| r.key).collect(),
+    )
+}
+
+fn world() -> Entries {
+    let mut e = Entries::new(P);
+    let a = e.apply([
+        policy("office", "aws-us-east-1", "203.0.113.0/24"),
+        deployment("abc", Some("shop"), "aws-us-east-1", &["office"]),
+    ]);
+    assert_eq!(
+        a,
+        Applied {
+            changed: 2,
+            refused: 0
+        }
+    );
+    e
+}
+
+#[test]
+fn a_batch_in_any_key_order_is_applied_policies_first() {
+    let mut e = Entries::new(P);
+    // Keys sort deployments/ before policies/: the order must not matter.
+    e.apply([
+        deployment("abc", None, "aws-us-east-1", &["office"]),
+        policy("office", "aws-us-east-1", "203.0.113.0/24"),
+    ]);
+    assert_eq!(
+        state(&e),
+        (vec!["abc".into()], vec!["office".into()], vec![])
+    );
+}
+
+#[test]
+fn an_invalid_change_keeps_the_last_valid_version() {
+    let mut e = world();
+    let bad = policy("office", "aws-us-east-1", "not-a-cidr");
+    let a = e.apply([bad]);
+    assert_eq!(
+        a,
+        Applied {
+            changed: 0,
+            refused: 1
+        }
+    );
+    let p = &e.snapshot(2).policies[0];
+    assert!(
+        matches!(&p.rules, crate::policy::Rules::Ip(r) if r[0].source.to_string() == "203.0.113.0/24")
+    );
+    let refused = e.refused();
+    assert_eq!(refused[0].key, "/p/policies/office");
+    assert!(
+        refused[0].message.starts_with("rules[0].source"),
+        "{}",
+        refused[0].message
+    );
+    // Fixed: in force, and no longer listed.
+    e.apply([policy("office", "aws-us-east-1", "198.51.100.0/24")]);
+    assert!(e.refused().is_empty());
+}
+
+#[test]
+fn a_deployment_that_was_never_valid_is_not_served() {
+    let mut e = world();
+    e.apply([deployment("new", None, "aws-us-east-1", &["missing"])]);
+    let (deployments, _, refused) = state(&e);
+    assert_eq!(deployments, ["abc"]);
+    assert_eq!(refused, ["/p/deployments/new"]);
+    assert!(
+        e.refused()[0]
+            .message
+            .contains("unknown policy \"missing\""),
+        "{:?}",
+        e.refused()
+    );
+    // The policy arrives later: the refused deployment is retried with it.
+    e.apply([policy("missing", "aws-us-east-1", "10.0.0.0/8")]);
+    assert_eq!(state(&e).0, ["abc", "new"]);
+}
+
+#[test]
+fn cross_entry_rules_are_checked() {
+    let cases: &[(&str, (String, Change), &str)] = &[
+        (
+            "key id differs from the object's",
+            {
+                let (_, c) = policy("other", "aws-us-east-1", "10.0.0.0/8");
+                (keys::key(P, Kind::Policy, "office2"), c)
+            },
+            "the key names \"office2\"",
+        ),
+        (
+            "alias taken by another deployment",
+            deployment("def", Some("shop"), "aws-us-east-1", &[]),
+            "name \"shop\" is already used by deployment abc",
+        ),
+        (
+            "policy moved to a region its deployment is not in",
+            policy("office", "aws-eu-west-1", "10.0.0.0/8"),
+            "differs from that of deployment(s) that associate it: abc",
+        ),
+        (
+            "deleting a policy still associated",
+            delete(Kind::Policy, "office"),
+            "still associated by deployment abc",
+        ),
+        (
+            "a key that is no entry",
+            (
+                "/p/settings".to_owned(),
+                Change::Put(Bytes::from_static(b"{}")),
+            ),
+            "neither deployments/",
+        ),
+        (
+            "not JSON",
+            (
+                keys::key(P, Kind::Policy, "x"),
+                Change::Put(Bytes::from_static(b"{")),
+            ),
+            "invalid JSON",
+        ),
+    ];
+    for (why, change, want) in cases {
+        let mut e = world();
+        let before = e.snapshot(1);
+        let a = e.apply([change.clone()]);
+        assert_eq!(a.refused, 1, "{why}");
+        assert_eq!(e.snapshot(1), before, "{why}: the state in force changed");
+        let msg = &e.refused()[0].message;
+        assert!(msg.contains(want), "{why}: {msg}");
+    }
+}
+
+#[test]
+fn a_deletion_waits_for_the_deployment_that_held_the_policy() {
+    let mut e = world();
+    e.apply([delete(Kind::Policy, "office")]);
+    assert_eq!(state(&e).2, ["/p/policies/office"]);
+    // The deployment lets go: the pending deletion goes through with it.
+    e.apply([deployment("abc", Some("shop"), "aws-us-east-1", &[])]);
+    assert_eq!(state(&e), (vec!["abc".into()], vec![], vec![]));
+}
+
+#[test]
+fn a_batch_can_move_a_deployment_and_its_policy_to_another_region_together() {
+    let mut e = world();
+    let a = e.apply([
+        policy("office", "aws-eu-west-1", "203.0.113.0/24"),
+        deployment("abc", Some("shop"), "aws-eu-west-1", &["office"]),
+    ]);
+    assert_eq!(
+        a,
+        Applied {
+            changed: 2,
+            refused: 0
+        }
+    );
+}
+
+#[test]
+fn deleting_a_deployment_frees_its_names() {
+    let mut e = world();
+    e.apply([delete(Kind::Deployment, "abc")]);
+    e.apply([deployment(
+        "def",
+        Some("shop"),
+        "aws-us-east-1",
+        &["office"],
+    )]);
+    assert_eq!(state(&e).0, ["def"]);
+}

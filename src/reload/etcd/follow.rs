@@ -1,0 +1,383 @@
+//! Following a prefix (SPEC §3.1): read it in pages at one revision, apply
+//! it, then watch from the next revision and apply each watch response
+//! (all events of one or more revisions) as one swap.
+//!
+//! One endpoint at a time, so `GET /snapshot` can say which one is in
+//! use: a failure moves on to the next endpoint after a backoff. A watch
+//! resumes from the revision after the last one applied; when etcd has
+//! compacted that revision away, the prefix is read again whole.
+//!
+//! While etcd is unreachable the state in force keeps serving. At boot,
+//! when etcd cannot be read, the state directory's snapshot (the last
+//! state in force, saved with its revision as `version`) is served until
+//! etcd answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
+use serde::Serialize;
+
+use super::client::{EtcdError, EtcdSettings, connect, within};
+use super::entries::{Change, Entries, Refused};
+use crate::policy::PolicySet;
+use crate::reload::store::compiled;
+use crate::reload::{ApplyError, Origin, Reload, Reloader};
+use crate::shutdown::{Phase, Shutdown};
+
+/// First retry after a failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often the watch asks etcd for its current revision (to report how
+/// far behind the state in force is, and to notice a silent stream).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// A watch that has answered nothing for this long is given up.
+const SILENT_LIMIT: Duration = Duration::from_secs(20);
+/// `source` in `GET /snapshot` and the logs (SPEC §3.1).
+const SOURCE: &str = "etcd";
+
+/// How following goes, for `GET /snapshot` and `/readyz`.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Status {
+    /// The endpoint in use (or last tried).
+    pub endpoint: Option<String>,
+    /// Whether a watch is open.
+    pub connected: bool,
+    /// The revision in force.
+    pub revision: i64,
+    /// The newest revision etcd has reported.
+    pub seen_revision: i64,
+    /// Refused entries: their last valid version (if any) stays in force.
+    pub invalid_entries: Vec<Refused>,
+    /// The last failure, until the next success.
+    pub error: Option<String>,
+}
+
+impl Status {
+    /// How many revisions the state in force is behind what etcd reported.
+    pub fn behind(&self) -> i64 {
+        (self.seen_revision - self.revision).max(0)
+    }
+}
+
+/// Why a following session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("revision {wanted} was compacted (oldest kept: {oldest}); reading the prefix again")]
+    Compacted { wanted: i64, oldest: i64 },
+    #[error("etcd cancelled the watch: {0}")]
+    Cancelled(String),
+    #[error("the watch stream ended")]
+    Ended,
+    #[error("the watch said nothing for {0:?}")]
+    Silent(Duration),
+    #[error("compiling the entries failed: {0}")]
+    Internal(String),
+}
+
+/// Follows `settings`' prefix until shutdown, applying through `reloader`.
+pub async fn follow(reloader: Arc<Reloader>, settings: EtcdSettings, mut shutdown: Shutdown) {
+    let mut f = Follower {
+        entries: Entries::new(&settings.prefix),
+        reloader,
+        settings,
+        applied: None,
+        endpoint: 0,
+    };
+    f.reloader.update_etcd(|_| {});
+    let mut restore_tried = false;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let ended = tokio::select! {
+            e = f.session() => e,
+            () = shutdown.reached(Phase::Draining) => return,
+        };
+        let endpoint = f.current_endpoint().to_owned();
+        tracing::warn!(%endpoint, error = %crate::reload::error_chain(&ended), "etcd: following interrupted; the state in force keeps serving");
+        f.reloader.update_etcd(|s| {
+            s.connected = false;
+            s.error = Some(crate::reload::error_chain(&ended));
+        });
+        if !restore_tried && !f.reloader.store().is_loaded() {
+            restore_tried = true;
+            f.reloader.restore().await;
+        }
+        if let SessionError::Compacted { .. } = ended {
+            // Not the endpoint's fault: read again at once, from it.
+            continue;
+        }
+        // A session that ran a while was healthy: start the backoff over.
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = FIRST_BACKOFF;
+        }
+        f.endpoint = f.endpoint.wrapping_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.reached(Phase::Draining) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+struct Follower {
+    reloader: Arc<Reloader>,
+    settings: EtcdSettings,
+    entries: Entries,
+    /// The revision in force from etcd; `None` until the prefix was read
+    /// (or after a compaction made reading it again necessary).
+    applied: Option<i64>,
+    /// Index of the endpoint in use, modulo the list's length.
+    endpoint: usize,
+}
+
+impl Follower {
+    fn current_endpoint(&self) -> &str {
+        let list = &self.settings.endpoints;
+        list.get(self.endpoint % list.len().max(1))
+            .map_or("", String::as_str)
+    }
+
+    /// Connects, reads the prefix if needed, then watches. Returns only
+    /// when following cannot go on.
+    async fn session(&mut self) -> SessionError {
+        match self.session_inner().await {
+            Ok(never) => match never {},
+            Err(e) => {
+                if let SessionError::Compacted { .. } = e {
+                    self.applied = None;
+                }
+                e
+            }
+        }
+    }
+
+    async fn session_inner(&mut self) -> Result<std::convert::Infallible, SessionError> {
+        let endpoint = self.current_endpoint().to_owned();
+        self.reloader
+            .update_etcd(|s| s.endpoint = Some(endpoint.clone()));
+        let mut client = connect(&self.settings, std::slice::from_ref(&endpoint)).await?;
+        let from = match self.applied {
+            Some(revision) => revision + 1,
+            None => self.read_prefix(&mut client).await? + 1,
+        };
+        self.watch(&mut client, from).await
+    }
+
+    /// Reads the whole prefix at one revision, page by page, and applies
+    /// it. Returns the revision read.
+    async fn read_prefix(&mut self, client: &mut Client) -> Result<i64, SessionError> {
+        let started = Instant::now();
+        let prefix = self.settings.prefix.as_bytes().to_vec();
+        let end = prefix_end(&prefix);
+        let limit = self.settings.request_timeout;
+        let mut revision = 0;
+        let mut from = prefix.clone();
+        let mut batch = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(i64::from(self.settings.page_size));
+            // Every page at the first page's revision: one consistent state.
+            if revision != 0 {
+                options = options.with_revision(revision);
+            }
+            let page = within(limit, client.get(from.clone(), Some(options))).await?;
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+            }
+            for kv in page.kvs() {
+                batch.push((
+                    key_string(kv.key()),
+                    Change::Put(Bytes::copy_from_slice(kv.value())),
+                ));
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    // The next page starts just after the last key read.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        tracing::info!(
+            prefix = %self.settings.prefix,
+            revision,
+            keys = batch.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "etcd: prefix read"
+        );
+        // A fresh read replaces everything: keys deleted while we were away
+        // are simply absent.
+        self.entries = Entries::new(&self.settings.prefix);
+        self.apply(batch, revision, true).await?;
+        Ok(revision)
+    }
+
+    async fn watch(
+        &mut self,
+        client: &mut Client,
+        from: i64,
+    ) -> Result<std::convert::Infallible, SessionError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        let limit = self.settings.request_timeout;
+        let prefix = self.settings.prefix.clone();
+        let watched = within(limit, client.watch(prefix, Some(options))).await?;
+        let (mut watcher, mut stream) = watched.split();
+        self.reloader.update_etcd(|s| {
+            s.connected = true;
+            s.error = None;
+        });
+        tracing::info!(endpoint = %self.current_endpoint(), from, "etcd: watching");
+        let mut heard = Instant::now();
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = progress.tick() => {
+                    if heard.elapsed() > SILENT_LIMIT {
+                        return Err(SessionError::Silent(SILENT_LIMIT));
+                    }
+                    within(limit, watcher.request_progress()).await?;
+                    continue;
+                }
+            };
+            let response = match message {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err(SessionError::Ended),
+                Err(e) => return Err(EtcdError::Etcd(e).into()),
+            };
+            heard = Instant::now();
+            self.handle(response, from).await?;
+        }
+    }
+
+    async fn handle(&mut self, response: WatchResponse, from: i64) -> Result<(), SessionError> {
+        if response.compact_revision() > 0 {
+            return Err(SessionError::Compacted {
+                wanted: self.applied.map_or(from, |r| r + 1),
+                oldest: response.compact_revision(),
+            });
+        }
+        if response.canceled() {
+            return Err(SessionError::Cancelled(response.cancel_reason().to_owned()));
+        }
+        let header_revision = response.header().map_or(0, |h| h.revision());
+        self.reloader
+            .update_etcd(|s| s.seen_revision = s.seen_revision.max(header_revision));
+        let events = response.events();
+        let Some(revision) = events
+            .iter()
+            .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+            .max()
+        else {
+            return Ok(()); // created, or a progress notification
+        };
+        let batch: Vec<(String, Change)> = events
+            .iter()
+            .filter_map(|e| {
+                let kv = e.kv()?;
+                let change = match e.event_type() {
+                    EventType::Put => Change::Put(Bytes::copy_from_slice(kv.value())),
+                    EventType::Delete => Change::Delete,
+                };
+                Some((key_string(kv.key()), change))
+            })
+            .collect();
+        self.apply(batch, revision, false).await
+    }
+
+    /// Applies one batch at `revision` as one swap (off the async workers:
+    /// validation and compiling are CPU work).
+    async fn apply(
+        &mut self,
+        batch: Vec<(String, Change)>,
+        revision: i64,
+        whole: bool,
+    ) -> Result<(), SessionError> {
+        let started = Instant::now();
+        let before: Vec<Refused> = self.entries.refused();
+        let mut entries = std::mem::take(&mut self.entries);
+        let options = self.reloader.options;
+        let keep_unchanged = !whole && self.reloader.store().is_loaded();
+        let worked = tokio::task::spawn_blocking(move || {
+            let applied = entries.apply(batch);
+            if keep_unchanged && applied.changed == 0 {
+                return (entries, applied, None);
+            }
+            let version = u64::try_from(revision).unwrap_or(0);
+            let snapshot = entries.snapshot(version);
+            let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
+            let set = PolicySet::compile(&snapshot, options);
+            let loaded = compiled(set, &bytes, SOURCE);
+            (entries, applied, Some((loaded, Bytes::from(bytes))))
+        })
+        .await
+        .map_err(|e| SessionError::Internal(e.to_string()))?;
+        let (entries, applied, compiled) = worked;
+        self.entries = entries;
+        let refused = self.entries.refused();
+        for r in refused.iter().filter(|r| !before.contains(r)) {
+            tracing::warn!(key = %r.key, error = %r.message, "etcd: entry refused; its last valid version (if any) stays in force");
+        }
+        if let Some((loaded, bytes)) = compiled {
+            match self
+                .reloader
+                .commit(loaded, bytes, Origin::Source(SOURCE.to_owned()), started)
+                .await
+            {
+                // The same revision again (restored from the state
+                // directory, or read again after a reconnect): in force.
+                Ok(_) | Err(ApplyError::Stale { .. }) => {}
+                Err(e) => return Err(SessionError::Internal(e.to_string())),
+            }
+        } else if applied.refused > 0 {
+            // Nothing changed in force: every change was refused.
+            self.reloader.metrics.refused(Reload::Invalid);
+        }
+        self.applied = Some(revision);
+        self.reloader.update_etcd(|s| {
+            s.revision = revision;
+            s.seen_revision = s.seen_revision.max(revision);
+            s.invalid_entries = refused;
+        });
+        Ok(())
+    }
+}
+
+/// The end of the key range that holds every key starting with `prefix`
+/// (etcd's convention: the prefix with its last byte below 0xff plus one).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
+fn key_string(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_every_key_with_the_prefix() {
+        assert_eq!(prefix_end(b"/p/"), b"/p0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), [0]);
+    }
+}

@@ -45,7 +45,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::reload::{ApplyError, Origin, Reloader};
+use crate::reload::{ApplyError, Origin, Reloader, etcd};
 use crate::route::Router;
 use crate::shutdown::{Phase, Shutdown};
 
@@ -233,18 +233,33 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
             r
         }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, json!({"ok": true})),
-        (&Method::GET, "/readyz") => match admin.ready() {
-            Ok(version) => reply(
-                StatusCode::OK,
-                json!({"ok": true, "snapshot_version": version}),
-            ),
-            Err(why) => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"ok": false, "message": why}),
-            ),
-        },
+        (&Method::GET, "/readyz") => {
+            let (status, mut body) = match admin.ready() {
+                Ok(version) => (
+                    StatusCode::OK,
+                    json!({"ok": true, "snapshot_version": version}),
+                ),
+                Err(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"ok": false, "message": why}),
+                ),
+            };
+            if let Some(etcd) = admin.reloader.etcd_status() {
+                body["etcd"] = etcd_json(&etcd);
+            }
+            reply(status, body)
+        }
         (&Method::GET, "/snapshot") => match admin.reloader.store().current() {
-            Some(s) => reply(StatusCode::OK, json!({"ok": true, "snapshot": s.meta})),
+            Some(s) => {
+                let mut body = json!({"ok": true, "snapshot": s.meta});
+                // The etcd source: which revision is in force, how far
+                // behind, from where, and the entries refused (SPEC §3.1).
+                if let Some(etcd) = admin.reloader.etcd_status() {
+                    body["etcd"] = etcd_json(&etcd);
+                    body["errors"] = json!(etcd.invalid_entries);
+                }
+                reply(StatusCode::OK, body)
+            }
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no snapshot loaded"),
         },
         (&Method::PUT, "/snapshot") => put_snapshot(admin, req, peer).await,
@@ -264,6 +279,19 @@ async fn handle(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Resp
     }
 }
 
+/// How following etcd goes, for `/readyz` and `GET /snapshot`.
+fn etcd_json(s: &etcd::Status) -> serde_json::Value {
+    json!({
+        "endpoint": s.endpoint,
+        "connected": s.connected,
+        "revision": s.revision,
+        "seen_revision": s.seen_revision,
+        "behind": s.behind(),
+        "invalid_entries": s.invalid_entries.len(),
+        "error": s.error,
+    })
+}
+
 async fn put_snapshot(
     admin: &Admin,
     req: Request<Incoming>,
@@ -275,6 +303,14 @@ async fn put_snapshot(
         r.headers_mut()
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
+    }
+    if admin.reloader.etcd_status().is_some() {
+        // A document put here would be replaced by the next etcd change,
+        // or (with a higher version) stall following: one source of truth.
+        return error(
+            StatusCode::CONFLICT,
+            "the snapshot follows etcd ([snapshot.etcd]): write it there with `portcullis publish`",
+        );
     }
     let body = match read_body(
         req.into_body(),

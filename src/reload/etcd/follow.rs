@@ -335,8 +335,13 @@ impl Follower {
             {
                 // The same revision again (restored from the state
                 // directory, or read again after a reconnect): in force.
-                Ok(_) | Err(ApplyError::Stale { .. }) => {}
-                Err(e) => return Err(SessionError::Internal(e.to_string())),
+                Ok(_) => {}
+                Err(ApplyError::Stale { offered, running }) if offered == running => {}
+                Err(e) => {
+                    // Logged by the reloader; etcd is still the source, so
+                    // keep following (a newer revision will apply).
+                    tracing::warn!(error = %e, revision, "etcd: revision not applied");
+                }
             }
         } else if applied.refused > 0 {
             // Nothing changed in force: every change was refused.

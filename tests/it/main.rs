@@ -11,6 +11,7 @@ mod data_plane_proxy_protocol;
 mod data_plane_requests;
 mod deploy_files;
 mod e2e_real_clients;
+mod etcd_cluster;
 mod faults;
 mod policy_props;
 mod policy_semantics;

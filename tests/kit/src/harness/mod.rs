@@ -12,6 +12,7 @@ mod body;
 mod certs;
 mod client;
 mod config;
+pub mod etcd;
 mod raw;
 mod remote_cluster;
 mod serve;

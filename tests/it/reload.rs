@@ -31,19 +31,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const RELOAD_WAIT: Duration = Duration::from_secs(5);
 
 /// `office-ips` allowing [`ALLOWED_V4`] (203.0.113.7) only.
-const RULES_A: &[&str] = &["203.0.113.0/24"];
+pub(super) const RULES_A: &[&str] = &["203.0.113.0/24"];
 /// `office-ips` allowing [`DENIED_V4`] (198.51.100.9) only.
-const RULES_B: &[&str] = &["198.51.100.0/24"];
+pub(super) const RULES_B: &[&str] = &["198.51.100.0/24"];
 
 /// A backend, a dead address, and a directory for snapshot files.
-struct World {
-    es: Backend,
+pub(super) struct World {
+    pub(super) es: Backend,
     dead: SocketAddr,
     dir: TempDir,
 }
 
 impl World {
-    async fn new() -> Self {
+    pub(super) async fn new() -> Self {
         Self {
             es: Backend::start("es").await,
             dead: unused_port(),
@@ -51,7 +51,7 @@ impl World {
         }
     }
 
-    fn snapshot(&self, version: u64, rules: &[&str]) -> Value {
+    pub(super) fn snapshot(&self, version: u64, rules: &[&str]) -> Value {
         small_world(version, self.es.addr, self.dead, rules)
     }
 
@@ -90,20 +90,20 @@ impl World {
 }
 
 /// A keep-alive connection to `ip0001` from `client`.
-async fn office_conn(p: &Served, client: impl Into<std::net::IpAddr>, h2: bool) -> Conn {
+pub(super) async fn office_conn(p: &Served, client: impl Into<std::net::IpAddr>, h2: bool) -> Conn {
     connect_over(p.client(&host(OFFICE)).preamble(v1_from(client)), h2).await
 }
 
 /// [`office_conn`] from [`DENIED_V4`], checked to be denied under
 /// [`RULES_A`]: the reload tests then watch it turn allowed.
-async fn denied_conn(p: &Served, h2: bool) -> Conn {
+pub(super) async fn denied_conn(p: &Served, h2: bool) -> Conn {
     let mut conn = office_conn(p, DENIED_V4, h2).await;
     assert_eq!(decision(&mut conn).await, StatusCode::FORBIDDEN);
     conn
 }
 
 /// One `GET` to `ip0001` on `conn`: a backend echo (200) or the exact 403.
-async fn decision(conn: &mut Conn) -> StatusCode {
+pub(super) async fn decision(conn: &mut Conn) -> StatusCode {
     let reply = conn.get(&host(OFFICE), "/").await;
     match reply.status {
         StatusCode::OK => assert_eq!(reply.echo().backend(), "es"),
@@ -114,7 +114,7 @@ async fn decision(conn: &mut Conn) -> StatusCode {
 }
 
 /// Sends requests on the same `conn` until one gets `want`.
-async fn until_decision(conn: &mut Conn, want: StatusCode) {
+pub(super) async fn until_decision(conn: &mut Conn, want: StatusCode) {
     let deadline = std::time::Instant::now() + RELOAD_WAIT;
     while decision(conn).await != want {
         assert!(

@@ -28,7 +28,7 @@ use crate::shutdown::{Phase, Shutdown};
 
 /// First retry after a failure; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the watch asks etcd for its current revision (to report how
 /// far behind the state in force is, and to notice a silent stream).
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);

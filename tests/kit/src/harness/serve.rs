@@ -31,6 +31,11 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-5f0c";
 pub enum SnapshotSource {
     Path(PathBuf),
     Url(String),
+    /// `[snapshot.etcd]`: these members, this prefix.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
 }
 
 /// Per-test `serve` settings.
@@ -63,6 +68,17 @@ impl ServeOptions {
         }
     }
 
+    /// Following `prefix` on the etcd members at `endpoints`.
+    pub fn etcd(endpoints: Vec<String>, prefix: &str) -> Self {
+        Self {
+            source: SnapshotSource::Etcd {
+                endpoints,
+                prefix: prefix.to_owned(),
+            },
+            ..Self::path("unused")
+        }
+    }
+
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());
         self
@@ -91,6 +107,11 @@ impl ServeOptions {
             SnapshotSource::Url(u) => config
                 .set("snapshot.url", u.clone())
                 .set("snapshot.fetch_timeout", "2s"),
+            SnapshotSource::Etcd { endpoints, prefix } => config
+                .set("snapshot.etcd.endpoints", endpoints.clone())
+                .set("snapshot.etcd.prefix", prefix.clone())
+                .set("snapshot.etcd.connect_timeout", "1s")
+                .set("snapshot.etcd.request_timeout", "2s"),
         };
         if let Some(dir) = &self.state_dir {
             config = config.set("snapshot.state_dir", dir.display().to_string());

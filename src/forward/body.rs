@@ -11,11 +11,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::frame::PolledFrame;
 use super::pool::Lease;
-
-/// What `Body::poll_frame` returns for every body the proxy passes on (the
-/// response here, the request upload, the response as served and logged).
-pub type PolledFrame = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
 
 /// A response body for the client.
 #[derive(Debug)]

@@ -17,6 +17,7 @@
 //! 502.
 
 pub mod body;
+pub mod frame;
 pub mod headers;
 pub mod health;
 pub mod metrics;

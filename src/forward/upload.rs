@@ -17,7 +17,7 @@ use http_body::{Body, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::PolledFrame;
+use super::frame::PolledFrame;
 
 /// How a request body's delivery is going; shared by the body, which
 /// updates it, and the forwarder, which times out on it.

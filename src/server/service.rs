@@ -31,7 +31,7 @@ use super::Proxy;
 use super::activity::{Activity, RequestGuard};
 use crate::access_log::{AccessLog, Line, Origin};
 use crate::endpoint::ClientIdentity;
-use crate::forward::body::PolledFrame;
+use crate::forward::frame::PolledFrame;
 use crate::forward::headers::X_FOUND_CLUSTER;
 use crate::forward::{Forwarded, ResponseBody};
 use crate::policy::Decision;

@@ -12,6 +12,7 @@ mod data_plane_requests;
 mod deploy_files;
 mod e2e_real_clients;
 mod etcd_cluster;
+mod etcd_publish;
 mod faults;
 mod policy_props;
 mod policy_semantics;

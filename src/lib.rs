@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod passthrough;
 pub mod policy;
 pub mod proxy_protocol;
+pub mod publish;
 pub mod reload;
 pub mod request_id;
 pub mod response;

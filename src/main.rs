@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -13,6 +14,8 @@ use portcullis::explain;
 use portcullis::policy::{
     PolicyOptions, PolicySet, Snapshot, UnassociatedPrivateTraffic, parse_snapshot,
 };
+use portcullis::publish::{self, Counts};
+use portcullis::reload::etcd::{self, EtcdSettings};
 use portcullis::route::Router;
 
 #[derive(Parser)]
@@ -58,6 +61,75 @@ enum Command {
     },
     /// Decide a described request against a snapshot and say why.
     Explain(Box<ExplainArgs>),
+    /// Write a snapshot to an etcd prefix, one key per entry, writing only
+    /// what differs (validated whole first; exit 1 and nothing written
+    /// when invalid).
+    Publish(Box<PublishArgs>),
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// The snapshot file, validated whole before anything is written
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// etcd endpoints, comma-separated: http://host:port or https://host:port
+    #[arg(long = "etcd", required = true, value_delimiter = ',', value_parser = parse_endpoint)]
+    endpoints: Vec<String>,
+    /// Every key is written under this prefix
+    #[arg(long, default_value = etcd::client::DEFAULT_PREFIX, value_parser = parse_prefix)]
+    prefix: String,
+    /// Print what would change; write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// PEM CA bundle for https:// endpoints (the system store is trusted too)
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for clusters that require one
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's key (PEM)
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// etcd user; the password is read from --password-file
+    #[arg(long, requires = "password_file")]
+    user: Option<String>,
+    /// A file holding --user's password (one line)
+    #[arg(long, requires = "user")]
+    password_file: Option<PathBuf>,
+    /// Bound on each etcd request (default 10s)
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+}
+
+impl PublishArgs {
+    fn settings(&self) -> EtcdSettings {
+        let mut s = EtcdSettings::new(self.endpoints.clone(), &self.prefix);
+        s.ca_file.clone_from(&self.ca_file);
+        s.cert_file.clone_from(&self.cert_file);
+        s.key_file.clone_from(&self.key_file);
+        s.user.clone_from(&self.user);
+        s.password_file.clone_from(&self.password_file);
+        if let Some(t) = self.timeout {
+            s.request_timeout = t;
+        }
+        s
+    }
+}
+
+fn parse_endpoint(s: &str) -> Result<String, String> {
+    if s.starts_with("http://") || s.starts_with("https://") {
+        Ok(s.to_owned())
+    } else {
+        Err("expected http://host:port or https://host:port".to_owned())
+    }
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty (it would claim the whole keyspace)".to_owned())
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 #[derive(clap::Args)]
@@ -134,6 +206,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { snapshot } => check(&snapshot),
         Command::Explain(args) => explain_cmd(&args),
+        Command::Publish(args) => publish_cmd(&args),
         Command::Run { config } => {
             let mut config = match portcullis::Config::load(&config) {
                 Ok(c) => c,
@@ -319,4 +392,91 @@ fn explain_cmd(args: &ExplainArgs) -> ExitCode {
         },
     }
     ExitCode::SUCCESS
+}
+
+/// Every this many transactions, a progress line on stderr.
+const PROGRESS_EVERY: usize = 10;
+
+fn publish_cmd(args: &PublishArgs) -> ExitCode {
+    let snapshot = match load(&args.snapshot) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let settings = args.settings();
+    let problems = settings.problems();
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("error: {p}");
+        }
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(publish_to(&settings, &snapshot, args.dry_run)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Plans, prints and (unless `dry_run`) writes; each entry's line is
+/// printed once the transaction holding it is committed.
+async fn publish_to(
+    settings: &EtcdSettings,
+    snapshot: &Snapshot,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let mut client = etcd::connect(settings, &settings.endpoints)
+        .await
+        .context("connecting to etcd")?;
+    let plan = publish::prepare(&mut client, settings, snapshot).await?;
+    for i in &plan.ignored {
+        eprintln!("note: {}: not an entry ({}); left alone", i.key, i.reason);
+    }
+    let counts = plan.counts();
+    if dry_run {
+        plan.steps.iter().for_each(|s| println!("{s}"));
+        println!(
+            "dry run, nothing written to {}: {}, {} unchanged (etcd revision {})",
+            settings.prefix,
+            describe(counts, "to add", "to change", "to remove"),
+            plan.unchanged,
+            plan.revision
+        );
+        return Ok(());
+    }
+    let revision = publish::write(&mut client, settings, &plan, |c| {
+        c.steps.iter().for_each(|s| println!("{s}"));
+        if c.of > PROGRESS_EVERY && (c.transaction % PROGRESS_EVERY == 0 || c.transaction == c.of) {
+            eprintln!(
+                "publish: {} of {} transactions written (etcd revision {})",
+                c.transaction, c.of, c.revision
+            );
+        }
+    })
+    .await?;
+    println!(
+        "published to {}: {}, {} unchanged; etcd revision {revision}",
+        settings.prefix,
+        describe(counts, "added", "changed", "removed"),
+        plan.unchanged
+    );
+    Ok(())
+}
+
+fn describe(c: Counts, added: &str, changed: &str, removed: &str) -> String {
+    format!(
+        "{} {added}, {} {changed}, {} {removed}",
+        c.added, c.changed, c.removed
+    )
 }

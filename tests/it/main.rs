@@ -13,6 +13,7 @@ mod deploy_files;
 mod e2e_real_clients;
 mod etcd_cluster;
 mod etcd_follow;
+mod etcd_publish;
 mod faults;
 mod policy_props;
 mod policy_semantics;

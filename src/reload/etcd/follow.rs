@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
 use serde::Serialize;
 
 use super::client::{EtcdError, EtcdSettings, connect, within};
 use super::entries::{Change, Entries, Refused};
+use super::read::{PrefixState, read_prefix};
 use crate::policy::PolicySet;
 use crate::reload::store::compiled;
 use crate::reload::{ApplyError, Origin, Reload, Reloader};
@@ -171,39 +172,14 @@ impl Follower {
     /// it. Returns the revision read.
     async fn read_prefix(&mut self, client: &mut Client) -> Result<i64, SessionError> {
         let started = Instant::now();
-        let prefix = self.settings.prefix.as_bytes().to_vec();
-        let end = prefix_end(&prefix);
-        let limit = self.settings.request_timeout;
-        let mut revision = 0;
-        let mut from = prefix.clone();
-        let mut batch = Vec::new();
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(i64::from(self.settings.page_size));
-            // Every page at the first page's revision: one consistent state.
-            if revision != 0 {
-                options = options.with_revision(revision);
-            }
-            let page = within(limit, client.get(from.clone(), Some(options))).await?;
-            if revision == 0 {
-                revision = page.header().map_or(0, |h| h.revision());
-            }
-            for kv in page.kvs() {
-                batch.push((
-                    key_string(kv.key()),
-                    Change::Put(Bytes::copy_from_slice(kv.value())),
-                ));
-            }
-            match page.kvs().last() {
-                Some(last) if page.more() => {
-                    // The next page starts just after the last key read.
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => break,
-            }
-        }
+        let PrefixState { revision, kvs } = read_prefix(client, &self.settings).await?;
+        let batch: Vec<(String, Change)> = kvs
+            .iter()
+            .map(|kv| {
+                let value = Bytes::copy_from_slice(kv.value());
+                (key_string(kv.key()), Change::Put(value))
+            })
+            .collect();
         tracing::info!(
             prefix = %self.settings.prefix,
             revision,
@@ -357,32 +333,6 @@ impl Follower {
     }
 }
 
-/// The end of the key range that holds every key starting with `prefix`
-/// (etcd's convention: the prefix with its last byte below 0xff plus one).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // All 0xff (or empty): to the end of the keyspace.
-    vec![0]
-}
-
 fn key_string(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_end_is_the_next_key_after_every_key_with_the_prefix() {
-        assert_eq!(prefix_end(b"/p/"), b"/p0");
-        assert_eq!(prefix_end(b"a\xff"), b"b");
-        assert_eq!(prefix_end(b"\xff\xff"), [0]);
-    }
 }

@@ -6,12 +6,15 @@
 //! - [`client`]: settings and connecting;
 //! - [`entries`]: the pure core, what a batch of changes does to the
 //!   entries in force;
+//! - [`read`]: reading the prefix in pages at one revision, shared with
+//!   `portcullis publish`;
 //! - [`follow`]: the read-then-watch loop.
 
 pub mod client;
 pub mod entries;
 pub mod follow;
 pub mod keys;
+pub mod read;
 
 pub use client::{EtcdError, EtcdSettings, connect};
 pub use follow::{Status, follow};

@@ -260,15 +260,8 @@ where
     F: FnOnce(portcullis::Shutdown) -> Fut,
     Fut: std::future::Future<Output = Result<(), portcullis::Error>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::from(1);
     };
     runtime.block_on(async {
         let (trigger, shutdown) = portcullis::shutdown::channel();
@@ -410,15 +403,8 @@ fn publish_cmd(args: &PublishArgs) -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::from(1);
     };
     match runtime.block_on(publish_to(&settings, &snapshot, args.dry_run)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -479,4 +465,15 @@ fn describe(c: Counts, added: &str, changed: &str, removed: &str) -> String {
         "{} {added}, {} {changed}, {} {removed}",
         c.added, c.changed, c.removed
     )
+}
+
+/// Builds a runtime from `builder`, or says why it could not.
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
+        }
+    }
 }

@@ -91,15 +91,15 @@ fn request<'a>(host: &'a str, source: &'a str, more: &[&'a str]) -> Vec<&'a str>
     [&["--host", host, "--source", source][..], more].concat()
 }
 
-fn stdout(o: &Output) -> String {
+pub(super) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(super) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn assert_exit(o: &Output, code: i32, what: &str) {
+pub(super) fn assert_exit(o: &Output, code: i32, what: &str) {
     assert_eq!(
         o.status.code(),
         Some(code),

@@ -43,6 +43,16 @@ async fn put_world(client: &mut Client, snapshot: &Value) -> i64 {
     txn.header().expect("header").revision()
 }
 
+/// A cluster of `members`, the reload tests' world version 1 written to it
+/// (one transaction: its revision comes back too), and a client.
+async fn a_world_in_etcd(members: usize) -> (EtcdCluster, World, Client, i64) {
+    let cluster = EtcdCluster::start(members).await;
+    let w = World::new().await;
+    let mut etcd = cluster.client().await;
+    let revision = put_world(&mut etcd, &w.snapshot(1, RULES_A)).await;
+    (cluster, w, etcd, revision)
+}
+
 async fn put(client: &mut Client, kind: Kind, id: &str, value: &Value) -> i64 {
     let r = client
         .put(keys::key(PREFIX, kind, id), value.to_string(), None)
@@ -96,10 +106,7 @@ async fn serve(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_a_prefix_and_a_change_reaches_the_next_request_on_an_open_connection() {
-    let cluster = EtcdCluster::start(1).await;
-    let w = World::new().await;
-    let mut etcd = cluster.client().await;
-    let revision = put_world(&mut etcd, &w.snapshot(1, RULES_A)).await;
+    let (cluster, w, mut etcd, revision) = a_world_in_etcd(1).await;
     let p = serve(cluster.endpoints(), |o| o).await;
 
     let v = snapshot_reply(&p).await;
@@ -131,10 +138,7 @@ async fn follows_a_prefix_and_a_change_reaches_the_next_request_on_an_open_conne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_entry_is_refused_alone_and_recovers() {
-    let cluster = EtcdCluster::start(1).await;
-    let w = World::new().await;
-    let mut etcd = cluster.client().await;
-    put_world(&mut etcd, &w.snapshot(1, RULES_A)).await;
+    let (cluster, w, mut etcd, _) = a_world_in_etcd(1).await;
     let p = serve(cluster.endpoints(), |o| o).await;
     let mut office = denied_conn(&p, false).await;
 
@@ -203,10 +207,7 @@ async fn an_invalid_entry_is_refused_alone_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_under_load_fails_no_request() {
-    let mut cluster = EtcdCluster::start(3).await;
-    let w = World::new().await;
-    let mut etcd = cluster.client().await;
-    put_world(&mut etcd, &w.snapshot(1, RULES_A)).await;
+    let (mut cluster, _world, _etcd, _) = a_world_in_etcd(3).await;
     let p = Arc::new(serve(cluster.endpoints(), |o| o).await);
 
     // Clients on keep-alive connections, all the way through.
@@ -254,11 +255,8 @@ async fn the_leader_killed_under_load_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outage_restart_serves_the_saved_state_then_resumes() {
-    let mut cluster = EtcdCluster::start(1).await;
-    let w = World::new().await;
+    let (mut cluster, _world, etcd, revision) = a_world_in_etcd(1).await;
     let state = TempDir::new();
-    let mut etcd = cluster.client().await;
-    let revision = put_world(&mut etcd, &w.snapshot(1, RULES_A)).await;
     let with_state = |o: ServeOptions| o.state_dir(&state.0);
     let p = serve(cluster.endpoints(), with_state).await;
     until_snapshot(&p, "the prefix in force", |v| {
@@ -294,10 +292,7 @@ async fn a_full_outage_restart_serves_the_saved_state_then_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compaction_while_disconnected_reads_the_prefix_again() {
-    let mut cluster = EtcdCluster::start(3).await;
-    let w = World::new().await;
-    let mut etcd = cluster.client().await;
-    put_world(&mut etcd, &w.snapshot(1, RULES_A)).await;
+    let (mut cluster, _world, _etcd, _) = a_world_in_etcd(3).await;
     // The proxy knows one member only, so killing it disconnects it.
     let p = serve(vec![cluster.endpoint(0)], |o| o).await;
     let mut conn = denied_conn(&p, false).await;

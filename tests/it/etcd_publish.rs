@@ -14,6 +14,8 @@ use portcullis::policy::{Snapshot, SnapshotErrors, parse_snapshot, validate_valu
 use portcullis::publish::{self, PublishError};
 use portcullis::reload::etcd::{self, EtcdSettings};
 use portcullis_test_kit::TempDir;
+
+use super::cli::{assert_exit, stderr, stdout};
 use portcullis_test_kit::harness::etcd::EtcdCluster;
 use portcullis_test_kit::harness::{ProxyConfig, RunningBinary, WAIT, admin_request};
 use serde_json::{Value, json};
@@ -145,25 +147,6 @@ async fn publish_to(endpoints: &str, snapshot: &Path, more: &[&str]) -> Output {
         .output()
         .await
         .expect("run portcullis publish")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_exit(o: &Output, code: i32, what: &str) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{what}: exit status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    );
 }
 
 /// The entries stored under the prefix, as a snapshot.

@@ -42,19 +42,17 @@ fn state(e: &Entries) -> (Vec<String>, Vec<String>, Vec<String>) {
     )
 }
 
+fn applied(changed: usize, refused: usize) -> Applied {
+    Applied { changed, refused }
+}
+
 fn world() -> Entries {
     let mut e = Entries::new(P);
     let a = e.apply([
         policy("office", "aws-us-east-1", "203.0.113.0/24"),
         deployment("abc", Some("shop"), "aws-us-east-1", &["office"]),
     ]);
-    assert_eq!(
-        a,
-        Applied {
-            changed: 2,
-            refused: 0
-        }
-    );
+    assert_eq!(a, applied(2, 0));
     e
 }
 
@@ -77,13 +75,7 @@ fn an_invalid_change_keeps_the_last_valid_version() {
     let mut e = world();
     let bad = policy("office", "aws-us-east-1", "not-a-cidr");
     let a = e.apply([bad]);
-    assert_eq!(
-        a,
-        Applied {
-            changed: 0,
-            refused: 1
-        }
-    );
+    assert_eq!(a, applied(0, 1));
     let p = &e.snapshot(2).policies[0];
     assert!(
         matches!(&p.rules, crate::policy::Rules::Ip(r) if r[0].source.to_string() == "203.0.113.0/24")
@@ -190,13 +182,7 @@ fn a_batch_can_move_a_deployment_and_its_policy_to_another_region_together() {
         policy("office", "aws-eu-west-1", "203.0.113.0/24"),
         deployment("abc", Some("shop"), "aws-eu-west-1", &["office"]),
     ]);
-    assert_eq!(
-        a,
-        Applied {
-            changed: 2,
-            refused: 0
-        }
-    );
+    assert_eq!(a, applied(2, 0));
 }
 
 #[test]

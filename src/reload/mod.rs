@@ -168,15 +168,19 @@ impl Reloader {
                 return Err(e);
             }
         };
-        self.commit(loaded, bytes, origin, started).await
+        self.commit(loaded, Some(bytes), origin, started).await
     }
 
     /// The commit step for a snapshot already compiled from `bytes` (the
     /// document the state directory keeps): swap, metrics, log, save.
+    ///
+    /// `state` is the document to save in the state directory; `None` when
+    /// the caller saves on its own schedule (the etcd follower, whose
+    /// document would cost more to write than a change costs to apply).
     pub async fn commit(
         &self,
         loaded: Loaded,
-        bytes: Bytes,
+        state: Option<Bytes>,
         origin: Origin,
         started: Instant,
     ) -> Result<Meta, ApplyError> {
@@ -211,14 +215,26 @@ impl Reloader {
         if let Some(old) = retired {
             retire(old);
         }
-        if let (Some(state), false) = (&self.state, matches!(origin, Origin::State(_))) {
-            let state = state.clone();
-            let saved = tokio::task::spawn_blocking(move || state.save(&bytes)).await;
-            if let Ok(Err(e)) | Err(e) = saved.map_err(std::io::Error::other) {
-                tracing::warn!(error = %e, "cannot save the snapshot to the state directory");
-            }
+        if let (Some(bytes), false) = (state, matches!(origin, Origin::State(_))) {
+            self.save_state(bytes).await;
         }
         Ok(meta)
+    }
+
+    /// Writes `bytes` to the state directory, if one is configured.
+    pub async fn save_state(&self, bytes: Bytes) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        let saved = tokio::task::spawn_blocking(move || state.save(&bytes)).await;
+        if let Ok(Err(e)) | Err(e) = saved.map_err(std::io::Error::other) {
+            tracing::warn!(error = %e, "cannot save the snapshot to the state directory");
+        }
+    }
+
+    /// Whether a state directory is configured.
+    pub fn keeps_state(&self) -> bool {
+        self.state.is_some()
     }
 
     /// Keeps the store following `source` until shutdown: the first

@@ -34,7 +34,8 @@ pub struct Loaded {
 pub struct Meta {
     pub version: u64,
     /// SHA-256 of the snapshot bytes, hex: compare with `sha256sum` to see
-    /// which file a fleet member runs.
+    /// which file a fleet member runs. Empty for the etcd source, whose
+    /// state is named by its revision (`version`).
     pub sha256: String,
     /// Unix seconds.
     pub loaded_at: f64,
@@ -77,15 +78,19 @@ pub fn prepare(
 ) -> Result<Loaded, SnapshotErrors> {
     let snapshot = parse_snapshot(bytes)?;
     let set = PolicySet::compile(&snapshot, options);
-    Ok(compiled(set, bytes, source))
+    Ok(compiled(set, Some(bytes), source))
 }
 
-/// A compiled set with its metadata; `bytes` is the document it was
-/// compiled from (hashed, and counted).
-pub fn compiled(set: PolicySet, bytes: &[u8], source: &str) -> Loaded {
+/// A compiled set with its metadata; `document` is the document it was
+/// compiled from (hashed, and counted), if there was one: the etcd source
+/// compiles entries, and its state is named by its revision alone.
+pub fn compiled(set: PolicySet, document: Option<&[u8]>, source: &str) -> Loaded {
+    let bytes = document.unwrap_or_default();
     let meta = Meta {
         version: set.version(),
-        sha256: hex(&Sha256::digest(bytes)),
+        sha256: document
+            .map(|d| hex(&Sha256::digest(d)))
+            .unwrap_or_default(),
         loaded_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),

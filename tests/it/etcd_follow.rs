@@ -263,6 +263,13 @@ async fn a_full_outage_restart_serves_the_saved_state_then_resumes() {
         v["snapshot"]["version"] == revision
     })
     .await;
+    // Saved after the swap, in the background.
+    let saved = state.0.join("snapshot.json");
+    eventually(FOLLOW_WAIT, "the state saved", || {
+        let there = saved.exists();
+        async move { there }
+    })
+    .await;
     drop(etcd);
 
     // etcd gone, and the proxy restarted: the saved state serves.

@@ -16,7 +16,7 @@
 //! valid: the policy a deployment names arrives, or the deployment that
 //! held on to a deleted policy lets go of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -50,22 +50,45 @@ pub struct Applied {
 }
 
 /// The entries in force and the refused changes.
-#[derive(Debug, Default, Clone)]
+///
+/// The entries in force are kept as the snapshot they make, updated in
+/// place, so compiling a change reads them where they are instead of
+/// copying the world first.
+#[derive(Debug, Clone)]
 pub struct Entries {
     prefix: String,
-    policies: BTreeMap<String, Policy>,
-    deployments: BTreeMap<String, Deployment>,
+    doc: Snapshot,
+    /// Position in `doc.policies` / `doc.deployments`, by id.
+    policy_at: HashMap<String, usize>,
+    deployment_at: HashMap<String, usize>,
     /// Deployment id or alias → deployment id, for uniqueness.
     names: HashMap<String, String>,
+    /// Policy id → the deployments in force that associate it.
+    users: HashMap<String, BTreeSet<String>>,
     /// Key → (the refused change, why).
     refused: BTreeMap<String, (Change, String)>,
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Self::new("")
+    }
 }
 
 impl Entries {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
-            ..Self::default()
+            doc: Snapshot {
+                version: 0,
+                deployments: Vec::new(),
+                policies: Vec::new(),
+            },
+            policy_at: HashMap::new(),
+            deployment_at: HashMap::new(),
+            names: HashMap::new(),
+            users: HashMap::new(),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -130,7 +153,7 @@ impl Entries {
         for (key, id, value) in policy_puts {
             match self.check_policy(&id, &value, &batch_deployments) {
                 Ok(p) => {
-                    self.policies.insert(id, p);
+                    upsert(&mut self.doc.policies, &mut self.policy_at, id, p);
                     applied.changed += 1;
                 }
                 Err(why) => self.refuse(&mut applied, key, Change::Put(value), why),
@@ -139,27 +162,24 @@ impl Entries {
         for (key, id, value) in deployment_puts {
             match self.check_deployment(&id, &value) {
                 Ok(d) => {
-                    self.forget_names(&id);
-                    self.names.insert(d.id.clone(), d.id.clone());
-                    if let Some(alias) = &d.alias {
-                        self.names.insert(alias.clone(), d.id.clone());
-                    }
-                    self.deployments.insert(id, d);
+                    self.forget(&id);
+                    self.remember(&d);
+                    upsert(&mut self.doc.deployments, &mut self.deployment_at, id, d);
                     applied.changed += 1;
                 }
                 Err(why) => self.refuse(&mut applied, key, Change::Put(value), why),
             }
         }
         for (_, id) in deployment_deletes {
-            self.forget_names(&id);
-            if self.deployments.remove(&id).is_some() {
+            self.forget(&id);
+            if remove(&mut self.doc.deployments, &mut self.deployment_at, &id).is_some() {
                 applied.changed += 1;
             }
         }
         for (key, id) in policy_deletes {
             let users = self.users_of(&id, &[]);
             if users.is_empty() {
-                if self.policies.remove(&id).is_some() {
+                if remove(&mut self.doc.policies, &mut self.policy_at, &id).is_some() {
                     applied.changed += 1;
                 }
             } else {
@@ -174,13 +194,21 @@ impl Entries {
         applied
     }
 
-    /// The entries in force as a snapshot at `version` (the etcd revision).
+    /// The entries in force as a snapshot at `version` (the etcd revision),
+    /// without copying them.
+    pub fn document(&mut self, version: u64) -> &Snapshot {
+        self.doc.version = version;
+        &self.doc
+    }
+
+    /// A copy of [`Entries::document`], in id order (for tests and for
+    /// saving, where a stable order makes the file diffable).
     pub fn snapshot(&self, version: u64) -> Snapshot {
-        Snapshot {
-            version,
-            deployments: self.deployments.values().cloned().collect(),
-            policies: self.policies.values().cloned().collect(),
-        }
+        let mut s = self.doc.clone();
+        s.version = version;
+        s.policies.sort_by(|a, b| a.id.cmp(&b.id));
+        s.deployments.sort_by(|a, b| a.id.cmp(&b.id));
+        s
     }
 
     /// Every refused change, by key.
@@ -199,21 +227,62 @@ impl Entries {
         self.refused.insert(key, (change, why));
     }
 
-    fn forget_names(&mut self, id: &str) {
-        if let Some(old) = self.deployments.get(id) {
-            self.names.remove(&old.id);
-            if let Some(alias) = &old.alias {
-                self.names.remove(alias);
+    fn deployment(&self, id: &str) -> Option<&Deployment> {
+        self.deployment_at
+            .get(id)
+            .and_then(|&i| self.doc.deployments.get(i))
+    }
+
+    fn policy(&self, id: &str) -> Option<&Policy> {
+        self.policy_at
+            .get(id)
+            .and_then(|&i| self.doc.policies.get(i))
+    }
+
+    /// Indexes a deployment about to be in force: its names, its policies.
+    fn remember(&mut self, d: &Deployment) {
+        for name in std::iter::once(&d.id).chain(d.alias.as_ref()) {
+            self.names.insert(name.clone(), d.id.clone());
+        }
+        for p in &d.policies {
+            self.users
+                .entry(p.clone())
+                .or_default()
+                .insert(d.id.clone());
+        }
+    }
+
+    /// Drops the indexes of the deployment in force as `id`, if any.
+    fn forget(&mut self, id: &str) {
+        let Some(old) = self.deployment(id) else {
+            return;
+        };
+        let names: Vec<String> = std::iter::once(&old.id)
+            .chain(&old.alias)
+            .cloned()
+            .collect();
+        let policies = old.policies.clone();
+        for n in names {
+            self.names.remove(&n);
+        }
+        for p in policies {
+            if let Some(users) = self.users.get_mut(&p) {
+                users.remove(id);
+                if users.is_empty() {
+                    self.users.remove(&p);
+                }
             }
         }
     }
 
     /// Deployments in force (other than `except`) that associate `policy`.
     fn users_of(&self, policy: &str, except: &[&str]) -> Vec<String> {
-        self.deployments
-            .values()
-            .filter(|d| !except.contains(&d.id.as_str()) && d.policies.iter().any(|p| p == policy))
-            .map(|d| d.id.clone())
+        self.users
+            .get(policy)
+            .into_iter()
+            .flatten()
+            .filter(|d| !except.contains(&d.as_str()))
+            .cloned()
             .collect()
     }
 
@@ -228,11 +297,7 @@ impl Entries {
         let stranded: Vec<String> = self
             .users_of(id, batch)
             .into_iter()
-            .filter(|d| {
-                self.deployments
-                    .get(d)
-                    .is_some_and(|d| d.region != p.region)
-            })
+            .filter(|d| self.deployment(d).is_some_and(|d| d.region != p.region))
             .collect();
         if !stranded.is_empty() {
             return Err(format!(
@@ -252,7 +317,7 @@ impl Entries {
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .filter_map(|p| self.policies.get(p))
+            .filter_map(|p| self.policy(p))
             .map(stub)
             .collect();
         let doc = json!({"version": 1, "deployments": [v], "policies": stubs});
@@ -269,6 +334,51 @@ impl Entries {
             }
         }
         Ok(d)
+    }
+}
+
+/// Puts `item` in force as `id`: in place of the old version, or at the end.
+fn upsert<T>(items: &mut Vec<T>, at: &mut HashMap<String, usize>, id: String, item: T) {
+    match at.get(&id).and_then(|&i| items.get_mut(i)) {
+        Some(slot) => *slot = item,
+        None => {
+            at.insert(id, items.len());
+            items.push(item);
+        }
+    }
+}
+
+/// Takes `id` out of force; the last item moves into its place.
+fn remove<T: Identified>(
+    items: &mut Vec<T>,
+    at: &mut HashMap<String, usize>,
+    id: &str,
+) -> Option<T> {
+    let i = at.remove(id)?;
+    if i >= items.len() {
+        return None;
+    }
+    let gone = items.swap_remove(i);
+    if let Some(moved) = items.get(i) {
+        at.insert(moved.id().to_owned(), i);
+    }
+    Some(gone)
+}
+
+/// What [`remove`] needs to re-index the item it moves.
+trait Identified {
+    fn id(&self) -> &str;
+}
+
+impl Identified for Policy {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Identified for Deployment {
+    fn id(&self) -> &str {
+        &self.id
     }
 }
 

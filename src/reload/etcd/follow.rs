@@ -35,6 +35,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// A watch that has answered nothing for this long is given up.
 const SILENT_LIMIT: Duration = Duration::from_secs(20);
+/// The state directory is written at most this often (see
+/// `Follower::save_if_due`).
+const SAVE_EVERY: Duration = Duration::from_secs(5);
 /// `source` in `GET /snapshot` and the logs (SPEC §3.1).
 const SOURCE: &str = "etcd";
 
@@ -87,6 +90,8 @@ pub async fn follow(reloader: Arc<Reloader>, settings: EtcdSettings, mut shutdow
         settings,
         applied: None,
         endpoint: 0,
+        saved: None,
+        saving: None,
     };
     f.reloader.update_etcd(|_| {});
     let mut restore_tried = false;
@@ -133,6 +138,10 @@ struct Follower {
     applied: Option<i64>,
     /// Index of the endpoint in use, modulo the list's length.
     endpoint: usize,
+    /// The revision last saved to the state directory, and when.
+    saved: Option<(i64, Instant)>,
+    /// The save under way, if any.
+    saving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Follower {
@@ -221,6 +230,7 @@ impl Follower {
                     if heard.elapsed() > SILENT_LIMIT {
                         return Err(SessionError::Silent(SILENT_LIMIT));
                     }
+                    self.save_if_due(false).await?;
                     within(limit, watcher.request_progress()).await?;
                     continue;
                 }
@@ -289,11 +299,9 @@ impl Follower {
                 return (entries, applied, None);
             }
             let version = u64::try_from(revision).unwrap_or(0);
-            let snapshot = entries.snapshot(version);
-            let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
-            let set = PolicySet::compile(&snapshot, options);
-            let loaded = compiled(set, &bytes, SOURCE);
-            (entries, applied, Some((loaded, Bytes::from(bytes))))
+            // Compiled where the entries are: no copy of the world first.
+            let set = PolicySet::compile(entries.document(version), options);
+            (entries, applied, Some(compiled(set, None, SOURCE)))
         })
         .await
         .map_err(|e| SessionError::Internal(e.to_string()))?;
@@ -303,10 +311,10 @@ impl Follower {
         for r in refused.iter().filter(|r| !before.contains(r)) {
             tracing::warn!(key = %r.key, error = %r.message, "etcd: entry refused; its last valid version (if any) stays in force");
         }
-        if let Some((loaded, bytes)) = compiled {
+        if let Some(loaded) = compiled {
             match self
                 .reloader
-                .commit(loaded, bytes, Origin::Source(SOURCE.to_owned()), started)
+                .commit(loaded, None, Origin::Source(SOURCE.to_owned()), started)
                 .await
             {
                 // The same revision again (restored from the state
@@ -329,6 +337,42 @@ impl Follower {
             s.seen_revision = s.seen_revision.max(revision);
             s.invalid_entries = refused;
         });
+        self.save_if_due(whole).await
+    }
+
+    /// Saves the state in force to the state directory, after the swap and
+    /// off the swap's path: at most every [`SAVE_EVERY`] (a large state
+    /// takes a few hundred milliseconds to write), at once after a whole
+    /// read, and by the progress tick when changes have stopped.
+    async fn save_if_due(&mut self, now: bool) -> Result<(), SessionError> {
+        let Some(revision) = self.applied else {
+            return Ok(());
+        };
+        let due = now || self.saved.is_none_or(|(_, at)| at.elapsed() >= SAVE_EVERY);
+        let pending = self.saved.is_none_or(|(r, _)| r != revision);
+        let busy = self.saving.as_ref().is_some_and(|t| !t.is_finished());
+        if !self.reloader.keeps_state() || !due || !pending || busy {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.entries);
+        let version = u64::try_from(revision).unwrap_or(0);
+        let (entries, snapshot) = tokio::task::spawn_blocking(move || {
+            let snapshot = entries.snapshot(version);
+            (entries, snapshot)
+        })
+        .await
+        .map_err(|e| SessionError::Internal(e.to_string()))?;
+        self.entries = entries;
+        self.saved = Some((revision, Instant::now()));
+        let reloader = self.reloader.clone();
+        self.saving = Some(tokio::spawn(async move {
+            let document = tokio::task::spawn_blocking(move || serde_json::to_vec(&snapshot)).await;
+            match document {
+                Ok(Ok(bytes)) => reloader.save_state(Bytes::from(bytes)).await,
+                Ok(Err(e)) => tracing::warn!(error = %e, "etcd: cannot write the state document"),
+                Err(e) => tracing::warn!(error = %e, "etcd: cannot write the state document"),
+            }
+        }));
         Ok(())
     }
 }

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# benches/etcd.sh: the etcd source at one scale, against a real etcd (one
+# member, on loopback) and the release binaries.
+#
+#   benches/etcd.sh [--scale small|medium|large] [--changes N]
+#                   [--followers N] [--port-base P] [--no-build]
+#
+# Measures, in order:
+#   1. `portcullis publish` of the synthetic snapshot into an empty prefix;
+#   2. start to ready, and RSS once ready, with the file source, then with
+#      the etcd source (the same snapshot);
+#   3. one policy change from the etcd put to the swap in force (N times);
+#   4. N watchers in one process: one change, until every watcher has it.
+# Ports: etcd client P, peer P+1, portcullis P+2, admin P+3 (default 24500).
+# Needs etcd (Debian's etcd-server; .ci/setup installs it), openssl, curl
+# and bc.
+set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+SCALE=large
+CHANGES=10
+FOLLOWERS=200
+PORT_BASE=24500
+BUILD=1
+while (($#)); do
+    case "$1" in
+        --scale) SCALE="$2"; shift 2 ;;
+        --changes) CHANGES="$2"; shift 2 ;;
+        --followers) FOLLOWERS="$2"; shift 2 ;;
+        --port-base) PORT_BASE="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+ETCD_PORT=$PORT_BASE
+PEER_PORT=$((PORT_BASE + 1))
+DATA_PORT=$((PORT_BASE + 2))
+ADMIN_PORT=$((PORT_BASE + 3))
+ETCD_URL="http://127.0.0.1:$ETCD_PORT"
+BIN="$ROOT/target/release"
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+if ((BUILD)); then
+    cargo build --release --bin portcullis >&2
+    cargo build --release -p portcullis-loadgen >&2
+fi
+for p in "$ETCD_PORT" "$PEER_PORT" "$DATA_PORT" "$ADMIN_PORT"; do
+    port_free "$p" || { echo "port $p is in use (--port-base)" >&2; exit 1; }
+done
+
+# etcd: large values and a large prefix (the large scale is ~75 MB).
+etcd --name bench --data-dir "$WORK/etcd" \
+    --listen-client-urls "$ETCD_URL" --advertise-client-urls "$ETCD_URL" \
+    --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
+    --initial-cluster "bench=http://127.0.0.1:$PEER_PORT" \
+    --max-request-bytes 33554432 --quota-backend-bytes 8589934592 \
+    --log-level error >"$WORK/etcd.log" 2>&1 &
+PIDS+=($!)
+wait_port "$ETCD_PORT" 20 || { cat "$WORK/etcd.log" >&2; exit 1; }
+
+echo "== scale $SCALE"
+"$BIN/portcullis-gen-snapshot" --scale "$SCALE" --seed 1 --out "$WORK/snapshot.json"
+echo "snapshot: $(stat -c %s "$WORK/snapshot.json") bytes"
+start=$(date +%s.%N)
+"$BIN/portcullis" publish --snapshot "$WORK/snapshot.json" --etcd "$ETCD_URL" >"$WORK/publish.out"
+echo "publish into an empty prefix: $(echo "$(date +%s.%N) - $start" | bc) s; $(tail -1 "$WORK/publish.out")"
+
+# config SOURCE-TOML: a config for this bench, one source.
+config() {
+    cat <<EOF
+[server]
+listen = ["127.0.0.1:$DATA_PORT"]
+zones = ["es.bench.test"]
+
+[proxy_protocol]
+mode = "off"
+
+[[tls.certificates]]
+cert = "$WORK/tls.crt"
+key = "$WORK/tls.key"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[log]
+access = false
+
+$1
+EOF
+}
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj /CN=es.bench.test \
+    -addext "subjectAltName=DNS:*.es.bench.test" 2>/dev/null
+
+# measure NAME SOURCE-TOML: start, wait for /readyz, print the time and RSS.
+measure() {
+    config "$2" >"$WORK/$1.toml"
+    local start pid
+    start=$(date +%s.%N)
+    "$BIN/portcullis" run --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 1200); do
+        if curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; then break; fi
+        sleep 0.05
+    done
+    curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || { tail "$WORK/$1.log" >&2; exit 1; }
+    local ready rss
+    ready=$(echo "$(date +%s.%N) - $start" | bc)
+    sleep 2 # let the allocator settle after the load
+    rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+    echo "$1 source: ready in $ready s, RSS $((rss / 1024)) MiB"
+    LAST_PID=$pid
+}
+
+measure file "[snapshot]
+path = \"$WORK/snapshot.json\""
+kill "$LAST_PID"; wait "$LAST_PID" 2>/dev/null || true
+wait_gone() { for _ in $(seq 100); do port_free "$ADMIN_PORT" && return; sleep 0.1; done; }
+wait_gone
+
+measure etcd "[snapshot.etcd]
+endpoints = [\"$ETCD_URL\"]
+prefix = \"/portcullis/\""
+
+"$BIN/portcullis-etcd-bench" --etcd "$ETCD_URL" latency \
+    --admin "127.0.0.1:$ADMIN_PORT" --changes "$CHANGES"
+"$BIN/portcullis-etcd-bench" --etcd "$ETCD_URL" followers --followers "$FOLLOWERS"

@@ -3,7 +3,7 @@
 # member, on loopback) and the release binaries.
 #
 #   benches/etcd.sh [--scale small|medium|large] [--changes N]
-#                   [--followers N] [--port-base P] [--no-build]
+#                   [--followers N] [--port-base P] [--no-build] [--keep]
 #
 # Measures, in order:
 #   1. `portcullis publish` of the synthetic snapshot into an empty prefix;
@@ -12,6 +12,8 @@
 #   3. one policy change from the etcd put to the swap in force (N times);
 #   4. N watchers in one process: one change, until every watcher has it.
 # Ports: etcd client P, peer P+1, portcullis P+2, admin P+3 (default 24500).
+# --keep leaves the work directory (the proxies' logs, with each swap's
+# took_ms) for a look afterwards.
 # Needs etcd (Debian's etcd-server; .ci/setup installs it), openssl, curl
 # and bc.
 set -euo pipefail
@@ -23,6 +25,7 @@ CHANGES=10
 FOLLOWERS=200
 PORT_BASE=24500
 BUILD=1
+KEEP=0
 while (($#)); do
     case "$1" in
         --scale) SCALE="$2"; shift 2 ;;
@@ -30,6 +33,7 @@ while (($#)); do
         --followers) FOLLOWERS="$2"; shift 2 ;;
         --port-base) PORT_BASE="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
+        --keep) KEEP=1; shift ;;
         -h | --help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -46,7 +50,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    if ((KEEP)); then echo "kept: $WORK (logs, configs, snapshot)" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 

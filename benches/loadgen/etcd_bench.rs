@@ -68,7 +68,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -131,7 +134,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for mut s in streams {
                 seen.push(tokio::spawn(async move {
                     while let Ok(Some(r)) = s.message().await {
-                        if r.events().iter().any(|e| e.kv().is_some_and(|kv| kv.mod_revision() >= revision)) {
+                        if r.events()
+                            .iter()
+                            .any(|e| e.kv().is_some_and(|kv| kv.mod_revision() >= revision))
+                        {
                             return Some(started.elapsed());
                         }
                     }
@@ -145,7 +151,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     _ => bail!("a watcher did not see the change within 30 s"),
                 }
             }
-            report(&format!("put → seen by each of {followers} watchers"), &mut took);
+            report(
+                &format!("put → seen by each of {followers} watchers"),
+                &mut took,
+            );
             drop(clients);
         }
     }
@@ -215,9 +224,17 @@ async fn snapshot_version(admin: SocketAddr) -> anyhow::Result<i64> {
     let req = http::Request::get("/snapshot")
         .header(http::header::HOST, admin.to_string())
         .body(Empty::<bytes::Bytes>::new())?;
-    let body = send.send_request(req).await?.into_body().collect().await?.to_bytes();
+    let body = send
+        .send_request(req)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
     let v: Value = serde_json::from_slice(&body)?;
-    v["snapshot"]["version"].as_i64().context("no snapshot version")
+    v["snapshot"]["version"]
+        .as_i64()
+        .context("no snapshot version")
 }
 
 fn report(what: &str, took: &mut [Duration]) {

@@ -301,6 +301,11 @@ impl Follower {
             let version = u64::try_from(revision).unwrap_or(0);
             // Compiled where the entries are: no copy of the world first.
             let set = PolicySet::compile(entries.document(version), options);
+            if whole {
+                // The read's values and parse trees are gone: give their
+                // pages back (see `memory`).
+                crate::memory::release_free_memory();
+            }
             (entries, applied, Some(compiled(set, None, SOURCE)))
         })
         .await

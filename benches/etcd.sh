@@ -10,8 +10,11 @@
 #   2. start to ready, and RSS once ready, with the file source, then with
 #      the etcd source (the same snapshot);
 #   3. one policy change from the etcd put to the swap in force (N times);
-#   4. N watchers in one process: one change, until every watcher has it.
-# Ports: etcd client P, peer P+1, portcullis P+2, admin P+3 (default 24500).
+#   4. N watchers in one process: one change, until every watcher has it;
+#   5. open-loop latency at a fixed rate (--rate, default 1000/s) to the
+#      bench deployment, quiet and then while 10 changes a second arrive.
+# Ports: etcd client P, peer P+1, portcullis P+2, admin P+3, the backend
+# (nginx) P+4 (default 24500).
 # --keep leaves the work directory (the proxies' logs, with each swap's
 # took_ms) for a look afterwards.
 # Needs etcd (Debian's etcd-server; .ci/setup installs it), openssl, curl
@@ -23,6 +26,7 @@ source "$(dirname "$0")/lib.sh"
 SCALE=large
 CHANGES=10
 FOLLOWERS=200
+RATE=1000
 PORT_BASE=24500
 BUILD=1
 KEEP=0
@@ -31,6 +35,7 @@ while (($#)); do
         --scale) SCALE="$2"; shift 2 ;;
         --changes) CHANGES="$2"; shift 2 ;;
         --followers) FOLLOWERS="$2"; shift 2 ;;
+        --rate) RATE="$2"; shift 2 ;;
         --port-base) PORT_BASE="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
@@ -43,6 +48,12 @@ ETCD_PORT=$PORT_BASE
 PEER_PORT=$((PORT_BASE + 1))
 DATA_PORT=$((PORT_BASE + 2))
 ADMIN_PORT=$((PORT_BASE + 3))
+BACKEND_PORT=$((PORT_BASE + 4))
+# The deployment the load goes to (compare.sh's), led into the snapshot by
+# portcullis-gen-snapshot with an allow list of the load's sources.
+DEPLOYMENT=c0ffee00000000000000000000000001
+HOST=bench.es.bench.test
+SOURCES=198.18.0.0/15
 ETCD_URL="http://127.0.0.1:$ETCD_PORT"
 BIN="$ROOT/target/release"
 WORK="$(mktemp -d)"
@@ -58,7 +69,7 @@ if ((BUILD)); then
     cargo build --release --bin portcullis >&2
     cargo build --release -p portcullis-loadgen >&2
 fi
-for p in "$ETCD_PORT" "$PEER_PORT" "$DATA_PORT" "$ADMIN_PORT"; do
+for p in "$ETCD_PORT" "$PEER_PORT" "$DATA_PORT" "$ADMIN_PORT" "$BACKEND_PORT"; do
     port_free "$p" || { echo "port $p is in use (--port-base)" >&2; exit 1; }
 done
 
@@ -74,7 +85,10 @@ PIDS+=($!)
 wait_port "$ETCD_PORT" 20 || { cat "$WORK/etcd.log" >&2; exit 1; }
 
 echo "== scale $SCALE"
-"$BIN/portcullis-gen-snapshot" --scale "$SCALE" --seed 1 --out "$WORK/snapshot.json"
+echo "$SOURCES" >"$WORK/allow.lst"
+"$BIN/portcullis-gen-snapshot" --scale "$SCALE" --seed 1 --allow-list "$WORK/allow.lst" \
+    --allow-list-deployment "$DEPLOYMENT" --allow-list-backend "127.0.0.1:$BACKEND_PORT" \
+    --out "$WORK/snapshot.json"
 echo "snapshot: $(stat -c %s "$WORK/snapshot.json") bytes"
 start=$(date +%s.%N)
 "$BIN/portcullis" publish --snapshot "$WORK/snapshot.json" --etcd "$ETCD_URL" >"$WORK/publish.out"
@@ -88,7 +102,8 @@ listen = ["127.0.0.1:$DATA_PORT"]
 zones = ["es.bench.test"]
 
 [proxy_protocol]
-mode = "off"
+mode = "required"
+trusted_sources = ["127.0.0.0/8"]
 
 [[tls.certificates]]
 cert = "$WORK/tls.crt"
@@ -105,7 +120,9 @@ EOF
 }
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj /CN=es.bench.test \
-    -addext "subjectAltName=DNS:*.es.bench.test" 2>/dev/null
+    -addext "subjectAltName=DNS:*.es.bench.test" \
+    -addext "basicConstraints=critical,CA:FALSE" \
+    -addext "keyUsage=critical,digitalSignature" 2>/dev/null
 
 # measure NAME SOURCE-TOML: start, wait for /readyz, print the time and RSS.
 measure() {
@@ -141,3 +158,37 @@ prefix = \"/portcullis/\""
 "$BIN/portcullis-etcd-bench" --etcd "$ETCD_URL" latency \
     --admin "127.0.0.1:$ADMIN_PORT" --changes "$CHANGES"
 "$BIN/portcullis-etcd-bench" --etcd "$ETCD_URL" followers --followers "$FOLLOWERS"
+
+# The backend: a static answer, as compare.sh's.
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    server {
+        listen 127.0.0.1:$BACKEND_PORT;
+        location / { default_type application/json; return 200 '{"took":1,"hits":{"total":{"value":0},"hits":[]}}'; }
+    }
+}
+EOF
+nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
+PIDS+=($!)
+wait_port "$BACKEND_PORT" 10 || { echo "nginx did not start" >&2; exit 1; }
+
+# open LABEL: one open-loop run; its latency line.
+open() {
+    "$BIN/portcullis-loadgen" --target "127.0.0.1:$DATA_PORT" --host "$HOST" \
+        --ca "$WORK/tls.crt" --source "$SOURCES" --mode open --rate "$RATE" \
+        --connections 32 --duration 10s >"$WORK/open-$1.txt"
+    echo "open loop at $RATE/s, $1: $(grep -m1 p99 "$WORK/open-$1.txt" | sed 's/^ *//')"
+}
+open quiet
+"$BIN/portcullis-etcd-bench" --etcd "$ETCD_URL" churn --rate 10 --duration 12s >/dev/null &
+churn=$!
+sleep 1
+open churn
+wait "$churn"

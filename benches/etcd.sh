@@ -2,8 +2,12 @@
 # benches/etcd.sh: the etcd source at one scale, against a real etcd (one
 # member, on loopback) and the release binaries.
 #
-#   benches/etcd.sh [--scale small|medium|large] [--changes N]
-#                   [--followers N] [--port-base P] [--no-build] [--keep]
+#   benches/etcd.sh            (settings from the environment:)
+#
+#   SCALE=small|medium|large (large)  CHANGES=N (10)  FOLLOWERS=N (200)
+#   RATE=requests/s (1000)  PORT_BASE=P (24500)  BUILD=0 (use the release
+#   binaries as they are)  KEEP=1 (leave the work directory: the proxies'
+#   logs, with each swap's took_ms)
 #
 # Measures, in order:
 #   1. `portcullis publish` of the synthetic snapshot into an empty prefix;
@@ -11,38 +15,23 @@
 #      the etcd source (the same snapshot);
 #   3. one policy change from the etcd put to the swap in force (N times);
 #   4. N watchers in one process: one change, until every watcher has it;
-#   5. open-loop latency at a fixed rate (--rate, default 1000/s) to the
-#      bench deployment, quiet and then while 10 changes a second arrive.
+#   5. open-loop latency at RATE to the bench deployment, quiet and then
+#      while 10 changes a second arrive.
 # Ports: etcd client P, peer P+1, portcullis P+2, admin P+3, the backend
 # (nginx) P+4 (default 24500).
-# --keep leaves the work directory (the proxies' logs, with each swap's
-# took_ms) for a look afterwards.
 # Needs etcd (Debian's etcd-server; .ci/setup installs it), openssl, curl
 # and bc.
 set -euo pipefail
 # shellcheck source=benches/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-SCALE=large
-CHANGES=10
-FOLLOWERS=200
-RATE=1000
-PORT_BASE=24500
-BUILD=1
-KEEP=0
-while (($#)); do
-    case "$1" in
-        --scale) SCALE="$2"; shift 2 ;;
-        --changes) CHANGES="$2"; shift 2 ;;
-        --followers) FOLLOWERS="$2"; shift 2 ;;
-        --rate) RATE="$2"; shift 2 ;;
-        --port-base) PORT_BASE="$2"; shift 2 ;;
-        --no-build) BUILD=0; shift ;;
-        --keep) KEEP=1; shift ;;
-        -h | --help) usage; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 2 ;;
-    esac
-done
+: "${SCALE:=large}" "${CHANGES:=10}" "${FOLLOWERS:=200}" "${RATE:=1000}"
+: "${PORT_BASE:=24500}" "${BUILD:=1}" "${KEEP:=0}"
+case "${1:-}" in
+    -h | --help) usage; exit 0 ;;
+    "") ;;
+    *) echo "no arguments: settings come from the environment (see --help)" >&2; exit 2 ;;
+esac
 
 ETCD_PORT=$PORT_BASE
 PEER_PORT=$((PORT_BASE + 1))
@@ -96,27 +85,9 @@ echo "publish into an empty prefix: $(echo "$(date +%s.%N) - $start" | bc) s; $(
 
 # config SOURCE-TOML: a config for this bench, one source.
 config() {
-    cat <<EOF
-[server]
-listen = ["127.0.0.1:$DATA_PORT"]
-zones = ["es.bench.test"]
-
-[proxy_protocol]
-mode = "required"
-trusted_sources = ["127.0.0.0/8"]
-
-[[tls.certificates]]
-cert = "$WORK/tls.crt"
-key = "$WORK/tls.key"
-
-[admin]
-listen = "127.0.0.1:$ADMIN_PORT"
-
-[log]
-access = false
-
-$1
-EOF
+    portcullis_front_toml 127.0.0.0/8 "$WORK/tls.crt" "$WORK/tls.key"
+    printf '[server]\nlisten = ["127.0.0.1:%s"]\nzones = ["es.bench.test"]\n\n' "$DATA_PORT"
+    printf '[admin]\nlisten = "127.0.0.1:%s"\n\n[log]\naccess = false\n\n%s\n' "$ADMIN_PORT" "$1"
 }
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj /CN=es.bench.test \
@@ -132,11 +103,7 @@ measure() {
     "$BIN/portcullis" run --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 1200); do
-        if curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; then break; fi
-        sleep 0.05
-    done
-    curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || { tail "$WORK/$1.log" >&2; exit 1; }
+    wait_until 60 curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" || { tail "$WORK/$1.log" >&2; exit 1; }
     local ready rss
     ready=$(echo "$(date +%s.%N) - $start" | bc)
     sleep 2 # let the allocator settle after the load

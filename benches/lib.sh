@@ -13,14 +13,23 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 # port_free PORT: nothing accepts TCP connections on 127.0.0.1:PORT.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# wait_port PORT SECONDS: until something accepts them (1 if nothing did).
-wait_port() {
-    for _ in $(seq $(($2 * 10))); do
-        if ! port_free "$1"; then return 0; fi
+# wait_until SECONDS COMMAND...: until COMMAND succeeds (1 if it never did),
+# trying every 0.1 s; its output is discarded.
+wait_until() {
+    local tries=$(($1 * 10))
+    shift
+    for _ in $(seq "$tries"); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.1
     done
     return 1
 }
+
+# port_taken PORT: something accepts TCP connections on 127.0.0.1:PORT.
+port_taken() { ! port_free "$1"; }
+
+# wait_port PORT SECONDS: until something accepts them (1 if nothing did).
+wait_port() { wait_until "$2" port_taken "$1"; }
 
 # portcullis_front_toml TRUSTED-CIDR CERT KEY: how both benches' clients
 # reach portcullis, a PROXY header from TRUSTED-CIDR first and then TLS with

@@ -74,17 +74,18 @@ pub struct PolicySet {
     pub(crate) options: PolicyOptions,
     /// Per deployment, what a decision reads.
     pub(crate) hot: Box<[Hot]>,
-    /// Shared, so a set compiled from the previous one reuses what did
-    /// not change by reference.
-    pub(crate) deployments: Box<[Arc<CompiledDeployment>]>,
+    /// Shared, each and all, so a set compiled from the previous one reuses
+    /// what did not change by reference.
+    pub(crate) deployments: Arc<[Arc<CompiledDeployment>]>,
     pub(crate) policies: Box<[CompiledPolicy]>,
     pub(crate) sets: Box<[AssociatedSet]>,
     pub(crate) ip: IpTables,
     /// Global IP rule id → (policy, rule index within the policy).
     pub(crate) ip_rules: Box<[(u32, u32)]>,
     /// Cluster id or alias → deployment (keys shared with the
-    /// deployments', so copying the map copies no string).
-    pub(crate) names: FastMap<Arc<str>, NameEntry>,
+    /// deployments', so copying the map copies no string). Shared whole
+    /// by the next set when no deployment changed.
+    pub(crate) names: Arc<FastMap<Arc<str>, NameEntry>>,
     pub(crate) vpce: FastMap<VpceId, Hits>,
     pub(crate) azure: FastMap<u32, Hits>,
     pub(crate) gcp: FastMap<u64, Hits>,
@@ -304,7 +305,7 @@ impl PolicySet {
             sets: sets.into_boxed_slice(),
             ip: tables,
             ip_rules: ip_rules.into_boxed_slice(),
-            names,
+            names: Arc::new(names),
             vpce,
             azure,
             gcp,

@@ -3,7 +3,9 @@
 //! `medium,large`) as etcd entries, applied whole (the initial read), then
 //! one policy change applied as the follower applies a watch event:
 //! per-entry validation, then the compile (what stands between the etcd
-//! put and the swap), and what saving the state directory costs after it.
+//! put and the swap) — incremental, from the set compiled before, as the
+//! follower does, and whole, for comparison — and what saving the state
+//! directory costs after it.
 //!
 //! `cargo bench --bench etcd_apply` prints one line per scale and step,
 //! the median of a few runs; each step is timed on its own so the README
@@ -57,6 +59,8 @@ fn run(name: &str, scale: Scale) {
     }
     let Some(mut e) = followed else { return };
     report(name, "initial: validate every entry", &mut initial);
+    e.take_changed();
+    let mut previous = PolicySet::compile(e.document(1), PolicyOptions::default());
 
     // One change: the first ip policy gets one more rule.
     let mut policy = snapshot
@@ -66,8 +70,8 @@ fn run(name: &str, scale: Scale) {
         .cloned()
         .expect("an ip policy");
     let key = keys::key(PREFIX, Kind::Policy, &policy.id);
-    let (mut validate, mut assemble, mut serialise, mut compile) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut validate, mut assemble, mut serialise, mut compile, mut incremental) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         if let portcullis::policy::Rules::Ip(rules) = &mut policy.rules
             && let Some(first) = rules.first().cloned()
@@ -80,9 +84,17 @@ fn run(name: &str, scale: Scale) {
         let applied = e.apply([(key.clone(), json(&policy))]);
         assert_eq!(applied.changed, 1);
         validate.push(t.elapsed());
+        let changed = e.take_changed();
+        let t = Instant::now();
+        let document = e.document(2 + run as u64);
+        let next =
+            PolicySet::compile_reusing(document, PolicyOptions::default(), &previous, &changed);
+        incremental.push(t.elapsed());
         let t = Instant::now();
         let set = PolicySet::compile(e.document(2 + run as u64), PolicyOptions::default());
         compile.push(t.elapsed());
+        assert_eq!(next.stats(), set.stats());
+        previous = next;
         // Off the swap's path, at most every 5 s, with a state directory.
         let t = Instant::now();
         let s = e.snapshot(2 + run as u64);
@@ -93,7 +105,12 @@ fn run(name: &str, scale: Scale) {
         std::hint::black_box((bytes, set));
     }
     report(name, "one change: validate the entry", &mut validate);
-    report(name, "one change: compile (then swap)", &mut compile);
+    report(
+        name,
+        "one change: compile reusing (the swap)",
+        &mut incremental,
+    );
+    report(name, "one change: compile whole (comparison)", &mut compile);
     report(name, "state save: copy the entries", &mut assemble);
     report(name, "state save: serialise", &mut serialise);
 }

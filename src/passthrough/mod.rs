@@ -387,7 +387,7 @@ impl PassThrough {
         let compiled = set
             .deployment(deployment)
             .ok_or(Refused::UnknownDeployment)?;
-        rec.deployment = compiled.id.clone();
+        rec.deployment = (*compiled.id).into();
         let backends = compiled
             .backends(Product::RemoteCluster)
             .ok_or(Refused::NoResource)?;
@@ -405,7 +405,7 @@ impl PassThrough {
             rec.decision = d.verdict.as_str();
             rec.reason = d.reason.as_str();
             if let Some(p) = d.matched.and_then(|m| set.policy(m.policy)) {
-                rec.policy = p.id.clone();
+                rec.policy = (*p.id).into();
             }
             if d.verdict == Verdict::Denied {
                 return Err(Refused::Denied);

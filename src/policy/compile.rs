@@ -20,11 +20,12 @@
 //! deployment.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::ipset::{IpTables, Spans};
-use super::model::{Enforcement, PolicyType, Product, Rules, Snapshot};
+use super::model::{Deployment, Enforcement, Policy, PolicyType, Product, Rules, Snapshot};
 use crate::backends::Backends;
 use crate::endpoint::VpceId;
 
@@ -69,18 +70,22 @@ impl PolicyIndex {
 /// The compiled form of a snapshot: everything a request decision needs.
 #[derive(Debug)]
 pub struct PolicySet {
-    version: u64,
+    pub(crate) version: u64,
     pub(crate) options: PolicyOptions,
     /// Per deployment, what a decision reads.
     pub(crate) hot: Box<[Hot]>,
-    pub(crate) deployments: Box<[CompiledDeployment]>,
+    /// Shared, each and all, so a set compiled from the previous one reuses
+    /// what did not change by reference.
+    pub(crate) deployments: Arc<[Arc<CompiledDeployment>]>,
     pub(crate) policies: Box<[CompiledPolicy]>,
     pub(crate) sets: Box<[AssociatedSet]>,
     pub(crate) ip: IpTables,
     /// Global IP rule id → (policy, rule index within the policy).
     pub(crate) ip_rules: Box<[(u32, u32)]>,
-    /// Cluster id or alias → deployment.
-    names: FastMap<Box<str>, NameEntry>,
+    /// Cluster id or alias → deployment (keys shared with the
+    /// deployments', so copying the map copies no string). Shared whole
+    /// by the next set when no deployment changed.
+    pub(crate) names: Arc<FastMap<Arc<str>, NameEntry>>,
     pub(crate) vpce: FastMap<VpceId, Hits>,
     pub(crate) azure: FastMap<u32, Hits>,
     pub(crate) gcp: FastMap<u64, Hits>,
@@ -89,7 +94,7 @@ pub struct PolicySet {
 /// The (policy, rule) pairs listing one endpoint id, sorted, so the first
 /// one that belongs to a deployment's set is the one to report. Almost
 /// every id is listed once; that pair is stored inline.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Hits {
     first: (u32, u32),
     more: Box<[(u32, u32)]>,
@@ -99,12 +104,21 @@ impl Hits {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &(u32, u32)> {
         std::iter::once(&self.first).chain(self.more.iter())
     }
+
+    /// The pairs of a sorted, non-empty list (`None` for an empty one).
+    pub(crate) fn from_sorted(pairs: &[(u32, u32)]) -> Option<Self> {
+        let (&first, more) = pairs.split_first()?;
+        Some(Self {
+            first,
+            more: more.into(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
-struct NameEntry {
-    deployment: u32,
-    is_alias: bool,
+pub(crate) struct NameEntry {
+    pub(crate) deployment: u32,
+    pub(crate) is_alias: bool,
 }
 
 /// What a decision reads about a deployment, in one small record.
@@ -124,8 +138,8 @@ pub(crate) struct Hot {
 /// A deployment as routing, forwarding and logging see it.
 #[derive(Debug)]
 pub struct CompiledDeployment {
-    pub id: Box<str>,
-    pub alias: Option<Box<str>>,
+    pub id: Arc<str>,
+    pub alias: Option<Arc<str>>,
     pub enforcement: Enforcement,
     resources: [Option<Box<Backends>>; Product::ALL.len()],
 }
@@ -140,13 +154,25 @@ impl CompiledDeployment {
 /// One policy, compiled.
 #[derive(Debug)]
 pub struct CompiledPolicy {
-    pub id: Box<str>,
+    pub id: Arc<str>,
     pub kind: PolicyType,
     pub rule_count: u32,
     /// SPEC §1.2.
     pub filters: bool,
     /// For `ip` policies: the compiled ranges and the global id of rule 0.
     pub(crate) ip: Option<(Spans, u32)>,
+    /// For private connection policies: the endpoint ids it lists, with
+    /// their rule index, so a later compile can take them out of the
+    /// endpoint maps without the policy's old rules.
+    pub(crate) endpoints: Arc<[(EndpointKey, u32)]>,
+}
+
+/// A private endpoint id, as the endpoint maps key it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum EndpointKey {
+    Vpce(VpceId),
+    Azure(u32),
+    Gcp(u64),
 }
 
 /// The distinct set of policies some deployments associate.
@@ -180,7 +206,7 @@ pub(crate) enum Members {
 impl Members {
     const INLINE: usize = 4;
 
-    fn new(ids: &[u32]) -> Self {
+    pub(crate) fn new(ids: &[u32]) -> Self {
         let mut inline = [0; Self::INLINE];
         match inline.get_mut(..ids.len()) {
             Some(prefix) => {
@@ -225,9 +251,7 @@ impl PolicySet {
             .map(|(i, p)| (p.id.as_str(), index_u32(i)))
             .collect();
 
-        let mut vpce: FastMap<VpceId, Vec<(u32, u32)>> = FastMap::default();
-        let mut azure: FastMap<u32, Vec<(u32, u32)>> = FastMap::default();
-        let mut gcp: FastMap<u64, Vec<(u32, u32)>> = FastMap::default();
+        let mut endpoints = EndpointLists::default();
         let mut tables = IpTables::default();
         let mut ip_rules: Vec<(u32, u32)> = Vec::new();
         let policies = snapshot
@@ -235,47 +259,9 @@ impl PolicySet {
             .iter()
             .enumerate()
             .map(|(pi, p)| {
-                let pi = index_u32(pi);
-                let mut ip = None;
-                match &p.rules {
-                    Rules::Ip(rules) => {
-                        let first = index_u32(ip_rules.len());
-                        ip_rules.extend((0..rules.len()).map(|ri| (pi, index_u32(ri))));
-                        let nets = rules
-                            .iter()
-                            .enumerate()
-                            .map(|(ri, r)| (r.source, first.saturating_add(index_u32(ri))));
-                        ip = Some((tables.add(nets), first));
-                    }
-                    Rules::Vpce(rules) => {
-                        for (ri, r) in rules.iter().enumerate() {
-                            // Validation admits only ids VpceId accepts.
-                            if let Ok(key) = VpceId::parse(r.source.as_bytes()) {
-                                vpce.entry(key).or_default().push((pi, index_u32(ri)));
-                            }
-                        }
-                    }
-                    Rules::Azure(rules) => {
-                        for (ri, r) in rules.iter().enumerate() {
-                            azure
-                                .entry(r.link_id)
-                                .or_default()
-                                .push((pi, index_u32(ri)));
-                        }
-                    }
-                    Rules::Gcp(rules) => {
-                        for (ri, r) in rules.iter().enumerate() {
-                            gcp.entry(r.source).or_default().push((pi, index_u32(ri)));
-                        }
-                    }
-                }
-                CompiledPolicy {
-                    id: p.id.as_str().into(),
-                    kind: p.rules.policy_type(),
-                    rule_count: index_u32(p.rules.len()),
-                    filters: p.rules.filters(),
-                    ip,
-                }
+                let c = compile_policy(p, index_u32(pi), &mut tables, &mut ip_rules);
+                endpoints.add(index_u32(pi), &c.endpoints);
+                c
             })
             .collect::<Box<[_]>>();
 
@@ -289,14 +275,7 @@ impl PolicySet {
             .iter()
             .enumerate()
             .map(|(di, d)| {
-                let mut members: Vec<u32> = d
-                    .policies
-                    .iter()
-                    .filter_map(|id| policy_index.get(id.as_str()).copied())
-                    .collect();
-                members.sort_unstable();
-                members.dedup();
-                let members = members.into_boxed_slice();
+                let members = members_of(d, |id| policy_index.get(id).copied());
                 let set = match set_index.get(&members) {
                     Some(&s) => s,
                     None => {
@@ -307,44 +286,15 @@ impl PolicySet {
                     }
                 };
                 if let Some(assoc) = sets.get(set as usize) {
-                    hot.push(Hot {
-                        ip: assoc.ip,
-                        set,
-                        filters: assoc.filters,
-                        dry_run: d.enforcement == Enforcement::DryRun,
-                        products: d.resources.keys().fold(0, |bits, p| bits | 1 << p.index()),
-                    });
+                    hot.push(hot_record(d, assoc, set));
                 }
-                let di = index_u32(di);
-                names.insert(
-                    d.id.as_str().into(),
-                    NameEntry {
-                        deployment: di,
-                        is_alias: false,
-                    },
-                );
-                if let Some(alias) = &d.alias {
-                    names.insert(
-                        alias.as_str().into(),
-                        NameEntry {
-                            deployment: di,
-                            is_alias: true,
-                        },
-                    );
-                }
-                let mut resources: [Option<Box<Backends>>; Product::ALL.len()] = Default::default();
-                for (product, r) in &d.resources {
-                    resources[product.index()] = Some(Box::new(Backends::new(&r.backends)));
-                }
-                CompiledDeployment {
-                    id: d.id.as_str().into(),
-                    alias: d.alias.as_deref().map(Into::into),
-                    enforcement: d.enforcement,
-                    resources,
-                }
+                let compiled = Arc::new(compile_deployment(d));
+                name(&mut names, &compiled, index_u32(di));
+                compiled
             })
             .collect();
         tables.shrink();
+        let (vpce, azure, gcp) = endpoints.finish();
 
         Self {
             version: snapshot.version,
@@ -355,10 +305,10 @@ impl PolicySet {
             sets: sets.into_boxed_slice(),
             ip: tables,
             ip_rules: ip_rules.into_boxed_slice(),
-            names,
-            vpce: finish(vpce),
-            azure: finish(azure),
-            gcp: finish(gcp),
+            names: Arc::new(names),
+            vpce,
+            azure,
+            gcp,
         }
     }
 
@@ -371,7 +321,7 @@ impl PolicySet {
     }
 
     pub fn deployment(&self, i: DeploymentIndex) -> Option<&CompiledDeployment> {
-        self.deployments.get(i.0 as usize)
+        self.deployments.get(i.0 as usize).map(|d| &**d)
     }
 
     /// Whether the deployment has the resource (reads only the hot record).
@@ -426,7 +376,7 @@ impl PolicySet {
     }
 }
 
-fn associated_set(
+pub(crate) fn associated_set(
     members: &[u32],
     policies: &[CompiledPolicy],
     snapshot: &Snapshot,
@@ -461,23 +411,140 @@ fn associated_set(
     }
 }
 
+/// Compiles one policy: its ranges into `tables`, its rules' global ids
+/// into `ip_rules`, its endpoint ids into a list.
+pub(crate) fn compile_policy(
+    p: &Policy,
+    pi: u32,
+    tables: &mut IpTables,
+    ip_rules: &mut Vec<(u32, u32)>,
+) -> CompiledPolicy {
+    let mut ip = None;
+    let endpoints: Arc<[(EndpointKey, u32)]> = match &p.rules {
+        Rules::Ip(rules) => {
+            let first = index_u32(ip_rules.len());
+            ip_rules.extend((0..rules.len()).map(|ri| (pi, index_u32(ri))));
+            let nets = rules
+                .iter()
+                .enumerate()
+                .map(|(ri, r)| (r.source, first.saturating_add(index_u32(ri))));
+            ip = Some((tables.add(nets), first));
+            Arc::new([])
+        }
+        Rules::Vpce(rules) => rules
+            .iter()
+            .enumerate()
+            // Validation admits only ids VpceId accepts.
+            .filter_map(|(ri, r)| {
+                let key = VpceId::parse(r.source.as_bytes()).ok()?;
+                Some((EndpointKey::Vpce(key), index_u32(ri)))
+            })
+            .collect(),
+        Rules::Azure(rules) => rules
+            .iter()
+            .enumerate()
+            .map(|(ri, r)| (EndpointKey::Azure(r.link_id), index_u32(ri)))
+            .collect(),
+        Rules::Gcp(rules) => rules
+            .iter()
+            .enumerate()
+            .map(|(ri, r)| (EndpointKey::Gcp(r.source), index_u32(ri)))
+            .collect(),
+    };
+    CompiledPolicy {
+        id: p.id.as_str().into(),
+        kind: p.rules.policy_type(),
+        rule_count: index_u32(p.rules.len()),
+        filters: p.rules.filters(),
+        ip,
+        endpoints,
+    }
+}
+
+/// The indices of the policies a deployment associates (as `index` finds
+/// them), ascending, without duplicates.
+pub(crate) fn members_of(d: &Deployment, index: impl Fn(&str) -> Option<u32>) -> Box<[u32]> {
+    let mut members: Vec<u32> = d.policies.iter().filter_map(|id| index(id)).collect();
+    members.sort_unstable();
+    members.dedup();
+    members.into_boxed_slice()
+}
+
+pub(crate) fn hot_record(d: &Deployment, assoc: &AssociatedSet, set: u32) -> Hot {
+    Hot {
+        ip: assoc.ip,
+        set,
+        filters: assoc.filters,
+        dry_run: d.enforcement == Enforcement::DryRun,
+        products: d.resources.keys().fold(0, |bits, p| bits | 1 << p.index()),
+    }
+}
+
+pub(crate) fn compile_deployment(d: &Deployment) -> CompiledDeployment {
+    let mut resources: [Option<Box<Backends>>; Product::ALL.len()] = Default::default();
+    for (product, r) in &d.resources {
+        resources[product.index()] = Some(Box::new(Backends::new(&r.backends)));
+    }
+    CompiledDeployment {
+        id: d.id.as_str().into(),
+        alias: d.alias.as_deref().map(Into::into),
+        enforcement: d.enforcement,
+        resources,
+    }
+}
+
+/// Enters a deployment's cluster id and alias in the name map.
+pub(crate) fn name(names: &mut FastMap<Arc<str>, NameEntry>, d: &CompiledDeployment, di: u32) {
+    let entry = |is_alias| NameEntry {
+        deployment: di,
+        is_alias,
+    };
+    names.insert(d.id.clone(), entry(false));
+    if let Some(alias) = &d.alias {
+        names.insert(alias.clone(), entry(true));
+    }
+}
+
+/// The endpoint maps being built: every (policy, rule) pair listing each
+/// id, in policy then rule order.
+#[derive(Default)]
+struct EndpointLists {
+    vpce: FastMap<VpceId, Vec<(u32, u32)>>,
+    azure: FastMap<u32, Vec<(u32, u32)>>,
+    gcp: FastMap<u64, Vec<(u32, u32)>>,
+}
+
+type EndpointMaps = (
+    FastMap<VpceId, Hits>,
+    FastMap<u32, Hits>,
+    FastMap<u64, Hits>,
+);
+
+impl EndpointLists {
+    fn add(&mut self, pi: u32, endpoints: &[(EndpointKey, u32)]) {
+        for &(key, ri) in endpoints {
+            let list = match key {
+                EndpointKey::Vpce(k) => self.vpce.entry(k).or_default(),
+                EndpointKey::Azure(k) => self.azure.entry(k).or_default(),
+                EndpointKey::Gcp(k) => self.gcp.entry(k).or_default(),
+            };
+            list.push((pi, ri));
+        }
+    }
+
+    fn finish(self) -> EndpointMaps {
+        (finish(self.vpce), finish(self.azure), finish(self.gcp))
+    }
+}
+
 fn finish<K: Eq + std::hash::Hash>(map: FastMap<K, Vec<(u32, u32)>>) -> FastMap<K, Hits> {
     map.into_iter()
-        .filter_map(|(k, v)| {
-            let (&first, more) = v.split_first()?;
-            Some((
-                k,
-                Hits {
-                    first,
-                    more: more.into(),
-                },
-            ))
-        })
+        .filter_map(|(k, v)| Some((k, Hits::from_sorted(&v)?)))
         .collect()
 }
 
 /// Snapshot sizes are far below 2^32 entries (a JSON document that large
 /// could not be loaded); saturate rather than wrap if that ever changes.
-fn index_u32(i: usize) -> u32 {
+pub(crate) fn index_u32(i: usize) -> u32 {
     u32::try_from(i).unwrap_or(u32::MAX)
 }

@@ -43,6 +43,13 @@ struct Table<A> {
 }
 
 impl<A: Copy + Ord> Table<A> {
+    fn with_capacity(ranges: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(ranges),
+            labels: Vec::with_capacity(ranges),
+        }
+    }
+
     #[inline]
     fn lookup(&self, span: Span, addr: A) -> Option<u32> {
         let (off, len) = (span.off as usize, span.len as usize);
@@ -76,6 +83,29 @@ impl<A: Copy + Ord> Table<A> {
             self.labels.push(label);
         }
         span
+    }
+
+    /// Appends a copy of another table's span, its labels passed through
+    /// `relabel` (an order-preserving renumbering, so the copy is what
+    /// compiling the renumbered rules would give).
+    fn copy(&mut self, from: &Self, span: Span, relabel: &mut impl FnMut(u32) -> u32) -> Span {
+        let (off, len) = (span.off as usize, span.len as usize);
+        let at = Span {
+            off: u32::try_from(self.keys.len()).unwrap_or(u32::MAX),
+            len: span.len,
+        };
+        if let (Some(keys), Some(labels)) = (
+            from.keys.get(off..off + len),
+            from.labels.get(off..off + len),
+        ) {
+            self.keys.extend_from_slice(keys);
+            self.labels.extend(
+                labels
+                    .iter()
+                    .map(|&l| if l == NO_RULE { l } else { relabel(l) }),
+            );
+        }
+        at
     }
 
     /// Ranges some rule covers within a span (gaps not counted).
@@ -173,6 +203,28 @@ impl IpTables {
     /// became after merging adjacent and nested blocks.
     pub(crate) fn covered(&self, spans: Spans) -> usize {
         self.v4.covered(spans.v4) + self.v6.covered(spans.v6)
+    }
+
+    /// Appends a copy of the matcher at `spans` in `from`, its rule ids
+    /// passed through `relabel` (which must keep their order).
+    pub(crate) fn copy(
+        &mut self,
+        from: &IpTables,
+        spans: Spans,
+        mut relabel: impl FnMut(u32) -> u32,
+    ) -> Spans {
+        Spans {
+            v4: self.v4.copy(&from.v4, spans.v4, &mut relabel),
+            v6: self.v6.copy(&from.v6, spans.v6, &mut relabel),
+        }
+    }
+
+    /// Empty tables with room for as many ranges as `like` holds.
+    pub(crate) fn with_capacity_of(like: &IpTables) -> Self {
+        Self {
+            v4: Table::with_capacity(like.v4.keys.len()),
+            v6: Table::with_capacity(like.v6.keys.len()),
+        }
     }
 
     /// Releases the spare capacity left by building.

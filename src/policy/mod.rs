@@ -8,6 +8,7 @@
 
 pub mod compile;
 pub mod eval;
+mod incremental;
 mod ipset;
 mod json;
 pub mod model;
@@ -18,6 +19,7 @@ pub use compile::{
     Stats, UnassociatedPrivateTraffic,
 };
 pub use eval::{Decision, Reason, RequestFacts, RuleRef, Target, Verdict, decide};
+pub use incremental::Changed;
 
 pub use model::{
     AzureRule, Deployment, Enforcement, GcpRule, IpRule, Policy, PolicyType, Product, Provider,

@@ -179,11 +179,12 @@ impl Reloader {
     /// document would cost more to write than a change costs to apply).
     pub async fn commit(
         &self,
-        loaded: Loaded,
+        loaded: impl Into<Arc<Loaded>>,
         state: Option<Bytes>,
         origin: Origin,
         started: Instant,
     ) -> Result<Meta, ApplyError> {
+        let loaded = loaded.into();
         let source = origin.describe();
         let meta = loaded.meta.clone();
         let _commit = self.commit.lock().await;

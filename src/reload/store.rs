@@ -142,7 +142,8 @@ impl Store {
 
     /// Installs `next` if its version is newer than the running one (any
     /// version, for the first). Returns the snapshot it replaced.
-    pub fn apply(&self, next: Loaded) -> Result<Option<Arc<Loaded>>, ApplyError> {
+    pub fn apply(&self, next: impl Into<Arc<Loaded>>) -> Result<Option<Arc<Loaded>>, ApplyError> {
+        let next = next.into();
         let _serial = self.apply.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(running) = self.current.load().as_ref()
             && next.meta.version <= running.meta.version
@@ -153,7 +154,7 @@ impl Store {
             });
         }
         let version = next.meta.version;
-        let previous = self.current.swap(Some(Arc::new(next)));
+        let previous = self.current.swap(Some(next));
         // After the swap: a subscriber woken by this sees the new snapshot.
         self.swapped.send_replace(version);
         Ok(previous)

@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::keys::{self, Kind};
-use crate::policy::{Deployment, Policy, Snapshot, SnapshotErrors, validate_value};
+use crate::policy::{Changed, Deployment, Policy, Snapshot, SnapshotErrors, validate_value};
 
 /// One key's new state, from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,9 @@ pub struct Entries {
     users: HashMap<String, BTreeSet<String>>,
     /// Key → (the refused change, why).
     refused: BTreeMap<String, (Change, String)>,
+    /// Ids whose entry in force changed since [`Entries::take_changed`],
+    /// so a compile can reuse what the others compiled to.
+    changed: Changed,
 }
 
 impl Default for Entries {
@@ -89,6 +92,7 @@ impl Entries {
             names: HashMap::new(),
             users: HashMap::new(),
             refused: BTreeMap::new(),
+            changed: Changed::default(),
         }
     }
 
@@ -153,6 +157,7 @@ impl Entries {
         for (key, id, value) in policy_puts {
             match self.check_policy(&id, &value, &batch_deployments) {
                 Ok(p) => {
+                    self.changed.policies.insert(id.clone());
                     upsert(&mut self.doc.policies, &mut self.policy_at, id, p);
                     applied.changed += 1;
                 }
@@ -164,6 +169,7 @@ impl Entries {
                 Ok(d) => {
                     self.forget(&id);
                     self.remember(&d);
+                    self.changed.deployments.insert(id.clone());
                     upsert(&mut self.doc.deployments, &mut self.deployment_at, id, d);
                     applied.changed += 1;
                 }
@@ -173,6 +179,7 @@ impl Entries {
         for (_, id) in deployment_deletes {
             self.forget(&id);
             if remove(&mut self.doc.deployments, &mut self.deployment_at, &id).is_some() {
+                self.changed.deployments.insert(id);
                 applied.changed += 1;
             }
         }
@@ -180,6 +187,7 @@ impl Entries {
             let users = self.users_of(&id, &[]);
             if users.is_empty() {
                 if remove(&mut self.doc.policies, &mut self.policy_at, &id).is_some() {
+                    self.changed.policies.insert(id);
                     applied.changed += 1;
                 }
             } else {
@@ -199,6 +207,13 @@ impl Entries {
     pub fn document(&mut self, version: u64) -> &Snapshot {
         self.doc.version = version;
         &self.doc
+    }
+
+    /// The ids of the entries in force that changed (put, replaced or
+    /// removed) since the last call: what a set compiled then must not be
+    /// reused for (see `PolicySet::compile_reusing`).
+    pub fn take_changed(&mut self) -> Changed {
+        std::mem::take(&mut self.changed)
     }
 
     /// A copy of [`Entries::document`], in id order (for tests and for

@@ -197,3 +197,22 @@ fn deleting_a_deployment_frees_its_names() {
     )]);
     assert_eq!(state(&e).0, ["def"]);
 }
+
+#[test]
+fn changed_ids_are_reported_once_and_refusals_are_not() {
+    let mut e = world();
+    let first = e.take_changed();
+    assert_eq!(first.policies, ["office".to_owned()].into());
+    assert_eq!(first.deployments, ["abc".to_owned()].into());
+    assert!(e.take_changed().is_empty());
+    // A refused change leaves nothing changed; an accepted one names its id.
+    e.apply([policy("office", "aws-us-east-1", "not-a-cidr")]);
+    assert!(e.take_changed().is_empty());
+    e.apply([
+        deployment("abc", None, "aws-us-east-1", &[]),
+        delete(Kind::Policy, "office"),
+    ]);
+    let later = e.take_changed();
+    assert_eq!(later.policies, ["office".to_owned()].into());
+    assert_eq!(later.deployments, ["abc".to_owned()].into());
+}

@@ -23,7 +23,7 @@ use super::client::{EtcdError, EtcdSettings, connect, within};
 use super::entries::{Change, Entries, Refused};
 use super::read::{PrefixState, read_prefix};
 use crate::policy::PolicySet;
-use crate::reload::store::compiled;
+use crate::reload::store::{Loaded, compiled};
 use crate::reload::{ApplyError, Origin, Reload, Reloader};
 use crate::shutdown::{Phase, Shutdown};
 
@@ -92,6 +92,7 @@ pub async fn follow(reloader: Arc<Reloader>, settings: EtcdSettings, mut shutdow
         endpoint: 0,
         saved: None,
         saving: None,
+        base: None,
     };
     f.reloader.update_etcd(|_| {});
     let mut restore_tried = false;
@@ -142,6 +143,10 @@ struct Follower {
     saved: Option<(i64, Instant)>,
     /// The save under way, if any.
     saving: Option<tokio::task::JoinHandle<()>>,
+    /// The set last compiled from `entries` (swapped in or not): the next
+    /// change compiles from it, reusing what the change did not touch.
+    /// `None` until the first compile and after a whole read.
+    base: Option<Arc<Loaded>>,
 }
 
 impl Follower {
@@ -293,25 +298,35 @@ impl Follower {
         let mut entries = std::mem::take(&mut self.entries);
         let options = self.reloader.options;
         let keep_unchanged = !whole && self.reloader.store().is_loaded();
+        // A whole read starts the entries over: nothing to reuse.
+        let base = if whole { None } else { self.base.take() };
         let worked = tokio::task::spawn_blocking(move || {
             let applied = entries.apply(batch);
             if keep_unchanged && applied.changed == 0 {
-                return (entries, applied, None);
+                return (entries, applied, base, None);
             }
+            let changed = entries.take_changed();
             let version = u64::try_from(revision).unwrap_or(0);
             // Compiled where the entries are: no copy of the world first.
-            let set = PolicySet::compile(entries.document(version), options);
+            let document = entries.document(version);
+            let set = match &base {
+                Some(base) => PolicySet::compile_reusing(document, options, &base.set, &changed),
+                None => PolicySet::compile(document, options),
+            };
+            drop(base);
             if whole {
                 // The read's values and parse trees are gone: give their
                 // pages back (see `memory`).
                 crate::memory::release_free_memory();
             }
-            (entries, applied, Some(compiled(set, None, SOURCE)))
+            let loaded = Arc::new(compiled(set, None, SOURCE));
+            (entries, applied, Some(loaded.clone()), Some(loaded))
         })
         .await
         .map_err(|e| SessionError::Internal(e.to_string()))?;
-        let (entries, applied, compiled) = worked;
+        let (entries, applied, base, compiled) = worked;
         self.entries = entries;
+        self.base = base;
         let refused = self.entries.refused();
         for r in refused.iter().filter(|r| !before.contains(r)) {
             tracing::warn!(key = %r.key, error = %r.message, "etcd: entry refused; its last valid version (if any) stays in force");

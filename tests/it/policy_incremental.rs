@@ -1,0 +1,357 @@
+//! `PolicySet::compile_reusing` answers exactly like `PolicySet::compile`:
+//! random sequences of changes (policies of every type added, changed and
+//! removed; deployments added, changed, re-aliased, re-associated and
+//! removed), applied as the etcd entries apply them (in place, appended,
+//! the last moved into a removed one's place), each followed by an
+//! incremental compile from the previous incremental set and a full
+//! compile, then the same probes on both: decisions for many requests,
+//! name lookups, associations and statistics.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
+use portcullis::policy::{
+    AzureRule, Changed, Decision, Deployment, DeploymentIndex, Enforcement, GcpRule, IpRule,
+    Policy, PolicyOptions, PolicySet, Product, Region, RequestFacts, Resource, Rules, Snapshot,
+    Target, UnassociatedPrivateTraffic, VpceRule, decide,
+};
+use portcullis_test_kit::synth::Rng;
+
+const VPCE: [&str; 4] = ["vpce-aaa111", "vpce-bbb222", "vpce-ccc333", "vpce-ddd444"];
+const AZURE: [u32; 3] = [0, 16777301, u32::MAX];
+const GCP: [u64; 3] = [0, 42, u64::MAX];
+const V4: [Ipv4Addr; 5] = [
+    Ipv4Addr::new(0, 0, 0, 0),
+    Ipv4Addr::new(10, 0, 0, 0),
+    Ipv4Addr::new(10, 1, 2, 3),
+    Ipv4Addr::new(192, 168, 255, 255),
+    Ipv4Addr::new(255, 255, 255, 255),
+];
+const V6: [Ipv6Addr; 3] = [
+    Ipv6Addr::UNSPECIFIED,
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0),
+];
+
+/// The document and what changed since the last compile, changed the way
+/// `Entries` changes its snapshot.
+struct World {
+    doc: Snapshot,
+    changed: Changed,
+    rng: Rng,
+    serial: usize,
+}
+
+impl World {
+    fn pick(&mut self, n: usize) -> usize {
+        self.rng.below(n)
+    }
+
+    fn net(&mut self) -> IpNet {
+        if self.rng.chance(75) {
+            let base = V4[self.pick(V4.len())];
+            let len = [0, 8, 16, 24, 30, 32][self.pick(6)];
+            IpNet::V4(Ipv4Net::new(base, len).map_or_else(|_| Ipv4Net::default(), |n| n.trunc()))
+        } else {
+            let base = V6[self.pick(V6.len())];
+            let len = [0, 32, 64, 127, 128][self.pick(5)];
+            IpNet::V6(Ipv6Net::new(base, len).map_or_else(|_| Ipv6Net::default(), |n| n.trunc()))
+        }
+    }
+
+    fn policy(&mut self, id: String) -> Policy {
+        let n = self.pick(4);
+        let rules = match self.pick(5) {
+            0 | 1 => Rules::Ip((0..n).map(|_| self.ip_rule()).collect()),
+            2 => Rules::Vpce(
+                (0..n)
+                    .map(|_| VpceRule {
+                        source: VPCE[self.pick(VPCE.len())].into(),
+                        description: None,
+                    })
+                    .collect(),
+            ),
+            3 => Rules::Azure(
+                (0..n)
+                    .map(|_| AzureRule {
+                        link_id: AZURE[self.pick(AZURE.len())],
+                        azure_endpoint_name: None,
+                        azure_endpoint_guid: None,
+                        description: None,
+                    })
+                    .collect(),
+            ),
+            _ => Rules::Gcp(
+                (0..n)
+                    .map(|_| GcpRule {
+                        source: GCP[self.pick(GCP.len())],
+                        description: None,
+                    })
+                    .collect(),
+            ),
+        };
+        Policy {
+            id,
+            name: None,
+            description: None,
+            region: Region::parse("aws-us-east-1").expect("a region"),
+            include_by_default: None,
+            rules,
+        }
+    }
+
+    fn ip_rule(&mut self) -> IpRule {
+        IpRule {
+            source: self.net(),
+            description: None,
+        }
+    }
+
+    fn deployment(&mut self, id: String) -> Deployment {
+        let mut policies = Vec::new();
+        for _ in 0..self.pick(4) {
+            if !self.doc.policies.is_empty() {
+                let p = self.pick(self.doc.policies.len());
+                policies.push(self.doc.policies[p].id.clone());
+            }
+        }
+        let mut resources = BTreeMap::new();
+        resources.insert(
+            if self.rng.chance(50) {
+                Product::Es
+            } else {
+                Product::Kb
+            },
+            Resource {
+                backends: vec![SocketAddr::from(([10, 0, 0, 1], 9200))],
+            },
+        );
+        self.serial += 1;
+        Deployment {
+            alias: self
+                .rng
+                .chance(50)
+                .then(|| format!("alias-{}", self.serial)),
+            id,
+            region: Region::parse("aws-us-east-1").expect("a region"),
+            enforcement: if self.rng.chance(30) {
+                Enforcement::DryRun
+            } else {
+                Enforcement::Enforce
+            },
+            resources,
+            policies,
+        }
+    }
+
+    /// One random change, as `Entries` makes it.
+    fn change(&mut self) {
+        self.serial += 1;
+        match self.pick(6) {
+            0 => {
+                let p = self.policy(format!("p{}", self.serial));
+                self.changed.policies.insert(p.id.clone());
+                self.doc.policies.push(p);
+            }
+            1 if !self.doc.policies.is_empty() => {
+                let i = self.pick(self.doc.policies.len());
+                let p = self.policy(self.doc.policies[i].id.clone());
+                self.changed.policies.insert(p.id.clone());
+                self.doc.policies[i] = p;
+            }
+            2 if !self.doc.policies.is_empty() => {
+                let i = self.pick(self.doc.policies.len());
+                let id = self.doc.policies.swap_remove(i).id;
+                // Its users let go of it first (SPEC: no dangling names).
+                for d in &mut self.doc.deployments {
+                    if d.policies.contains(&id) {
+                        d.policies.retain(|p| *p != id);
+                        self.changed.deployments.insert(d.id.clone());
+                    }
+                }
+                self.changed.policies.insert(id);
+            }
+            3 => {
+                let d = self.deployment(format!("d{}", self.serial));
+                self.changed.deployments.insert(d.id.clone());
+                self.doc.deployments.push(d);
+            }
+            4 if !self.doc.deployments.is_empty() => {
+                let i = self.pick(self.doc.deployments.len());
+                let d = self.deployment(self.doc.deployments[i].id.clone());
+                self.changed.deployments.insert(d.id.clone());
+                self.doc.deployments[i] = d;
+            }
+            5 if !self.doc.deployments.is_empty() => {
+                let i = self.pick(self.doc.deployments.len());
+                let id = self.doc.deployments.swap_remove(i).id;
+                self.changed.deployments.insert(id);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn clients() -> Vec<ClientIdentity> {
+    let mut sources: Vec<IpAddr> = Vec::new();
+    for a in V4 {
+        let n = u32::from(a);
+        for d in [0, 1, 2, 255, 256] {
+            sources.push(IpAddr::V4(Ipv4Addr::from(n.wrapping_add(d))));
+            sources.push(IpAddr::V4(Ipv4Addr::from(n.wrapping_sub(d))));
+        }
+    }
+    for a in V6 {
+        let n = u128::from(a);
+        for d in [0, 1, 2, 1 << 64] {
+            sources.push(IpAddr::V6(Ipv6Addr::from(n.wrapping_add(d))));
+            sources.push(IpAddr::V6(Ipv6Addr::from(n.wrapping_sub(d))));
+        }
+    }
+    sources.push(IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped()));
+    let mut endpoints: Vec<Option<PrivateEndpoint>> = vec![None];
+    endpoints.extend(
+        VPCE.iter()
+            .chain(&["vpce-eee555"])
+            .filter_map(|v| VpceId::parse(v.as_bytes()).ok())
+            .map(|v| Some(PrivateEndpoint::AwsVpce(v))),
+    );
+    endpoints.extend(
+        AZURE
+            .iter()
+            .chain(&[7])
+            .map(|&a| Some(PrivateEndpoint::AzureLinkId(a))),
+    );
+    endpoints.extend(
+        GCP.iter()
+            .chain(&[7])
+            .map(|&g| Some(PrivateEndpoint::GcpPscConnectionId(g))),
+    );
+    let mut out = Vec::new();
+    for &source in &sources {
+        out.push(ClientIdentity {
+            source,
+            endpoint: None,
+        });
+    }
+    for endpoint in endpoints.into_iter().flatten() {
+        out.push(ClientIdentity {
+            source: sources[0],
+            endpoint: Some(endpoint),
+        });
+    }
+    out
+}
+
+/// A decision with indices replaced by the ids they name.
+fn named(set: &PolicySet, d: Decision) -> String {
+    let deployment = d
+        .target
+        .and_then(|t| set.deployment(t.deployment))
+        .map(|dep| dep.id.to_string());
+    let matched = d
+        .matched
+        .map(|m| (set.policy(m.policy).map(|p| p.id.to_string()), m.rule));
+    format!("{:?} {:?} {deployment:?} {matched:?}", d.verdict, d.reason)
+}
+
+fn associated(set: &PolicySet, i: DeploymentIndex) -> Vec<String> {
+    set.associated(i).map(|(_, p)| p.id.to_string()).collect()
+}
+
+/// Every probe, asked of both sets.
+fn assert_same(doc: &Snapshot, full: &PolicySet, incr: &PolicySet, clients: &[ClientIdentity]) {
+    assert_eq!(full.stats(), incr.stats());
+    assert_eq!(full.version(), incr.version());
+    for d in &doc.deployments {
+        for (name, alias_ok) in std::iter::once(&d.id)
+            .chain(&d.alias)
+            .flat_map(|n| [(n, true), (n, false)])
+        {
+            let (f, i) = (
+                full.find_deployment(name, alias_ok),
+                incr.find_deployment(name, alias_ok),
+            );
+            let id = |s: &PolicySet, x: Option<DeploymentIndex>| {
+                x.and_then(|x| s.deployment(x)).map(|d| d.id.to_string())
+            };
+            assert_eq!(id(full, f), id(incr, i), "{name} {alias_ok}");
+            let (Some(f), Some(i)) = (f, i) else { continue };
+            assert_eq!(associated(full, f), associated(incr, i), "{name}");
+            for product in [Product::Es, Product::Kb] {
+                assert_eq!(full.has_resource(f, product), incr.has_resource(i, product));
+                let facts = |deployment| RequestFacts {
+                    target: Target {
+                        deployment,
+                        product,
+                    },
+                    client: clients[0],
+                };
+                for &client in clients {
+                    let (ff, fi) = (
+                        RequestFacts { client, ..facts(f) },
+                        RequestFacts { client, ..facts(i) },
+                    );
+                    assert_eq!(
+                        named(full, decide(full, &ff)),
+                        named(incr, decide(incr, &fi)),
+                        "{name} {client:?}"
+                    );
+                }
+            }
+        }
+    }
+    for gone in ["d0", "nope", "alias-0"] {
+        assert_eq!(
+            full.find_deployment(gone, true).is_some(),
+            incr.find_deployment(gone, true).is_some()
+        );
+    }
+}
+
+fn run(seed: u64, options: PolicyOptions) {
+    let mut world = World {
+        doc: Snapshot {
+            version: 1,
+            deployments: Vec::new(),
+            policies: Vec::new(),
+        },
+        changed: Changed::default(),
+        rng: Rng::new(seed),
+        serial: 0,
+    };
+    let clients = clients();
+    // A world to start from, compiled whole.
+    for _ in 0..30 {
+        world.change();
+    }
+    std::mem::take(&mut world.changed);
+    let mut incr = PolicySet::compile(&world.doc, options);
+    for _ in 0..60 {
+        for _ in 0..1 + world.pick(3) {
+            world.change();
+        }
+        world.doc.version += 1;
+        let changed = std::mem::take(&mut world.changed);
+        incr = PolicySet::compile_reusing(&world.doc, options, &incr, &changed);
+        let full = PolicySet::compile(&world.doc, options);
+        assert_same(&world.doc, &full, &incr, &clients);
+    }
+}
+
+#[test]
+fn policy_compile_reusing_answers_like_compile() {
+    for seed in 0..40 {
+        for traffic in [
+            UnassociatedPrivateTraffic::Allow,
+            UnassociatedPrivateTraffic::Deny,
+        ] {
+            let options = PolicyOptions {
+                unassociated_private_traffic: traffic,
+            };
+            run(seed, options);
+        }
+    }
+}

@@ -88,6 +88,15 @@ struct World {
 }
 
 impl World {
+    /// A world with the example snapshot published; the revision after it.
+    async fn with_example() -> (Self, i64) {
+        let w = Self::start().await;
+        let out = w.publish(&w.file("first.json", &example()), &[]).await;
+        assert_exit(&out, 0, "publish");
+        let revision = w.cluster.revision().await;
+        (w, revision)
+    }
+
     async fn start() -> Self {
         Self {
             cluster: EtcdCluster::start(1).await,
@@ -256,13 +265,7 @@ async fn publish_writes_one_key_per_entry_then_only_what_changed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_prints_the_difference_and_writes_nothing() {
-    let w = World::start().await;
-    assert_exit(
-        &w.publish(&w.file("first.json", &example()), &[]).await,
-        0,
-        "publish",
-    );
-    let revision = w.cluster.revision().await;
+    let (w, revision) = World::with_example().await;
     let out = w
         .publish(&w.file("second.json", &changed()), &["--dry-run"])
         .await;
@@ -280,13 +283,7 @@ async fn dry_run_prints_the_difference_and_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_or_missing_file_exits_1_and_writes_nothing() {
-    let w = World::start().await;
-    assert_exit(
-        &w.publish(&w.file("first.json", &example()), &[]).await,
-        0,
-        "publish",
-    );
-    let revision = w.cluster.revision().await;
+    let (w, revision) = World::with_example().await;
     let mut invalid = changed();
     invalid["deployments"][0]["policies"] = json!(["office-ips", "no-such-policy"]);
     invalid["policies"][0]["rules"][0]["source"] = json!("not-a-cidr");

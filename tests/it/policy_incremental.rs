@@ -22,18 +22,8 @@ use portcullis_test_kit::synth::Rng;
 const VPCE: [&str; 4] = ["vpce-aaa111", "vpce-bbb222", "vpce-ccc333", "vpce-ddd444"];
 const AZURE: [u32; 3] = [0, 16777301, u32::MAX];
 const GCP: [u64; 3] = [0, 42, u64::MAX];
-const V4: [Ipv4Addr; 5] = [
-    Ipv4Addr::new(0, 0, 0, 0),
-    Ipv4Addr::new(10, 0, 0, 0),
-    Ipv4Addr::new(10, 1, 2, 3),
-    Ipv4Addr::new(192, 168, 255, 255),
-    Ipv4Addr::new(255, 255, 255, 255),
-];
-const V6: [Ipv6Addr; 3] = [
-    Ipv6Addr::UNSPECIFIED,
-    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
-    Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0),
-];
+// The edges the property tests probe, shared.
+use super::policy_props::{V4_BASES as V4, V6_BASES as V6};
 
 /// The document and what changed since the last compile, changed the way
 /// `Entries` changes its snapshot.

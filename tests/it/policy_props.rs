@@ -21,7 +21,7 @@ use portcullis::route::Router;
 use portcullis_test_kit::oracle::reference;
 use proptest::prelude::*;
 
-const V4_BASES: [Ipv4Addr; 6] = [
+pub(super) const V4_BASES: [Ipv4Addr; 6] = [
     Ipv4Addr::new(0, 0, 0, 0),
     Ipv4Addr::new(10, 0, 0, 0),
     Ipv4Addr::new(10, 1, 2, 3),
@@ -29,7 +29,7 @@ const V4_BASES: [Ipv4Addr; 6] = [
     Ipv4Addr::new(192, 168, 255, 255),
     Ipv4Addr::new(255, 255, 255, 255),
 ];
-const V6_BASES: [Ipv6Addr; 6] = [
+pub(super) const V6_BASES: [Ipv6Addr; 6] = [
     Ipv6Addr::UNSPECIFIED,
     Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
     Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0),

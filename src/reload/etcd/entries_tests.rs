@@ -46,13 +46,17 @@ fn applied(changed: usize, refused: usize) -> Applied {
     Applied { changed, refused }
 }
 
+/// `office` and `abc` (alias `shop`, associating it), both in `region`.
+fn office_and_abc(region: &str) -> [(String, Change); 2] {
+    [
+        policy("office", region, "203.0.113.0/24"),
+        deployment("abc", Some("shop"), region, &["office"]),
+    ]
+}
+
 fn world() -> Entries {
     let mut e = Entries::new(P);
-    let a = e.apply([
-        policy("office", "aws-us-east-1", "203.0.113.0/24"),
-        deployment("abc", Some("shop"), "aws-us-east-1", &["office"]),
-    ]);
-    assert_eq!(a, applied(2, 0));
+    assert_eq!(e.apply(office_and_abc("aws-us-east-1")), applied(2, 0));
     e
 }
 
@@ -178,11 +182,7 @@ fn a_deletion_waits_for_the_deployment_that_held_the_policy() {
 #[test]
 fn a_batch_can_move_a_deployment_and_its_policy_to_another_region_together() {
     let mut e = world();
-    let a = e.apply([
-        policy("office", "aws-eu-west-1", "203.0.113.0/24"),
-        deployment("abc", Some("shop"), "aws-eu-west-1", &["office"]),
-    ]);
-    assert_eq!(a, applied(2, 0));
+    assert_eq!(e.apply(office_and_abc("aws-eu-west-1")), applied(2, 0));
 }
 
 #[test]

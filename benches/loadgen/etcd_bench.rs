@@ -170,13 +170,10 @@ struct Changer {
 
 impl Changer {
     async fn find(client: &mut Client, prefix: &str) -> anyhow::Result<Self> {
-        let from = format!("{prefix}policies/");
-        let mut end = from.clone().into_bytes();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        let options = GetOptions::new().with_range(end).with_limit(1000);
-        let page = client.get(from, Some(options)).await?;
+        let options = GetOptions::new().with_prefix().with_limit(1000);
+        let page = client
+            .get(format!("{prefix}policies/"), Some(options))
+            .await?;
         for kv in page.kvs() {
             let policy: Value = serde_json::from_slice(kv.value())?;
             if policy["type"] == "ip" {

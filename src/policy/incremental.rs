@@ -52,12 +52,6 @@ impl Changed {
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty() && self.deployments.is_empty()
     }
-
-    /// Adds what `later` changed.
-    pub fn extend(&mut self, later: Changed) {
-        self.policies.extend(later.policies);
-        self.deployments.extend(later.deployments);
-    }
 }
 
 impl PolicySet {

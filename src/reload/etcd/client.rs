@@ -108,11 +108,6 @@ impl EtcdSettings {
         }
         out
     }
-
-    /// `etcd:http://a:2379,http://b:2379/prefix`, for logs and `GET /snapshot`.
-    pub fn describe(&self) -> String {
-        format!("etcd:{}{}", self.endpoints.join(","), self.prefix)
-    }
 }
 
 /// Why etcd could not be reached or answered.
@@ -128,17 +123,6 @@ pub enum EtcdError {
     Etcd(#[from] etcd_client::Error),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
-}
-
-impl EtcdError {
-    /// A bounded label for logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::File { .. } => "file",
-            Self::Etcd(_) => "etcd",
-            Self::Timeout(_) => "timeout",
-        }
-    }
 }
 
 /// Bounds one etcd call by `limit`.

@@ -104,10 +104,11 @@ pub async fn follow(reloader: Arc<Reloader>, settings: EtcdSettings, mut shutdow
             () = shutdown.reached(Phase::Draining) => return,
         };
         let endpoint = f.current_endpoint().to_owned();
-        tracing::warn!(%endpoint, error = %crate::reload::error_chain(&ended), "etcd: following interrupted; the state in force keeps serving");
+        let error = crate::reload::error_chain(&ended);
+        tracing::warn!(%endpoint, %error, "etcd: following interrupted; the state in force keeps serving");
         f.reloader.update_etcd(|s| {
             s.connected = false;
-            s.error = Some(crate::reload::error_chain(&ended));
+            s.error = Some(error);
         });
         if !restore_tried && !f.reloader.store().is_loaded() {
             restore_tried = true;
@@ -386,10 +387,12 @@ impl Follower {
         self.saved = Some((revision, Instant::now()));
         let reloader = self.reloader.clone();
         self.saving = Some(tokio::spawn(async move {
-            let document = tokio::task::spawn_blocking(move || serde_json::to_vec(&snapshot)).await;
+            let document = tokio::task::spawn_blocking(move || serde_json::to_vec(&snapshot))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r.map_err(std::io::Error::other));
             match document {
-                Ok(Ok(bytes)) => reloader.save_state(Bytes::from(bytes)).await,
-                Ok(Err(e)) => tracing::warn!(error = %e, "etcd: cannot write the state document"),
+                Ok(bytes) => reloader.save_state(Bytes::from(bytes)).await,
                 Err(e) => tracing::warn!(error = %e, "etcd: cannot write the state document"),
             }
         }));

@@ -10,7 +10,6 @@ pub mod compile;
 pub mod eval;
 mod incremental;
 mod ipset;
-mod json;
 pub mod model;
 pub mod validate;
 

@@ -20,10 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use super::keys::{self, Kind};
-use crate::policy::{Changed, Deployment, Policy, Snapshot, SnapshotErrors, validate_value};
+use crate::policy::validate::{deployment_entry, policy_entry};
+use crate::policy::{Changed, Deployment, Policy, Snapshot, SnapshotErrors};
 
 /// One key's new state, from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,10 +302,7 @@ impl Entries {
     }
 
     fn check_policy(&self, id: &str, value: &[u8], batch: &[&str]) -> Result<Policy, String> {
-        let v = parse(value)?;
-        let doc = json!({"version": 1, "deployments": [], "policies": [v]});
-        let mut s = validate_value(&doc).map_err(|e| entry_errors(&e, "policies[0]"))?;
-        let p = s.policies.pop().ok_or("no policy")?;
+        let p = policy_entry(value).map_err(|e| entry_errors(&e))?;
         same_id(id, &p.id)?;
         // A region change must not strand a deployment that stays as it is
         // (deployments changed in this batch are checked against it next).
@@ -325,19 +322,8 @@ impl Entries {
     }
 
     fn check_deployment(&self, id: &str, value: &[u8]) -> Result<Deployment, String> {
-        let v = parse(value)?;
-        let stubs: Vec<Value> = v
-            .get("policies")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .filter_map(|p| self.policy(p))
-            .map(stub)
-            .collect();
-        let doc = json!({"version": 1, "deployments": [v], "policies": stubs});
-        let mut s = validate_value(&doc).map_err(|e| entry_errors(&e, "deployments[0]"))?;
-        let d = s.deployments.pop().ok_or("no deployment")?;
+        let d = deployment_entry(value, |p| self.policy(p).map(|p| &p.region))
+            .map_err(|e| entry_errors(&e))?;
         same_id(id, &d.id)?;
         for name in std::iter::once(&d.id).chain(d.alias.as_ref()) {
             if let Some(holder) = self.names.get(name)
@@ -397,10 +383,6 @@ impl Identified for Deployment {
     }
 }
 
-fn parse(value: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(value).map_err(|e| format!("invalid JSON: {e}"))
-}
-
 fn same_id(key_id: &str, object_id: &str) -> Result<(), String> {
     if key_id == object_id {
         Ok(())
@@ -412,30 +394,13 @@ fn same_id(key_id: &str, object_id: &str) -> Result<(), String> {
 }
 
 /// What association checks read of a policy.
-fn stub(p: &Policy) -> Value {
-    json!({
-        "id": p.id,
-        "type": p.rules.policy_type().as_str(),
-        "region": p.region.as_str(),
-        "rules": [],
-    })
-}
-
-/// The errors of a one-entry document, with paths relative to the entry
-/// (`policies[1]: unknown policy "x"`, not `deployments[0].policies[1]`).
-fn entry_errors(errors: &SnapshotErrors, entry: &str) -> String {
+/// An entry's errors as one message (paths are relative to the entry:
+/// `policies[1]: unknown policy "x"`).
+fn entry_errors(errors: &SnapshotErrors) -> String {
     errors
         .0
         .iter()
-        .map(|e| {
-            let path = e.path.strip_prefix(entry).unwrap_or(&e.path);
-            let path = path.strip_prefix('.').unwrap_or(path);
-            if path.is_empty() {
-                e.message.clone()
-            } else {
-                format!("{path}: {}", e.message)
-            }
-        })
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ")
 }

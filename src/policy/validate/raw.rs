@@ -1,0 +1,797 @@
+//! The snapshot's JSON read straight into typed records, one entry at a
+//! time, with nothing decided yet.
+//!
+//! serde's derived readers stop at the first problem, and a whole
+//! `serde_json::Value` tree of a large snapshot costs ten times its size in
+//! small allocations. These records sit in between: every field the SPEC
+//! knows is read into a slot that keeps whatever JSON kind was found
+//! (strings borrowed from the document when they need no unescaping), and
+//! every unknown field is remembered by name and position, its value
+//! skipped. The checks in `super::check` then judge a record as a whole and
+//! report every problem with its path.
+//!
+//! The one thing decided here is a duplicate key: an object naming a field
+//! twice is refused with serde_json's line and column, like malformed
+//! JSON, because either reading of it could open a deployment
+//! (`"policies": ["office"], "policies": []`).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// The kind of a JSON value, for "expected …, found …".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl Kind {
+    pub(super) fn phrase(self) -> &'static str {
+        match self {
+            Self::Null => "null",
+            Self::Bool => "a boolean",
+            Self::Number => "a number",
+            Self::String => "a string",
+            Self::Array => "an array",
+            Self::Object => "an object",
+        }
+    }
+}
+
+/// A value where the SPEC expects a string, number or boolean. Arrays and
+/// objects found there are skipped; only their kind is kept.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) enum Scalar<'de> {
+    /// Absent, or JSON `null` (which the SPEC reads as absent).
+    #[default]
+    Null,
+    Bool(bool),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+    Str(Cow<'de, str>),
+    Array,
+    Object,
+}
+
+impl Scalar<'_> {
+    pub(super) fn kind(&self) -> Kind {
+        match self {
+            Self::Null => Kind::Null,
+            Self::Bool(_) => Kind::Bool,
+            Self::U64(_) | Self::I64(_) | Self::F64(_) => Kind::Number,
+            Self::Str(_) => Kind::String,
+            Self::Array => Kind::Array,
+            Self::Object => Kind::Object,
+        }
+    }
+
+    pub(super) fn is_null(&self) -> bool {
+        matches!(self, Self::Null)
+    }
+
+    pub(super) fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(super) fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Self::U64(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub(super) fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Self::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+/// The value as JSON text (arrays and objects by their kind), for messages
+/// such as `-1 is not a PSC connection id`.
+impl fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Null => f.write_str("null"),
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::U64(n) => write!(f, "{n}"),
+            Self::I64(n) => write!(f, "{n}"),
+            // serde_json's own rendering (`1.5`, `1e300`), as the
+            // messages showed when they were written from a `Value`.
+            Self::F64(x) => match serde_json::Number::from_f64(*x) {
+                Some(n) => write!(f, "{n}"),
+                None => f.write_str("null"),
+            },
+            Self::Str(s) => match serde_json::to_string(s) {
+                Ok(quoted) => f.write_str(&quoted),
+                Err(_) => write!(f, "{s:?}"),
+            },
+            Self::Array | Self::Object => f.write_str(self.kind().phrase()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        // serde_json hands non-negative integers to `visit_u64`; a `Value`
+        // may not, so normalise.
+        Ok(u64::try_from(v).map_or(Scalar::I64(v), Scalar::U64))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::U64(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::F64(v))
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        skip_seq(seq)?;
+        Ok(Scalar::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        skip_map(map)?;
+        Ok(Scalar::Object)
+    }
+}
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// An object key, borrowed from the document when it needs no unescaping.
+pub(super) struct Key<'de>(pub Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+}
+
+/// A value where the SPEC expects an array or an object of a known shape:
+/// `None` when absent or `null`, else the shape or the kind found instead.
+pub(super) type Slot<T> = Option<Result<T, Kind>>;
+
+/// How to read one compound JSON value: an object's fields or an array's
+/// elements. Reading the other compound kind skips it and reports its kind.
+pub(super) trait Shape<'de>: Sized {
+    type Out;
+
+    fn read_map<A: MapAccess<'de>>(self, map: A) -> Result<Result<Self::Out, Kind>, A::Error> {
+        skip_map(map)?;
+        Ok(Err(Kind::Object))
+    }
+
+    fn read_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Result<Self::Out, Kind>, A::Error> {
+        skip_seq(seq)?;
+        Ok(Err(Kind::Array))
+    }
+}
+
+/// Reads one value of shape `S` into a [`Slot`]: any other kind is kept as
+/// its kind, `null` as absent.
+pub(super) struct Expect<S>(pub S);
+
+impl<'de, S: Shape<'de>> de::DeserializeSeed<'de> for Expect<S> {
+    type Value = Slot<S::Out>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<S> Expect<S> {
+    fn other<T, E>(kind: Kind) -> Result<Slot<T>, E> {
+        Ok(Some(Err(kind)))
+    }
+}
+
+impl<'de, S: Shape<'de>> Visitor<'de> for Expect<S> {
+    type Value = Slot<S::Out>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Self::other(Kind::Bool)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Self::other(Kind::Number)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Self::other(Kind::Number)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Self::other(Kind::Number)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Self::other(Kind::String)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.read_seq(seq).map(Some)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        self.0.read_map(map).map(Some)
+    }
+}
+
+/// The shape of a record type `T`, read with no state.
+pub(super) struct Of<T>(PhantomData<T>);
+
+/// A [`Slot`] of record type `T`, as an element or field type.
+pub(super) struct Shaped<T>(pub Slot<T>);
+
+impl<'de, T> Deserialize<'de> for Shaped<T>
+where
+    Of<T>: Shape<'de, Out = T>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de::DeserializeSeed::deserialize(Expect(Of(PhantomData)), d).map(Shaped)
+    }
+}
+
+/// An array of `T`.
+impl<'de, T: Deserialize<'de>> Shape<'de> for Of<Vec<T>> {
+    type Out = Vec<T>;
+
+    fn read_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Result<Vec<T>, Kind>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element()? {
+            out.push(item);
+        }
+        Ok(Ok(out))
+    }
+}
+
+/// The keys of one object as read: which known fields were present and
+/// where, and the unknown ones in order.
+#[derive(Debug, Default)]
+pub(super) struct Keys<'de> {
+    seen: u32,
+    count: u32,
+    /// Position of each known field (by its bit), for ordering errors;
+    /// saturates at 255 (only an object with more keys than any valid one
+    /// has can get there, and its errors are merely listed out of order).
+    at: [u8; MAX_KNOWN],
+    unknown: Vec<(u32, Cow<'de, str>)>,
+    more_unknown: u32,
+}
+
+/// The most known fields any object has (a policy has 7).
+const MAX_KNOWN: usize = 8;
+
+impl<'de> Keys<'de> {
+    /// Notes known field `bit` (its index in the object's field list);
+    /// a second mention is a duplicate key.
+    fn known<E: de::Error>(&mut self, bit: usize, key: &str) -> Result<(), E> {
+        let mask = 1 << bit;
+        if self.seen & mask != 0 {
+            return Err(duplicate(key));
+        }
+        self.seen |= mask;
+        if let Some(slot) = self.at.get_mut(bit) {
+            *slot = u8::try_from(self.count).unwrap_or(u8::MAX);
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn unknown<E: de::Error>(&mut self, key: Cow<'de, str>) -> Result<(), E> {
+        // Past the cap the object is refused anyway (it has unknown
+        // fields), so duplicates among the rest no longer matter; the cap
+        // keeps the duplicate check from going quadratic on a hostile
+        // document.
+        if self.unknown.len() >= MAX_UNKNOWN {
+            self.more_unknown += 1;
+        } else if self.unknown.iter().any(|(_, k)| *k == key) {
+            return Err(duplicate(&key));
+        } else {
+            self.unknown.push((self.count, key));
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Every key as written: `(Some(bit), name)` for known fields (named
+    /// from `fields`), `(None, name)` for unknown ones.
+    pub(super) fn in_order<'k>(&'k self, fields: &[&'k str]) -> Vec<(Option<usize>, &'k str)> {
+        let mut out: Vec<(u32, Option<usize>, &str)> = fields
+            .iter()
+            .enumerate()
+            .filter(|&(bit, _)| self.seen & (1 << bit) != 0)
+            .map(|(bit, &name)| {
+                let at = self.at.get(bit).copied().unwrap_or(u8::MAX);
+                (u32::from(at), Some(bit), name)
+            })
+            .chain(self.unknown.iter().map(|(at, k)| (*at, None, k.as_ref())))
+            .collect();
+        out.sort_by_key(|&(at, ..)| at);
+        out.into_iter().map(|(_, bit, name)| (bit, name)).collect()
+    }
+
+    /// The fields not allowed here, in the order written: every unknown
+    /// one, and the known ones whose bit is in `disallowed` (fields of
+    /// another rule type).
+    pub(super) fn not_allowed<'k>(&'k self, fields: &[&'k str], disallowed: u32) -> Vec<&'k str> {
+        if self.seen & disallowed == 0 && self.unknown.is_empty() {
+            return Vec::new();
+        }
+        self.in_order(fields)
+            .into_iter()
+            .filter(|&(bit, _)| bit.is_none_or(|b| disallowed & (1 << b) != 0))
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// Unknown fields past [`MAX_UNKNOWN`], not named one by one.
+    pub(super) fn more_unknown(&self) -> u32 {
+        self.more_unknown
+    }
+}
+
+/// Unknown fields of one object that are named in errors.
+const MAX_UNKNOWN: usize = 64;
+
+fn duplicate<E: de::Error>(key: &str) -> E {
+    E::custom(format_args!("duplicate key \"{key}\""))
+}
+
+/// An object with a fixed set of fields: each record lists its field
+/// names and reads the value of the one named `bit`.
+pub(super) trait Fields<'de>: Default {
+    const FIELDS: &'static [&'static str];
+
+    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error>;
+}
+
+/// A record read from an object, with the object's keys.
+#[derive(Default)]
+pub(super) struct Obj<'de, T> {
+    pub keys: Keys<'de>,
+    pub fields: T,
+}
+
+/// Reads an object of fields `T`.
+fn read_fields<'de, T: Fields<'de>, A: MapAccess<'de>>(
+    mut map: A,
+) -> Result<Obj<'de, T>, A::Error> {
+    debug_assert!(T::FIELDS.len() <= MAX_KNOWN);
+    let mut out = Obj::<T>::default();
+    while let Some(Key(key)) = map.next_key()? {
+        match T::FIELDS.iter().position(|f| *f == key) {
+            Some(bit) => {
+                out.keys.known(bit, &key)?;
+                out.fields.read(bit, &mut map)?;
+            }
+            None => {
+                out.keys.unknown(key)?;
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Records with fixed fields read from objects.
+macro_rules! object_shape {
+    ($($t:ident),*) => {$(
+        impl<'de> Shape<'de> for Of<Obj<'de, $t<'de>>> {
+            type Out = Obj<'de, $t<'de>>;
+
+            fn read_map<A: MapAccess<'de>>(self, map: A) -> Result<Result<Self::Out, Kind>, A::Error> {
+                read_fields(map).map(Ok)
+            }
+        }
+    )*};
+}
+
+object_shape!(RawPolicy, RawRule, RawDeployment, RawResources, RawResource);
+
+/// A policy as written.
+#[derive(Default)]
+pub(super) struct RawPolicy<'de> {
+    pub id: Scalar<'de>,
+    pub ty: Scalar<'de>,
+    pub region: Scalar<'de>,
+    pub rules: Slot<Vec<Shaped<Obj<'de, RawRule<'de>>>>>,
+    pub include_by_default: Scalar<'de>,
+    pub name: Scalar<'de>,
+    pub description: Scalar<'de>,
+}
+
+impl<'de> Fields<'de> for RawPolicy<'de> {
+    const FIELDS: &'static [&'static str] = &[
+        "id",
+        "type",
+        "region",
+        "rules",
+        "include_by_default",
+        "name",
+        "description",
+    ];
+
+    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
+        match bit {
+            0 => self.id = map.next_value()?,
+            1 => self.ty = map.next_value()?,
+            2 => self.region = map.next_value()?,
+            3 => self.rules = map.next_value::<Shaped<_>>()?.0,
+            4 => self.include_by_default = map.next_value()?,
+            5 => self.name = map.next_value()?,
+            _ => self.description = map.next_value()?,
+        }
+        Ok(())
+    }
+}
+
+/// A rule as written, with the fields of every rule type: which of them
+/// are allowed depends on the policy's `type`, which may come after the
+/// rules in the object.
+#[derive(Default)]
+pub(super) struct RawRule<'de> {
+    pub source: Scalar<'de>,
+    pub link_id: Scalar<'de>,
+    pub azure_endpoint_name: Scalar<'de>,
+    pub azure_endpoint_guid: Scalar<'de>,
+    pub description: Scalar<'de>,
+}
+
+impl RawRule<'_> {
+    /// Bits of [`Fields::FIELDS`] allowed in `{source, description}` rules.
+    pub(super) const SOURCE_RULE: u32 = 0b10001;
+    /// Bits allowed in Azure rules.
+    pub(super) const AZURE_RULE: u32 = 0b11110;
+}
+
+impl<'de> Fields<'de> for RawRule<'de> {
+    const FIELDS: &'static [&'static str] = &[
+        "source",
+        "link_id",
+        "azure_endpoint_name",
+        "azure_endpoint_guid",
+        "description",
+    ];
+
+    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
+        let slot = match bit {
+            0 => &mut self.source,
+            1 => &mut self.link_id,
+            2 => &mut self.azure_endpoint_name,
+            3 => &mut self.azure_endpoint_guid,
+            _ => &mut self.description,
+        };
+        *slot = map.next_value()?;
+        Ok(())
+    }
+}
+
+/// A deployment as written.
+#[derive(Default)]
+pub(super) struct RawDeployment<'de> {
+    pub id: Scalar<'de>,
+    pub alias: Scalar<'de>,
+    pub region: Scalar<'de>,
+    pub enforcement: Scalar<'de>,
+    pub resources: Slot<Obj<'de, RawResources<'de>>>,
+    pub policies: Slot<Vec<Scalar<'de>>>,
+}
+
+impl<'de> Fields<'de> for RawDeployment<'de> {
+    const FIELDS: &'static [&'static str] = &[
+        "id",
+        "alias",
+        "region",
+        "enforcement",
+        "resources",
+        "policies",
+    ];
+
+    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
+        match bit {
+            0 => self.id = map.next_value()?,
+            1 => self.alias = map.next_value()?,
+            2 => self.region = map.next_value()?,
+            3 => self.enforcement = map.next_value()?,
+            4 => self.resources = map.next_value::<Shaped<_>>()?.0,
+            _ => self.policies = map.next_value::<Shaped<_>>()?.0,
+        }
+        Ok(())
+    }
+}
+
+/// A deployment's `resources`, by product (the order of
+/// [`Product::ALL`](crate::policy::Product::ALL)); unknown products are
+/// among the keys.
+#[derive(Default)]
+pub(super) struct RawResources<'de> {
+    pub by_product: [Slot<Obj<'de, RawResource<'de>>>; RESOURCE_KEYS.len()],
+}
+
+/// The `resources` keys, in [`Product::ALL`](crate::policy::Product::ALL)
+/// order.
+pub(super) const RESOURCE_KEYS: [&str; 6] = ["es", "kb", "apm", "fleet", "ent", "remote_cluster"];
+
+impl<'de> Fields<'de> for RawResources<'de> {
+    const FIELDS: &'static [&'static str] = &RESOURCE_KEYS;
+
+    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
+        if let Some(slot) = self.by_product.get_mut(bit) {
+            *slot = map.next_value::<Shaped<_>>()?.0;
+        }
+        Ok(())
+    }
+}
+
+/// One resource as written.
+#[derive(Default)]
+pub(super) struct RawResource<'de> {
+    pub backends: Slot<Vec<Scalar<'de>>>,
+}
+
+impl<'de> Fields<'de> for RawResource<'de> {
+    const FIELDS: &'static [&'static str] = &["backends"];
+
+    fn read<A: MapAccess<'de>>(&mut self, _: usize, map: &mut A) -> Result<(), A::Error> {
+        self.backends = map.next_value::<Shaped<_>>()?.0;
+        Ok(())
+    }
+}
+
+/// The top of a snapshot document, with each entry handed to a sink as
+/// soon as it is read instead of collected: a large snapshot is never held
+/// whole in any form but its bytes and the validated model.
+pub(super) trait EntrySink<'de> {
+    fn policy(&mut self, entry: Slot<Obj<'de, RawPolicy<'de>>>);
+    fn deployment(&mut self, entry: Slot<Obj<'de, RawDeployment<'de>>>);
+}
+
+/// What the top of the document holds besides its entries.
+#[derive(Default)]
+pub(super) struct RawDocument<'de> {
+    pub keys: Keys<'de>,
+    pub version: Scalar<'de>,
+    /// Whether each list was present (and its kind when not an array).
+    pub policies: Slot<()>,
+    pub deployments: Slot<()>,
+}
+
+/// Reads a whole document, streaming its entries into the sink.
+pub(super) struct DocumentShape<'s, S>(pub &'s mut S);
+
+impl<'de, S: EntrySink<'de>> Shape<'de> for DocumentShape<'_, S> {
+    type Out = RawDocument<'de>;
+
+    fn read_map<A: MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<Result<RawDocument<'de>, Kind>, A::Error> {
+        let mut doc = RawDocument::default();
+        while let Some(Key(key)) = map.next_key()? {
+            match DOCUMENT_FIELDS.iter().position(|f| *f == key) {
+                Some(bit) => {
+                    doc.keys.known::<A::Error>(bit, &key)?;
+                    let sink = &mut *self.0;
+                    match bit {
+                        0 => doc.version = map.next_value()?,
+                        1 => {
+                            doc.deployments =
+                                map.next_value_seed(Expect(Entries(sink, Deployments)))?;
+                        }
+                        _ => doc.policies = map.next_value_seed(Expect(Entries(sink, Policies)))?,
+                    }
+                }
+                None => {
+                    doc.keys.unknown::<A::Error>(key)?;
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Ok(doc))
+    }
+}
+
+/// The field names of [`RawDocument`], by bit.
+pub(super) const DOCUMENT_FIELDS: &[&str] = &["version", "deployments", "policies"];
+
+/// Which entry list [`Entries`] reads.
+trait EntryList {
+    /// Reads the next entry into the sink; `false` at the end of the list.
+    fn next<'de, S: EntrySink<'de>, A: SeqAccess<'de>>(
+        sink: &mut S,
+        seq: &mut A,
+    ) -> Result<bool, A::Error>;
+}
+
+struct Policies;
+struct Deployments;
+
+impl EntryList for Policies {
+    fn next<'de, S: EntrySink<'de>, A: SeqAccess<'de>>(
+        sink: &mut S,
+        seq: &mut A,
+    ) -> Result<bool, A::Error> {
+        let entry = seq.next_element::<Shaped<Obj<'de, RawPolicy<'de>>>>()?;
+        Ok(entry.map(|Shaped(p)| sink.policy(p)).is_some())
+    }
+}
+
+impl EntryList for Deployments {
+    fn next<'de, S: EntrySink<'de>, A: SeqAccess<'de>>(
+        sink: &mut S,
+        seq: &mut A,
+    ) -> Result<bool, A::Error> {
+        let entry = seq.next_element::<Shaped<Obj<'de, RawDeployment<'de>>>>()?;
+        Ok(entry.map(|Shaped(d)| sink.deployment(d)).is_some())
+    }
+}
+
+/// One entry list, each entry handed to the sink as it is read.
+struct Entries<'s, S, L>(&'s mut S, L);
+
+impl<'de, S: EntrySink<'de>, L: EntryList> Shape<'de> for Entries<'_, S, L> {
+    type Out = ();
+
+    fn read_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Result<(), Kind>, A::Error> {
+        while L::next(self.0, &mut seq)? {}
+        Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Product;
+
+    #[test]
+    fn resource_keys_follow_the_products() {
+        let names: Vec<&str> = Product::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, RESOURCE_KEYS);
+    }
+
+    fn policy(json: &str) -> Result<Shaped<Obj<'_, RawPolicy<'_>>>, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn a_duplicate_key_is_refused_with_its_position() {
+        for json in [
+            "{\"id\": \"a\",\n \"id\": \"b\"}",
+            "{\"x\": 1,\n \"x\": 2}",
+            "{\"rules\": [{\"source\": \"10.0.0.0/8\",\n \"source\": \"0.0.0.0/0\"}]}",
+        ] {
+            let e = policy(json)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("duplicate key"), "{json}: {e}");
+            assert!(e.contains("line 2"), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn strings_without_escapes_are_borrowed() {
+        let Ok(Shaped(Some(Ok(p)))) = policy(r#"{"id": "plain", "name": "esc\"aped"}"#) else {
+            panic!("not read");
+        };
+        assert!(matches!(p.fields.id, Scalar::Str(Cow::Borrowed("plain"))));
+        assert!(matches!(p.fields.name, Scalar::Str(Cow::Owned(ref s)) if s == "esc\"aped"));
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_in_order_up_to_the_cap() {
+        let mut json = String::from("{\"id\": \"p\"");
+        for i in 0..(MAX_UNKNOWN + 10) {
+            json.push_str(&format!(", \"f{i}\": [1, {{\"a\": 1, \"a\": 2}}]"));
+        }
+        json.push('}');
+        let Ok(Shaped(Some(Ok(p)))) = policy(&json) else {
+            panic!("not read");
+        };
+        let named = p.keys.not_allowed(RawPolicy::FIELDS, 0);
+        assert_eq!(named.len(), MAX_UNKNOWN);
+        assert_eq!(named.first(), Some(&"f0"));
+        assert_eq!(p.keys.more_unknown(), 10);
+    }
+
+    #[test]
+    fn other_kinds_are_kept_as_their_kind() {
+        let Ok(Shaped(Some(Ok(p)))) = policy(r#"{"rules": {"a": 1}, "id": [1], "type": null}"#)
+        else {
+            panic!("not read");
+        };
+        assert!(matches!(p.fields.rules, Some(Err(Kind::Object))));
+        assert_eq!(p.fields.id.kind(), Kind::Array);
+        assert!(p.fields.ty.is_null());
+        let Ok(Shaped(not_an_object)) = policy("5") else {
+            panic!("not read");
+        };
+        assert!(matches!(not_an_object, Some(Err(Kind::Number))));
+    }
+}

@@ -9,7 +9,8 @@
 #   BUILD=0 (use the release binaries as they are)
 #
 # Prints, for the first load (the file source, at start) and for each
-# reload: the time (start to ready; curl's total for a PUT), the peak RSS
+# reload: the time (start to ready; curl's total for a PUT, and the
+# proxy's own took_ms from the document received to the swap), the peak RSS
 # while it ran (VmHWM, reset before each PUT through /proc/PID/clear_refs,
 # so run it as the proxy's owner) and the RSS 2 s after it. Ports:
 # portcullis P, admin P+1.
@@ -48,10 +49,12 @@ done
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -days 1 -subj /CN=es.bench.test \
     -addext "subjectAltName=DNS:*.es.bench.test" 2>/dev/null
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/admin.token"
 {
     portcullis_front_toml 127.0.0.0/8 "$WORK/tls.crt" "$WORK/tls.key"
     printf '[server]\nlisten = ["127.0.0.1:%s"]\nzones = ["es.bench.test"]\n\n' "$DATA_PORT"
-    printf '[admin]\nlisten = "127.0.0.1:%s"\n\n[log]\naccess = false\n\n' "$ADMIN_PORT"
+    printf '[admin]\nlisten = "127.0.0.1:%s"\ntoken_file = "%s"\n\n' "$ADMIN_PORT" "$WORK/admin.token"
+    printf '[log]\naccess = false\n\n'
     printf '[snapshot]\npath = "%s"\n' "$WORK/snapshot.json"
 } >"$WORK/portcullis.toml"
 
@@ -69,16 +72,21 @@ first=$(kib VmRSS)
 echo "start: ready in $ready s, peak $(mib "$(kib VmHWM)"), settled $(mib "$first")"
 
 for v in $(seq 2 $((RELOADS + 1))); do
-    # The generator writes `{"version":1,` first: only the version changes.
-    sed "1s/^{\"version\":1,/{\"version\":$v,/" "$WORK/snapshot.json" >"$WORK/next.json"
+    # The same seed: only the version changes.
+    "$BIN/portcullis-gen-snapshot" --scale "$SCALE" --seed 1 --version "$v" \
+        --out "$WORK/next.json" 2>/dev/null
     echo 5 >"/proc/$PID/clear_refs" # VmHWM := VmRSS
     took=$(curl -sf -o /dev/null -w '%{time_total}' -X PUT --data-binary @"$WORK/next.json" \
-        -H 'content-type: application/json' "http://127.0.0.1:$ADMIN_PORT/snapshot") ||
+        -H "Authorization: Bearer $(cat "$WORK/admin.token")" -H 'Content-Type: application/json' \
+        "http://127.0.0.1:$ADMIN_PORT/snapshot") ||
         { echo "PUT of version $v failed" >&2; tail "$WORK/portcullis.log" >&2; exit 1; }
     peak=$(kib VmHWM)
     sleep 2
     settled=$(kib VmRSS)
-    echo "reload $((v - 1)): $took s, peak $(mib "$peak"), settled $(mib "$settled")"
+    # The proxy's own figure: parse, validate, compile and swap, without
+    # the upload.
+    applied=$(grep -o 'took_ms=[0-9]*' "$WORK/portcullis.log" | tail -1)
+    echo "reload $((v - 1)): PUT $took s ($applied), peak $(mib "$peak"), settled $(mib "$settled")"
 done
 last=$(kib VmRSS)
 echo "settled RSS after $RELOADS reloads: $(mib "$last") vs $(mib "$first") after the first load ($(echo "scale=2; $last / $first" | bc)x)"

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::fingerprint::Fingerprint;
 use super::ipset::{IpTables, Spans};
 use super::model::{Deployment, Enforcement, Policy, PolicyType, Product, Rules, Snapshot};
 use crate::backends::Backends;
@@ -142,6 +143,8 @@ pub struct CompiledDeployment {
     pub alias: Option<Arc<str>>,
     pub enforcement: Enforcement,
     resources: [Option<Box<Backends>>; Product::ALL.len()],
+    /// Of the model entry it was compiled from.
+    pub(crate) fingerprint: Fingerprint,
 }
 
 impl CompiledDeployment {
@@ -165,6 +168,8 @@ pub struct CompiledPolicy {
     /// their rule index, so a later compile can take them out of the
     /// endpoint maps without the policy's old rules.
     pub(crate) endpoints: Arc<[(EndpointKey, u32)]>,
+    /// Of the model entry it was compiled from.
+    pub(crate) fingerprint: Fingerprint,
 }
 
 /// A private endpoint id, as the endpoint maps key it.
@@ -458,6 +463,7 @@ pub(crate) fn compile_policy(
         filters: p.rules.filters(),
         ip,
         endpoints,
+        fingerprint: Fingerprint::of(p),
     }
 }
 
@@ -490,6 +496,7 @@ pub(crate) fn compile_deployment(d: &Deployment) -> CompiledDeployment {
         alias: d.alias.as_deref().map(Into::into),
         enforcement: d.enforcement,
         resources,
+        fingerprint: Fingerprint::of(d),
     }
 }
 

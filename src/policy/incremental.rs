@@ -237,6 +237,7 @@ impl<'a> Reuse<'a> {
                     filters: prev.filters,
                     ip,
                     endpoints: prev.endpoints.clone(),
+                    fingerprint: prev.fingerprint,
                 }
             })
             .collect()

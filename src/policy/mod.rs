@@ -8,6 +8,7 @@
 
 pub mod compile;
 pub mod eval;
+mod fingerprint;
 mod incremental;
 mod ipset;
 pub mod model;

@@ -12,14 +12,14 @@ use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
 /// A whole snapshot: what the control plane publishes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Snapshot {
     pub version: u64,
     pub deployments: Vec<Deployment>,
     pub policies: Vec<Policy>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Deployment {
     /// Cluster id: a lowercase DNS label.
     pub id: String,
@@ -32,13 +32,13 @@ pub struct Deployment {
     pub policies: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Resource {
     pub backends: Vec<SocketAddr>,
 }
 
 /// What a deployment does with a request its policies deny.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Enforcement {
     /// Answer 403.
@@ -176,7 +176,7 @@ impl Serialize for Region {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Policy {
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,7 +193,7 @@ pub struct Policy {
 }
 
 /// The rules of a policy; the variant is the policy `type`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "type", content = "rules")]
 pub enum Rules {
     #[serde(rename = "ip")]
@@ -272,7 +272,7 @@ impl Rules {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct IpRule {
     /// Canonical network: host bits clear, IPv4-mapped IPv6 networks
     /// converted to IPv4, single addresses as /32 or /128.
@@ -281,7 +281,7 @@ pub struct IpRule {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct VpceRule {
     /// The VPC endpoint id, lowercase.
     pub source: String,
@@ -289,7 +289,7 @@ pub struct VpceRule {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct AzureRule {
     pub link_id: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -300,7 +300,7 @@ pub struct AzureRule {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct GcpRule {
     /// PSC connection id; written as a decimal string because JSON readers
     /// in other languages lose precision on integers above 2^53.

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 pub use metrics::{Reload, SnapshotMetrics};
 pub use source::{PolledSource, SnapshotSource, Source, SourceError};
 pub use state::StateDir;
-pub use store::{ApplyError, Loaded, Meta, Store, prepare};
+pub use store::{ApplyError, Loaded, Meta, Store, prepare, prepare_over};
 
 use crate::policy::PolicyOptions;
 use crate::shutdown::{Phase, Shutdown};
@@ -151,15 +151,19 @@ impl Reloader {
         }
         let options = self.options;
         let src = source.clone();
+        let keep = self.keeps_state();
+        // The set in force: a document that changes little compiles little.
+        let previous = self.store.current();
         let prepared = tokio::task::spawn_blocking(move || {
-            let prepared = prepare(&bytes, &src, options).map(|l| (l, bytes));
-            // The parse tree is gone: give its pages back (see `memory`).
-            crate::memory::release_free_memory();
-            prepared
+            let previous = previous.as_ref().map(|l| &l.set);
+            prepare_over(bytes, keep, &src, options, previous)
         })
         .await
         .map_err(|e| ApplyError::Internal(e.to_string()))
         .and_then(|r| r.map_err(ApplyError::Invalid));
+        // The model and the document are gone: give their pages back (see
+        // `memory`), after the swap rather than before it.
+        let _trim = TrimOnDrop;
         let (loaded, bytes) = match prepared {
             Ok(p) => p,
             Err(e) => {
@@ -168,7 +172,7 @@ impl Reloader {
                 return Err(e);
             }
         };
-        self.commit(loaded, Some(bytes), origin, started).await
+        self.commit(loaded, bytes, origin, started).await
     }
 
     /// The commit step for a snapshot already compiled from `bytes` (the
@@ -384,6 +388,17 @@ fn log_refused(source: &str, e: &ApplyError) {
 }
 
 /// Frees a replaced snapshot on a blocking thread once no request uses it.
+/// Returns free memory to the OS, on a blocking thread, when dropped.
+struct TrimOnDrop;
+
+impl Drop for TrimOnDrop {
+    fn drop(&mut self) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(crate::memory::release_free_memory);
+        }
+    }
+}
+
 fn retire(old: Arc<Loaded>) {
     tokio::spawn(async move {
         let mut old = old;

@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwapOption, Guard};
+use bytes::Bytes;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::metrics::Reload;
-use crate::policy::{PolicyOptions, PolicySet, SnapshotErrors, Stats, parse_snapshot};
+use crate::policy::{Changed, PolicyOptions, PolicySet, SnapshotErrors, Stats, parse_snapshot};
 
 /// A compiled snapshot and what is known about it.
 #[derive(Debug)]
@@ -76,26 +77,69 @@ pub fn prepare(
     source: &str,
     options: PolicyOptions,
 ) -> Result<Loaded, SnapshotErrors> {
+    let digest = DocumentDigest::of(bytes);
     let snapshot = parse_snapshot(bytes)?;
     let set = PolicySet::compile(&snapshot, options);
-    Ok(compiled(set, Some(bytes), source))
+    Ok(compiled(set, Some(digest), source))
 }
 
-/// A compiled set with its metadata; `document` is the document it was
-/// compiled from (hashed, and counted), if there was one: the etcd source
-/// compiles entries, and its state is named by its revision alone.
-pub fn compiled(set: PolicySet, document: Option<&[u8]>, source: &str) -> Loaded {
-    let bytes = document.unwrap_or_default();
+/// [`prepare`] for a document that replaces `previous` (the set in force):
+/// only the entries that differ from those `previous` was compiled from
+/// are compiled; the rest is reused (see `policy::fingerprint`).
+///
+/// Takes the document and gives it back only when `keep` (the state
+/// directory saves it once it is in force): otherwise it is freed as soon
+/// as it is parsed, before the compile allocates the new set.
+pub fn prepare_over(
+    bytes: Bytes,
+    keep: bool,
+    source: &str,
+    options: PolicyOptions,
+    previous: Option<&PolicySet>,
+) -> Result<(Loaded, Option<Bytes>), SnapshotErrors> {
+    let digest = DocumentDigest::of(&bytes);
+    let snapshot = parse_snapshot(&bytes)?;
+    let kept = keep.then_some(bytes);
+    let set = match previous {
+        Some(previous) => {
+            let changed = Changed::between(previous, &snapshot);
+            PolicySet::compile_reusing(&snapshot, options, previous, &changed)
+        }
+        None => PolicySet::compile(&snapshot, options),
+    };
+    drop(snapshot);
+    Ok((compiled(set, Some(digest), source), kept))
+}
+
+/// What a loaded snapshot records of the document it came from.
+#[derive(Debug, Clone)]
+pub struct DocumentDigest {
+    sha256: String,
+    bytes: usize,
+}
+
+impl DocumentDigest {
+    pub fn of(document: &[u8]) -> Self {
+        Self {
+            sha256: hex(&Sha256::digest(document)),
+            bytes: document.len(),
+        }
+    }
+}
+
+/// A compiled set with its metadata; `document` describes the document it
+/// was compiled from, if there was one: the etcd source compiles entries,
+/// and its state is named by its revision alone.
+pub fn compiled(set: PolicySet, document: Option<DocumentDigest>, source: &str) -> Loaded {
+    let (sha256, bytes) = document.map_or((String::new(), 0), |d| (d.sha256, d.bytes));
     let meta = Meta {
         version: set.version(),
-        sha256: document
-            .map(|d| hex(&Sha256::digest(d)))
-            .unwrap_or_default(),
+        sha256,
         loaded_at: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
         source: source.to_owned(),
-        bytes: bytes.len(),
+        bytes,
         stats: set.stats(),
     };
     Loaded { set, meta }

@@ -325,9 +325,19 @@ fn run(seed: u64, options: PolicyOptions) {
         }
         world.doc.version += 1;
         let changed = std::mem::take(&mut world.changed);
+        // What a whole document finds changed by the entries' fingerprints
+        // (a reload over the set in force) must compile the same set.
+        let found = Changed::between(&incr, &world.doc);
+        assert!(
+            found.policies.is_subset(&changed.policies)
+                && found.deployments.is_subset(&changed.deployments),
+            "fingerprints found changes that were not made: {found:?} vs {changed:?}"
+        );
+        let by_print = PolicySet::compile_reusing(&world.doc, options, &incr, &found);
         incr = PolicySet::compile_reusing(&world.doc, options, &incr, &changed);
         let full = PolicySet::compile(&world.doc, options);
         assert_same(&world.doc, &full, &incr, &clients);
+        assert_same(&world.doc, &full, &by_print, &clients);
     }
 }
 

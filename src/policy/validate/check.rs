@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::raw::{
-    Fields, Keys, Obj, RawDeployment, RawPolicy, RawResource, RawResources, RawRule, Scalar,
-    Shaped, Slot,
+    AzureFields, Fields, Keys, Obj, RawDeployment, RawPolicy, RawResource, RawResources, RawRule,
+    Scalar, Shaped, Slot,
 };
 use super::{Errors, Path};
 use crate::endpoint::VpceId;
@@ -317,18 +317,20 @@ fn vpce_rule(slot: &RuleSlot<'_>, path: Path<'_>, errs: &mut Errors) -> Option<V
 
 fn azure_rule(slot: &RuleSlot<'_>, path: Path<'_>, errs: &mut Errors) -> Option<AzureRule> {
     let raw = object(slot, RawRule::AZURE_RULE, path, errs)?;
+    let absent = AzureFields::default();
+    let azure = raw.azure.as_deref().unwrap_or(&absent);
     let azure_endpoint_name = opt_string(
-        &raw.azure_endpoint_name,
+        &azure.azure_endpoint_name,
         path.key("azure_endpoint_name"),
         errs,
     );
     let azure_endpoint_guid = opt_string(
-        &raw.azure_endpoint_guid,
+        &azure.azure_endpoint_guid,
         path.key("azure_endpoint_guid"),
         errs,
     );
     let description = opt_string(&raw.description, path.key("description"), errs);
-    let v = required(&raw.link_id, path.key("link_id"), errs)?;
+    let v = required(&azure.link_id, path.key("link_id"), errs)?;
     let Some(link_id) = v.as_u64().and_then(|n| u32::try_from(n).ok()) else {
         errs.add(
             path.key("link_id"),

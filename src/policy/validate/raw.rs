@@ -340,9 +340,14 @@ pub(super) struct Keys<'de> {
     /// saturates at 255 (only an object with more keys than any valid one
     /// has can get there, and its errors are merely listed out of order).
     at: [u8; MAX_KNOWN],
-    unknown: Vec<(u32, Cow<'de, str>)>,
+    /// Boxed: records are moved several times while read, and almost
+    /// every object has no unknown field.
+    unknown: Option<Box<Unknown<'de>>>,
     more_unknown: u32,
 }
+
+/// Unknown keys with their positions.
+type Unknown<'de> = Vec<(u32, Cow<'de, str>)>;
 
 /// The most known fields any object has (a policy has 7).
 const MAX_KNOWN: usize = 8;
@@ -368,12 +373,13 @@ impl<'de> Keys<'de> {
         // fields), so duplicates among the rest no longer matter; the cap
         // keeps the duplicate check from going quadratic on a hostile
         // document.
-        if self.unknown.len() >= MAX_UNKNOWN {
+        let unknown = self.unknown.get_or_insert_default();
+        if unknown.len() >= MAX_UNKNOWN {
             self.more_unknown += 1;
-        } else if self.unknown.iter().any(|(_, k)| *k == key) {
+        } else if unknown.iter().any(|(_, k)| *k == key) {
             return Err(duplicate(&key));
         } else {
-            self.unknown.push((self.count, key));
+            unknown.push((self.count, key));
         }
         self.count += 1;
         Ok(())
@@ -390,7 +396,12 @@ impl<'de> Keys<'de> {
                 let at = self.at.get(bit).copied().unwrap_or(u8::MAX);
                 (u32::from(at), Some(bit), name)
             })
-            .chain(self.unknown.iter().map(|(at, k)| (*at, None, k.as_ref())))
+            .chain(
+                self.unknown
+                    .iter()
+                    .flat_map(|u| u.iter())
+                    .map(|(at, k)| (*at, None, k.as_ref())),
+            )
             .collect();
         out.sort_by_key(|&(at, ..)| at);
         out.into_iter().map(|(_, bit, name)| (bit, name)).collect()
@@ -400,7 +411,7 @@ impl<'de> Keys<'de> {
     /// one, and the known ones whose bit is in `disallowed` (fields of
     /// another rule type).
     pub(super) fn not_allowed<'k>(&'k self, fields: &[&'k str], disallowed: u32) -> Vec<&'k str> {
-        if self.seen & disallowed == 0 && self.unknown.is_empty() {
+        if self.seen & disallowed == 0 && self.unknown.is_none() {
             return Vec::new();
         }
         self.in_order(fields)
@@ -517,10 +528,17 @@ impl<'de> Fields<'de> for RawPolicy<'de> {
 #[derive(Default)]
 pub(super) struct RawRule<'de> {
     pub source: Scalar<'de>,
+    pub description: Scalar<'de>,
+    /// Boxed, like [`Keys::unknown`]: only Azure rules have them.
+    pub azure: Option<Box<AzureFields<'de>>>,
+}
+
+/// The fields only Azure rules have.
+#[derive(Default)]
+pub(super) struct AzureFields<'de> {
     pub link_id: Scalar<'de>,
     pub azure_endpoint_name: Scalar<'de>,
     pub azure_endpoint_guid: Scalar<'de>,
-    pub description: Scalar<'de>,
 }
 
 impl RawRule<'_> {
@@ -542,9 +560,9 @@ impl<'de> Fields<'de> for RawRule<'de> {
     fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
         let slot = match bit {
             0 => &mut self.source,
-            1 => &mut self.link_id,
-            2 => &mut self.azure_endpoint_name,
-            3 => &mut self.azure_endpoint_guid,
+            1 => &mut self.azure.get_or_insert_default().link_id,
+            2 => &mut self.azure.get_or_insert_default().azure_endpoint_name,
+            3 => &mut self.azure.get_or_insert_default().azure_endpoint_guid,
             _ => &mut self.description,
         };
         *slot = map.next_value()?;

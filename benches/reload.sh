@@ -63,7 +63,8 @@ mib() { echo "$(($1 / 1024)) MiB"; }
 
 echo "== scale $SCALE: $(stat -c %s "$WORK/snapshot.json") bytes, $RELOADS reloads"
 start=$(date +%s.%N)
-"$BIN/portcullis" run --config "$WORK/portcullis.toml" >"$WORK/portcullis.log" 2>&1 &
+RUST_LOG="${RUST_LOG:-info,portcullis::reload::store=debug}" \
+    "$BIN/portcullis" run --config "$WORK/portcullis.toml" >"$WORK/portcullis.log" 2>&1 &
 PID=$!
 wait_until 120 curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" || { tail "$WORK/portcullis.log" >&2; exit 1; }
 ready=$(echo "$(date +%s.%N) - $start" | bc)
@@ -86,7 +87,8 @@ for v in $(seq 2 $((RELOADS + 1))); do
     # The proxy's own figure: parse, validate, compile and swap, without
     # the upload.
     applied=$(grep -o 'took_ms=[0-9]*' "$WORK/portcullis.log" | tail -1)
-    echo "reload $((v - 1)): PUT $took s ($applied), peak $(mib "$peak"), settled $(mib "$settled")"
+    phases=$(grep 'snapshot prepared' "$WORK/portcullis.log" | tail -1 | grep -o '[a-z_]*_ms=[0-9]*' | tr '\n' ' ')
+    echo "reload $((v - 1)): PUT $took s ($applied: ${phases% }), peak $(mib "$peak"), settled $(mib "$settled")"
 done
 last=$(kib VmRSS)
 echo "settled RSS after $RELOADS reloads: $(mib "$last") vs $(mib "$first") after the first load ($(echo "scale=2; $last / $first" | bc)x)"

@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 pub use metrics::{Reload, SnapshotMetrics};
 pub use source::{PolledSource, SnapshotSource, Source, SourceError};
 pub use state::StateDir;
-pub use store::{ApplyError, Loaded, Meta, Store, prepare, prepare_over};
+pub use store::{ApplyError, Leftovers, Loaded, Meta, Store, prepare, prepare_over};
 
 use crate::policy::PolicyOptions;
 use crate::shutdown::{Phase, Shutdown};
@@ -161,18 +161,20 @@ impl Reloader {
         .await
         .map_err(|e| ApplyError::Internal(e.to_string()))
         .and_then(|r| r.map_err(ApplyError::Invalid));
-        // The model and the document are gone: give their pages back (see
-        // `memory`), after the swap rather than before it.
-        let _trim = TrimOnDrop;
-        let (loaded, bytes) = match prepared {
+        let (loaded, bytes, leftovers) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 self.metrics.refused(e.result());
                 log_refused(&source, &e);
+                // Gives the refused document's pages back.
+                drop(Leftovers::default());
                 return Err(e);
             }
         };
-        self.commit(loaded, bytes, origin, started).await
+        let committed = self.commit(loaded, bytes, origin, started).await;
+        // The model it was compiled from, freed after the swap.
+        drop(leftovers);
+        committed
     }
 
     /// The commit step for a snapshot already compiled from `bytes` (the
@@ -388,17 +390,6 @@ fn log_refused(source: &str, e: &ApplyError) {
 }
 
 /// Frees a replaced snapshot on a blocking thread once no request uses it.
-/// Returns free memory to the OS, on a blocking thread, when dropped.
-struct TrimOnDrop;
-
-impl Drop for TrimOnDrop {
-    fn drop(&mut self) {
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn_blocking(crate::memory::release_free_memory);
-        }
-    }
-}
-
 fn retire(old: Arc<Loaded>) {
     tokio::spawn(async move {
         let mut old = old;

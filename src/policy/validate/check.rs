@@ -52,15 +52,18 @@ fn unknown_fields(
     errs: &mut Errors,
 ) {
     let disallowed = !allowed & ((1 << fields.len()) - 1);
-    let names: Vec<&str> = (0..fields.len())
-        .filter(|bit| allowed & (1 << bit) != 0)
-        .filter_map(|bit| fields.get(bit).copied())
-        .collect();
-    for key in keys.not_allowed(fields, disallowed) {
-        errs.add(
-            path.key(key),
-            format_args!("unknown field (expected one of: {})", names.join(", ")),
-        );
+    let refused = keys.not_allowed(fields, disallowed);
+    if !refused.is_empty() {
+        let names: Vec<&str> = (0..fields.len())
+            .filter(|bit| allowed & (1 << bit) != 0)
+            .filter_map(|bit| fields.get(bit).copied())
+            .collect();
+        for key in refused {
+            errs.add(
+                path.key(key),
+                format_args!("unknown field (expected one of: {})", names.join(", ")),
+            );
+        }
     }
     if keys.more_unknown() > 0 {
         errs.add(

@@ -92,7 +92,18 @@ impl std::error::Error for SnapshotErrors {}
 
 /// Parses and validates snapshot JSON.
 pub fn parse_snapshot(json: &[u8]) -> Result<Snapshot, SnapshotErrors> {
-    let mut de = serde_json::Deserializer::from_slice(json);
+    // One pass over the whole document checks its UTF-8 faster than
+    // serde_json checks each string; invalid UTF-8 is read byte by byte
+    // for serde_json's error and position.
+    match std::str::from_utf8(json) {
+        Ok(text) => read_document(serde_json::Deserializer::from_str(text)),
+        Err(_) => read_document(serde_json::Deserializer::from_slice(json)),
+    }
+}
+
+fn read_document<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
+) -> Result<Snapshot, SnapshotErrors> {
     let mut doc = Document::default();
     let raw = Expect(DocumentShape(&mut doc))
         .deserialize(&mut de)

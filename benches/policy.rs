@@ -19,7 +19,8 @@ use criterion::{Criterion, Throughput};
 use ipnet::IpNet;
 use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
 use portcullis::policy::{
-    PolicyOptions, PolicySet, RequestFacts, Rules, Snapshot, Target, decide, parse_snapshot,
+    Changed, PolicyOptions, PolicySet, RequestFacts, Rules, Snapshot, Target, decide,
+    parse_snapshot,
 };
 use portcullis::route::{RouteInput, Router};
 use portcullis_test_kit::synth::{MISS_V4, MISS_V6, Rng, Scale, generate};
@@ -163,6 +164,15 @@ fn bench_scale(c: &mut Criterion, name: &str, scale: Scale) {
     });
     g.bench_function("parse+validate", |b| {
         b.iter(|| parse_snapshot(black_box(&json)).map(|s| s.version))
+    });
+    // A whole document applied over the set in force with nothing changed
+    // (a `PUT /snapshot` or file reload of the same entries): fingerprint
+    // every entry, compile reusing all of them.
+    g.bench_function("compile-over-previous", |b| {
+        b.iter(|| {
+            let changed = Changed::between(&set, black_box(&snapshot));
+            PolicySet::compile_reusing(&snapshot, PolicyOptions::default(), &set, &changed)
+        })
     });
     g.finish();
 }

@@ -27,11 +27,7 @@ source "$(dirname "$0")/lib.sh"
 
 : "${SCALE:=large}" "${CHANGES:=10}" "${FOLLOWERS:=200}" "${RATE:=1000}"
 : "${PORT_BASE:=24500}" "${BUILD:=1}" "${KEEP:=0}"
-case "${1:-}" in
-    -h | --help) usage; exit 0 ;;
-    "") ;;
-    *) echo "no arguments: settings come from the environment (see --help)" >&2; exit 2 ;;
-esac
+settings_from_env "$@"
 
 ETCD_PORT=$PORT_BASE
 PEER_PORT=$((PORT_BASE + 1))

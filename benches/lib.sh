@@ -10,6 +10,16 @@ cd "$ROOT" || exit
 # its --help, so the two cannot drift apart.
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
+# settings_from_env "$@": for the benches whose settings all come from the
+# environment: --help prints the usage, any other argument is refused.
+settings_from_env() {
+    case "${1:-}" in
+        -h | --help) usage; exit 0 ;;
+        "") ;;
+        *) echo "no arguments: settings come from the environment (see --help)" >&2; exit 2 ;;
+    esac
+}
+
 # port_free PORT: nothing accepts TCP connections on 127.0.0.1:PORT.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

@@ -19,11 +19,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 : "${SCALE:=large}" "${RELOADS:=10}" "${PORT_BASE:=24600}" "${BUILD:=1}"
-case "${1:-}" in
-    -h | --help) usage; exit 0 ;;
-    "") ;;
-    *) echo "no arguments: settings come from the environment (see --help)" >&2; exit 2 ;;
-esac
+settings_from_env "$@"
 
 DATA_PORT=$PORT_BASE
 ADMIN_PORT=$((PORT_BASE + 1))

@@ -27,6 +27,7 @@ use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
+use super::changed::Changed;
 use super::compile::{
     AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, FastMap, Hits, Hot, Members,
     NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment, compile_policy,
@@ -39,20 +40,6 @@ use super::model::Snapshot;
 const NONE: u32 = u32::MAX;
 /// A previous set that cannot be carried over: its users look theirs up.
 const PENDING: u32 = u32::MAX - 1;
-
-/// The entries whose content changed (added, replaced or removed) since a
-/// set was compiled, by id.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changed {
-    pub policies: HashSet<String>,
-    pub deployments: HashSet<String>,
-}
-
-impl Changed {
-    pub fn is_empty(&self) -> bool {
-        self.policies.is_empty() && self.deployments.is_empty()
-    }
-}
 
 impl PolicySet {
     /// Compiles `snapshot` as [`PolicySet::compile`] would, reusing what

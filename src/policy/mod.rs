@@ -6,6 +6,7 @@
 //! - [`compile`]: model → immutable [`PolicySet`].
 //! - [`eval`]: the pure, allocation-free [`decide`].
 
+mod changed;
 pub mod compile;
 pub mod eval;
 mod fingerprint;
@@ -14,12 +15,12 @@ mod ipset;
 pub mod model;
 pub mod validate;
 
+pub use changed::Changed;
 pub use compile::{
     CompiledDeployment, CompiledPolicy, DeploymentIndex, PolicyIndex, PolicyOptions, PolicySet,
     Stats, UnassociatedPrivateTraffic,
 };
 pub use eval::{Decision, Reason, RequestFacts, RuleRef, Target, Verdict, decide};
-pub use incremental::Changed;
 
 pub use model::{
     AzureRule, Deployment, Enforcement, GcpRule, IpRule, Policy, PolicyType, Product, Provider,

@@ -125,61 +125,29 @@ impl fmt::Display for Scalar<'_> {
 
 impl<'de> Deserialize<'de> for Scalar<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ScalarVisitor)
+        let slot = de::DeserializeSeed::deserialize(Expect(ScalarShape), d)?;
+        Ok(slot.and_then(Result::ok).unwrap_or_default())
     }
 }
 
-struct ScalarVisitor;
+/// Reads any value as a [`Scalar`].
+struct ScalarShape;
 
-impl<'de> Visitor<'de> for ScalarVisitor {
-    type Value = Scalar<'de>;
+impl<'de> Shape<'de> for ScalarShape {
+    type Out = Scalar<'de>;
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-        // serde_json hands non-negative integers to `visit_u64`; a `Value`
-        // may not, so normalise.
-        Ok(u64::try_from(v).map_or(Scalar::I64(v), Scalar::U64))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(Scalar::U64(v))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Scalar::F64(v))
-    }
-
-    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Borrowed(v)))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(v)))
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        skip_seq(seq)?;
-        Ok(Scalar::Array)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+    fn read_map<A: MapAccess<'de>>(self, map: A) -> Result<Result<Scalar<'de>, Kind>, A::Error> {
         skip_map(map)?;
-        Ok(Scalar::Object)
+        Ok(Ok(Scalar::Object))
+    }
+
+    fn read_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Result<Scalar<'de>, Kind>, A::Error> {
+        skip_seq(seq)?;
+        Ok(Ok(Scalar::Array))
+    }
+
+    fn scalar(self, value: Scalar<'de>) -> Result<Scalar<'de>, Kind> {
+        Ok(value)
     }
 }
 
@@ -242,6 +210,12 @@ pub(super) trait Shape<'de>: Sized {
         skip_seq(seq)?;
         Ok(Err(Kind::Array))
     }
+
+    /// A string, number or boolean where this shape was expected: by
+    /// default, the kind found.
+    fn scalar(self, value: Scalar<'de>) -> Result<Self::Out, Kind> {
+        Err(value.kind())
+    }
 }
 
 /// Reads one value of shape `S` into a [`Slot`]: any other kind is kept as
@@ -257,8 +231,11 @@ impl<'de, S: Shape<'de>> de::DeserializeSeed<'de> for Expect<S> {
 }
 
 impl<S> Expect<S> {
-    fn other<T, E>(kind: Kind) -> Result<Slot<T>, E> {
-        Ok(Some(Err(kind)))
+    fn scalar<'de, E>(self, value: Scalar<'de>) -> Result<Slot<S::Out>, E>
+    where
+        S: Shape<'de>,
+    {
+        Ok(Some(self.0.scalar(value)))
     }
 }
 
@@ -269,24 +246,34 @@ impl<'de, S: Shape<'de>> Visitor<'de> for Expect<S> {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Self::other(Kind::Bool)
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        self.scalar(Scalar::Bool(v))
     }
 
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Self::other(Kind::Number)
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        // serde_json hands non-negative integers to `visit_u64`; a `Value`
+        // may not, so normalise.
+        self.scalar(u64::try_from(v).map_or(Scalar::I64(v), Scalar::U64))
     }
 
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Self::other(Kind::Number)
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        self.scalar(Scalar::U64(v))
     }
 
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Self::other(Kind::Number)
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        self.scalar(Scalar::F64(v))
     }
 
-    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-        Self::other(Kind::String)
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        self.scalar(Scalar::Str(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        self.scalar(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        self.scalar(Scalar::Str(Cow::Owned(v)))
     }
 
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
@@ -435,11 +422,16 @@ fn duplicate<E: de::Error>(key: &str) -> E {
 }
 
 /// An object with a fixed set of fields: each record lists its field
-/// names and reads the value of the one named `bit`.
+/// names, and gives the slot of each scalar field by its index (`bit`);
+/// the others (arrays and objects) it reads itself.
 pub(super) trait Fields<'de>: Default {
     const FIELDS: &'static [&'static str];
 
-    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error>;
+    fn scalar(&mut self, bit: usize) -> Option<&mut Scalar<'de>>;
+
+    fn compound<A: MapAccess<'de>>(&mut self, _bit: usize, map: &mut A) -> Result<(), A::Error> {
+        map.next_value::<IgnoredAny>().map(drop)
+    }
 }
 
 /// A record read from an object, with the object's keys.
@@ -459,7 +451,10 @@ fn read_fields<'de, T: Fields<'de>, A: MapAccess<'de>>(
         match field_bit(T::FIELDS, &key) {
             Some(bit) => {
                 out.keys.known(bit, &key)?;
-                out.fields.read(bit, &mut map)?;
+                match out.fields.scalar(bit) {
+                    Some(slot) => *slot = map.next_value()?,
+                    None => out.fields.compound(bit, &mut map)?,
+                }
             }
             None => {
                 out.keys.unknown(key)?;
@@ -517,16 +512,20 @@ impl<'de> Fields<'de> for RawPolicy<'de> {
         "description",
     ];
 
-    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
-        match bit {
-            0 => self.id = map.next_value()?,
-            1 => self.ty = map.next_value()?,
-            2 => self.region = map.next_value()?,
-            3 => self.rules = map.next_value::<Shaped<_>>()?.0,
-            4 => self.include_by_default = map.next_value()?,
-            5 => self.name = map.next_value()?,
-            _ => self.description = map.next_value()?,
-        }
+    fn scalar(&mut self, bit: usize) -> Option<&mut Scalar<'de>> {
+        Some(match bit {
+            0 => &mut self.id,
+            1 => &mut self.ty,
+            2 => &mut self.region,
+            3 => return None,
+            4 => &mut self.include_by_default,
+            5 => &mut self.name,
+            _ => &mut self.description,
+        })
+    }
+
+    fn compound<A: MapAccess<'de>>(&mut self, _: usize, map: &mut A) -> Result<(), A::Error> {
+        self.rules = map.next_value::<Shaped<_>>()?.0;
         Ok(())
     }
 }
@@ -566,16 +565,20 @@ impl<'de> Fields<'de> for RawRule<'de> {
         "description",
     ];
 
-    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
-        let slot = match bit {
-            0 => &mut self.source,
-            1 => &mut self.azure.get_or_insert_default().link_id,
-            2 => &mut self.azure.get_or_insert_default().azure_endpoint_name,
-            3 => &mut self.azure.get_or_insert_default().azure_endpoint_guid,
-            _ => &mut self.description,
-        };
-        *slot = map.next_value()?;
-        Ok(())
+    fn scalar(&mut self, bit: usize) -> Option<&mut Scalar<'de>> {
+        match bit {
+            0 => Some(&mut self.source),
+            4 => Some(&mut self.description),
+            _ => {
+                let azure = self.azure.get_or_insert_default();
+                let fields = [
+                    &mut azure.link_id,
+                    &mut azure.azure_endpoint_name,
+                    &mut azure.azure_endpoint_guid,
+                ];
+                fields.into_iter().nth(bit.wrapping_sub(1))
+            }
+        }
     }
 }
 
@@ -600,14 +603,22 @@ impl<'de> Fields<'de> for RawDeployment<'de> {
         "policies",
     ];
 
-    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
-        match bit {
-            0 => self.id = map.next_value()?,
-            1 => self.alias = map.next_value()?,
-            2 => self.region = map.next_value()?,
-            3 => self.enforcement = map.next_value()?,
-            4 => self.resources = map.next_value::<Shaped<_>>()?.0,
-            _ => self.policies = map.next_value::<Shaped<_>>()?.0,
+    fn scalar(&mut self, bit: usize) -> Option<&mut Scalar<'de>> {
+        [
+            &mut self.id,
+            &mut self.alias,
+            &mut self.region,
+            &mut self.enforcement,
+        ]
+        .into_iter()
+        .nth(bit)
+    }
+
+    fn compound<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
+        if bit == 4 {
+            self.resources = map.next_value::<Shaped<_>>()?.0;
+        } else {
+            self.policies = map.next_value::<Shaped<_>>()?.0;
         }
         Ok(())
     }
@@ -628,9 +639,14 @@ pub(super) const RESOURCE_KEYS: [&str; 6] = ["es", "kb", "apm", "fleet", "ent", 
 impl<'de> Fields<'de> for RawResources<'de> {
     const FIELDS: &'static [&'static str] = &RESOURCE_KEYS;
 
-    fn read<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
+    fn scalar(&mut self, _: usize) -> Option<&mut Scalar<'de>> {
+        None
+    }
+
+    fn compound<A: MapAccess<'de>>(&mut self, bit: usize, map: &mut A) -> Result<(), A::Error> {
+        let value = map.next_value::<Shaped<_>>()?.0;
         if let Some(slot) = self.by_product.get_mut(bit) {
-            *slot = map.next_value::<Shaped<_>>()?.0;
+            *slot = value;
         }
         Ok(())
     }
@@ -645,7 +661,11 @@ pub(super) struct RawResource<'de> {
 impl<'de> Fields<'de> for RawResource<'de> {
     const FIELDS: &'static [&'static str] = &["backends"];
 
-    fn read<A: MapAccess<'de>>(&mut self, _: usize, map: &mut A) -> Result<(), A::Error> {
+    fn scalar(&mut self, _: usize) -> Option<&mut Scalar<'de>> {
+        None
+    }
+
+    fn compound<A: MapAccess<'de>>(&mut self, _: usize, map: &mut A) -> Result<(), A::Error> {
         self.backends = map.next_value::<Shaped<_>>()?.0;
         Ok(())
     }
@@ -707,46 +727,46 @@ impl<'de, S: EntrySink<'de>> Shape<'de> for DocumentShape<'_, S> {
 /// The field names of [`RawDocument`], by bit.
 pub(super) const DOCUMENT_FIELDS: &[&str] = &["version", "deployments", "policies"];
 
-/// Which entry list [`Entries`] reads.
-trait EntryList {
-    /// Reads the next entry into the sink; `false` at the end of the list.
-    fn next<'de, S: EntrySink<'de>, A: SeqAccess<'de>>(
-        sink: &mut S,
-        seq: &mut A,
-    ) -> Result<bool, A::Error>;
+/// Which entry list [`Entries`] reads: its records, and how the sink takes
+/// one.
+trait EntryList<'de> {
+    type Record;
+
+    fn hand<S: EntrySink<'de>>(sink: &mut S, entry: Slot<Self::Record>);
 }
 
 struct Policies;
 struct Deployments;
 
-impl EntryList for Policies {
-    fn next<'de, S: EntrySink<'de>, A: SeqAccess<'de>>(
-        sink: &mut S,
-        seq: &mut A,
-    ) -> Result<bool, A::Error> {
-        let entry = seq.next_element::<Shaped<Obj<'de, RawPolicy<'de>>>>()?;
-        Ok(entry.map(|Shaped(p)| sink.policy(p)).is_some())
+impl<'de> EntryList<'de> for Policies {
+    type Record = Obj<'de, RawPolicy<'de>>;
+
+    fn hand<S: EntrySink<'de>>(sink: &mut S, entry: Slot<Self::Record>) {
+        sink.policy(entry);
     }
 }
 
-impl EntryList for Deployments {
-    fn next<'de, S: EntrySink<'de>, A: SeqAccess<'de>>(
-        sink: &mut S,
-        seq: &mut A,
-    ) -> Result<bool, A::Error> {
-        let entry = seq.next_element::<Shaped<Obj<'de, RawDeployment<'de>>>>()?;
-        Ok(entry.map(|Shaped(d)| sink.deployment(d)).is_some())
+impl<'de> EntryList<'de> for Deployments {
+    type Record = Obj<'de, RawDeployment<'de>>;
+
+    fn hand<S: EntrySink<'de>>(sink: &mut S, entry: Slot<Self::Record>) {
+        sink.deployment(entry);
     }
 }
 
 /// One entry list, each entry handed to the sink as it is read.
 struct Entries<'s, S, L>(&'s mut S, L);
 
-impl<'de, S: EntrySink<'de>, L: EntryList> Shape<'de> for Entries<'_, S, L> {
+impl<'de, S: EntrySink<'de>, L: EntryList<'de>> Shape<'de> for Entries<'_, S, L>
+where
+    Shaped<L::Record>: Deserialize<'de>,
+{
     type Out = ();
 
     fn read_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Result<(), Kind>, A::Error> {
-        while L::next(self.0, &mut seq)? {}
+        while let Some(Shaped(entry)) = seq.next_element()? {
+            L::hand(self.0, entry);
+        }
         Ok(Ok(()))
     }
 }

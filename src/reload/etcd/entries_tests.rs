@@ -216,3 +216,25 @@ fn changed_ids_are_reported_once_and_refusals_are_not() {
     assert_eq!(later.policies, ["office".to_owned()].into());
     assert_eq!(later.deployments, ["abc".to_owned()].into());
 }
+
+#[test]
+fn a_value_naming_a_field_twice_is_refused() {
+    let mut e = world();
+    // Read either way, the second `policies` would drop the filtering
+    // policy and open the deployment.
+    let value = br#"{"id": "abc", "region": "aws-us-east-1",
+        "resources": {"es": {"backends": ["10.0.0.1:9200"]}},
+        "policies": ["office"], "policies": []}"#;
+    let key = keys::key(P, Kind::Deployment, "abc");
+    let a = e.apply([(key.clone(), Change::Put(Bytes::from_static(value)))]);
+    assert_eq!(a, applied(0, 1));
+    let refused = e.refused();
+    assert_eq!(refused[0].key, key);
+    assert!(
+        refused[0].message.contains("duplicate key \"policies\""),
+        "{}",
+        refused[0].message
+    );
+    let d = e.snapshot(2).deployments.into_iter().find(|d| d.id == "abc");
+    assert_eq!(d.map(|d| d.policies), Some(vec!["office".to_owned()]));
+}

@@ -235,6 +235,10 @@ fn a_value_naming_a_field_twice_is_refused() {
         "{}",
         refused[0].message
     );
-    let d = e.snapshot(2).deployments.into_iter().find(|d| d.id == "abc");
+    let d = e
+        .snapshot(2)
+        .deployments
+        .into_iter()
+        .find(|d| d.id == "abc");
     assert_eq!(d.map(|d| d.policies), Some(vec!["office".to_owned()]));
 }

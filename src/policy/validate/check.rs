@@ -44,7 +44,7 @@ fn object<'s, 'de, T: Fields<'de>>(
 }
 
 /// Reports the fields of an object that are not allowed.
-fn unknown_fields(
+pub(super) fn unknown_fields(
     keys: &Keys<'_>,
     fields: &[&str],
     allowed: u32,

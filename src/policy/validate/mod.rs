@@ -312,13 +312,8 @@ impl<'de> Document<'de> {
             Some(Err(kind)) => return Err(not_an_object(kind)),
             None => return Err(not_an_object(Kind::Null)),
         };
-        let names: Vec<&str> = DOCUMENT_FIELDS.to_vec();
-        for key in raw.keys.not_allowed(DOCUMENT_FIELDS, 0) {
-            errs.add(
-                Path::Root.key(key),
-                format_args!("unknown field (expected one of: {})", names.join(", ")),
-            );
-        }
+        let every = (1 << DOCUMENT_FIELDS.len()) - 1;
+        check::unknown_fields(&raw.keys, DOCUMENT_FIELDS, every, Path::Root, &mut errs);
         let version = match &raw.version {
             raw::Scalar::Null => {
                 errs.add(Path::Root.key("version"), "missing field");

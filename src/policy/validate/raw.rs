@@ -442,27 +442,42 @@ pub(super) struct Obj<'de, T> {
 }
 
 /// Reads an object of fields `T`.
-fn read_fields<'de, T: Fields<'de>, A: MapAccess<'de>>(
-    mut map: A,
-) -> Result<Obj<'de, T>, A::Error> {
+fn read_fields<'de, T: Fields<'de>, A: MapAccess<'de>>(map: A) -> Result<Obj<'de, T>, A::Error> {
     debug_assert!(T::FIELDS.len() <= MAX_KNOWN);
     let mut out = Obj::<T>::default();
+    let Obj { keys, fields } = &mut out;
+    read_object(map, T::FIELDS, keys, |bit, map| match fields.scalar(bit) {
+        Some(slot) => {
+            *slot = map.next_value()?;
+            Ok(())
+        }
+        None => fields.compound(bit, map),
+    })?;
+    Ok(out)
+}
+
+/// Reads an object's keys into `keys`, handing the value of each field
+/// named in `fields` to `value` by its index there; the values of unknown
+/// fields are skipped.
+fn read_object<'de, A: MapAccess<'de>>(
+    mut map: A,
+    fields: &[&str],
+    keys: &mut Keys<'de>,
+    mut value: impl FnMut(usize, &mut A) -> Result<(), A::Error>,
+) -> Result<(), A::Error> {
     while let Some(Key(key)) = map.next_key()? {
-        match field_bit(T::FIELDS, &key) {
+        match field_bit(fields, &key) {
             Some(bit) => {
-                out.keys.known(bit, &key)?;
-                match out.fields.scalar(bit) {
-                    Some(slot) => *slot = map.next_value()?,
-                    None => out.fields.compound(bit, &mut map)?,
-                }
+                keys.known(bit, &key)?;
+                value(bit, &mut map)?;
             }
             None => {
-                out.keys.unknown(key)?;
+                keys.unknown(key)?;
                 map.next_value::<IgnoredAny>()?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The index of `key` in `fields`. Lengths first: most keys differ from
@@ -697,29 +712,26 @@ impl<'de, S: EntrySink<'de>> Shape<'de> for DocumentShape<'_, S> {
 
     fn read_map<A: MapAccess<'de>>(
         self,
-        mut map: A,
+        map: A,
     ) -> Result<Result<RawDocument<'de>, Kind>, A::Error> {
         let mut doc = RawDocument::default();
-        while let Some(Key(key)) = map.next_key()? {
-            match field_bit(DOCUMENT_FIELDS, &key) {
-                Some(bit) => {
-                    doc.keys.known::<A::Error>(bit, &key)?;
-                    let sink = &mut *self.0;
-                    match bit {
-                        0 => doc.version = map.next_value()?,
-                        1 => {
-                            doc.deployments =
-                                map.next_value_seed(Expect(Entries(sink, Deployments)))?;
-                        }
-                        _ => doc.policies = map.next_value_seed(Expect(Entries(sink, Policies)))?,
-                    }
+        let RawDocument {
+            keys,
+            version,
+            policies,
+            deployments,
+        } = &mut doc;
+        let sink = self.0;
+        read_object(map, DOCUMENT_FIELDS, keys, |bit, map| {
+            match bit {
+                0 => *version = map.next_value()?,
+                1 => {
+                    *deployments = map.next_value_seed(Expect(Entries(&mut *sink, Deployments)))?
                 }
-                None => {
-                    doc.keys.unknown::<A::Error>(key)?;
-                    map.next_value::<IgnoredAny>()?;
-                }
+                _ => *policies = map.next_value_seed(Expect(Entries(&mut *sink, Policies)))?,
             }
-        }
+            Ok(())
+        })?;
         Ok(Ok(doc))
     }
 }

@@ -167,7 +167,9 @@ impl Reloader {
                 self.metrics.refused(e.result());
                 log_refused(&source, &e);
                 // Gives the refused document's pages back.
-                drop(Leftovers::default());
+                drop(tokio::task::spawn_blocking(
+                    crate::memory::release_free_memory,
+                ));
                 return Err(e);
             }
         };

@@ -133,37 +133,25 @@ pub fn prepare_over(
 /// swap then frees whole pages, which the trim returns, instead of holes
 /// between the set's allocations: measured with the large snapshot
 /// (`benches/reload.sh`), the settled size went from 218 to 132 MiB.
-fn on_own_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    // The closure waits here until a thread takes it: if none can be
-    // started, it runs on this one.
-    let slot = Mutex::new(Some(f));
-    let take = || slot.lock().ok().and_then(|mut f| f.take());
-    let ran = std::thread::scope(|scope| {
+fn on_own_thread<T: Send>(f: impl Fn() -> T + Sync) -> T {
+    std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new()
             .name("portcullis-compile".into())
-            .spawn_scoped(scope, || take().map(|f| f()));
+            .spawn_scoped(scope, &f);
         match spawned {
             Ok(thread) => thread
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            Err(_) => None,
+            // No thread to be had: compile here.
+            Err(_) => f(),
         }
-    });
-    match (ran, take()) {
-        (Some(out), _) => out,
-        (None, Some(f)) => f(),
-        // Taken and run, yet no result: the thread panicked, and that was
-        // resumed above.
-        (None, None) => unreachable!("the compile ran without a result"),
-    }
+    })
 }
 
 /// What a reload leaves to free once its set is in force: the model it was
 /// compiled from (freeing the large one takes about 150 ms). Dropping it
 /// frees it and returns free memory to the OS (see `memory`) on a blocking
-/// thread, so neither delays the swap; `Leftovers::default()` only trims
-/// (after a refused document, whose partial model is already freed).
-#[derive(Default)]
+/// thread, so neither delays the swap.
 pub struct Leftovers(Option<Snapshot>);
 
 impl Drop for Leftovers {

@@ -4,11 +4,12 @@
 //! The etcd follower knows which keys a watch batch touched; a whole
 //! document (file, URL, `PUT /snapshot`) says nothing, so its entries are
 //! compared by fingerprint (`super::fingerprint`) with the set in force.
+//! Both find an entry's counterpart by id with the same [`Pairing`].
 
 use std::collections::HashSet;
 use std::hash::Hash;
 
-use super::compile::{FastMap, PolicySet};
+use super::compile::{FastMap, PolicySet, index_u32};
 use super::fingerprint::Fingerprint;
 use super::model::Snapshot;
 
@@ -48,54 +49,99 @@ impl Changed {
 }
 
 /// Ids whose fingerprint differs between `old` and `new`, or that only one
-/// of them has. Most entries keep their position from one document to the
-/// next, so positions are compared first and a map is built only of the
-/// rest.
+/// of them has.
 fn differing<'a, T: Hash>(
     old: impl Iterator<Item = (&'a str, Fingerprint)>,
     new: &'a [T],
     id: impl Fn(&T) -> &str,
 ) -> HashSet<String> {
-    let old: Vec<(&str, Fingerprint)> = old.collect();
-    let new = new.iter().map(|e| (id(e), Fingerprint::of(e)));
-    let mut matched = vec![false; old.len()];
-    let mut unpaired: Vec<(&str, Fingerprint)> = Vec::new();
-    for (i, (id, print)) in new.enumerate() {
-        match old.get(i) {
-            Some(&(old_id, old_print)) if old_id == id => {
-                if let Some(m) = matched.get_mut(i) {
-                    *m = old_print == print;
-                }
-                if old_print != print {
-                    unpaired.push((id, print));
+    let (old_ids, old_prints): (Vec<&str>, Vec<Fingerprint>) = old.unzip();
+    let pairing = Pairing::new(new.iter().map(&id), &old_ids, &HashSet::new());
+    let replaced = new
+        .iter()
+        .zip(&pairing.old)
+        .filter(|&(e, &o)| old_prints.get(o as usize) != Some(&Fingerprint::of(e)))
+        .map(|(e, _)| id(e));
+    let removed = old_ids
+        .iter()
+        .zip(&pairing.new)
+        .filter(|&(_, &n)| n == NONE)
+        .map(|(&id, _)| id);
+    replaced.chain(removed).map(str::to_owned).collect()
+}
+
+/// No counterpart (removed, or new).
+pub(super) const NONE: u32 = u32::MAX;
+
+/// How the items of the new snapshot relate to those of the previous set.
+pub(super) struct Pairing {
+    /// Per new index: the same id's index in the previous set.
+    pub(super) old: Vec<u32>,
+    /// Per old index: the same id's index in the new snapshot.
+    pub(super) new: Vec<u32>,
+    /// Per new index: its compiled form can be taken from the previous set.
+    pub(super) reuse: Vec<bool>,
+}
+
+impl Pairing {
+    /// Pairs items by id: the same position first (most items keep theirs),
+    /// then one pass over the previous items for those that moved.
+    pub(super) fn new<'a>(
+        new_ids: impl ExactSizeIterator<Item = &'a str>,
+        old_ids: &[&str],
+        changed: &HashSet<String>,
+    ) -> Self {
+        // A fast hash: every id is looked up (`changed` is small).
+        let changed: FastMap<&str, ()> = changed.iter().map(|id| (id.as_str(), ())).collect();
+        let mut old = vec![NONE; new_ids.len()];
+        let mut reuse = vec![false; new_ids.len()];
+        let mut moved: FastMap<&str, usize> = FastMap::default();
+        for (i, id) in new_ids.enumerate() {
+            if old_ids.get(i) == Some(&id) {
+                old[i] = index_u32(i);
+            } else {
+                moved.insert(id, i);
+            }
+            if let Some(r) = reuse.get_mut(i) {
+                *r = changed.is_empty() || !changed.contains_key(id);
+            }
+        }
+        if !moved.is_empty() {
+            for (o, id) in old_ids.iter().enumerate() {
+                if let Some(&i) = moved.get(id) {
+                    old[i] = index_u32(o);
                 }
             }
-            _ => unpaired.push((id, print)),
         }
-    }
-    let mut out = HashSet::new();
-    if unpaired.is_empty() && matched.iter().all(|&m| m) {
-        return out;
-    }
-    // The old entries not matched in place, by id.
-    let rest: FastMap<&str, Fingerprint> = old
-        .iter()
-        .zip(&matched)
-        .filter(|(_, m)| !**m)
-        .map(|(&(id, print), _)| (id, print))
-        .collect();
-    let mut seen: HashSet<&str> = HashSet::with_capacity(unpaired.len());
-    for (id, print) in unpaired {
-        seen.insert(id);
-        if rest.get(id) != Some(&print) {
-            out.insert(id.to_owned());
+        let mut new = vec![NONE; old_ids.len()];
+        for (i, &o) in old.iter().enumerate() {
+            if let Some(slot) = new.get_mut(o as usize) {
+                *slot = index_u32(i);
+            }
         }
+        for (r, &o) in reuse.iter_mut().zip(&old) {
+            *r &= o != NONE;
+        }
+        Self { old, new, reuse }
     }
-    // Removed: not matched in place, and not found elsewhere in the new.
-    out.extend(
-        rest.keys()
-            .filter(|id| !seen.contains(*id))
-            .map(|id| (*id).to_owned()),
-    );
-    out
+
+    /// Every item is the previous one, unchanged, at the same index.
+    pub(super) fn identity(&self) -> bool {
+        self.new.len() == self.reuse.len() && (0..self.reuse.len()).all(|i| self.same(i))
+    }
+
+    pub(super) fn reused(&self, i: usize) -> Option<usize> {
+        self.reuse
+            .get(i)
+            .copied()
+            .unwrap_or(false)
+            .then(|| self.old.get(i).map(|&o| o as usize))
+            .flatten()
+    }
+
+    /// Whether the item at new index `i` is the previous one, unchanged,
+    /// at the same index: nothing keyed by its index needs touching.
+    pub(super) fn same(&self, i: usize) -> bool {
+        self.reused(i) == Some(i)
+    }
 }

@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::changed::Changed;
+use super::changed::{Changed, NONE, Pairing};
 use super::compile::{
     AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, FastMap, Hits, Hot, Members,
     NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment, compile_policy,
@@ -36,8 +36,6 @@ use super::compile::{
 use super::ipset::{IpTables, Spans};
 use super::model::Snapshot;
 
-/// No counterpart (removed, or new).
-const NONE: u32 = u32::MAX;
 /// A previous set that cannot be carried over: its users look theirs up.
 const PENDING: u32 = u32::MAX - 1;
 
@@ -64,79 +62,6 @@ impl PolicySet {
             return Self::compile(snapshot, options);
         }
         Reuse::new(snapshot, previous, changed).build(options)
-    }
-}
-
-/// How the items of the new snapshot relate to those of the previous set.
-struct Pairing {
-    /// Per new index: the same id's index in the previous set.
-    old: Vec<u32>,
-    /// Per old index: the same id's index in the new snapshot.
-    new: Vec<u32>,
-    /// Per new index: its compiled form can be taken from the previous set.
-    reuse: Vec<bool>,
-}
-
-impl Pairing {
-    /// Pairs items by id: the same position first (most items keep theirs),
-    /// then one pass over the previous items for those that moved.
-    fn new<'a>(
-        new_ids: impl ExactSizeIterator<Item = &'a str>,
-        old_ids: &[&str],
-        changed: &HashSet<String>,
-    ) -> Self {
-        // A fast hash: every id is looked up (`changed` is small).
-        let changed: FastMap<&str, ()> = changed.iter().map(|id| (id.as_str(), ())).collect();
-        let mut old = vec![NONE; new_ids.len()];
-        let mut reuse = vec![false; new_ids.len()];
-        let mut moved: FastMap<&str, usize> = FastMap::default();
-        for (i, id) in new_ids.enumerate() {
-            if old_ids.get(i) == Some(&id) {
-                old[i] = index_u32(i);
-            } else {
-                moved.insert(id, i);
-            }
-            if let Some(r) = reuse.get_mut(i) {
-                *r = changed.is_empty() || !changed.contains_key(id);
-            }
-        }
-        if !moved.is_empty() {
-            for (o, id) in old_ids.iter().enumerate() {
-                if let Some(&i) = moved.get(id) {
-                    old[i] = index_u32(o);
-                }
-            }
-        }
-        let mut new = vec![NONE; old_ids.len()];
-        for (i, &o) in old.iter().enumerate() {
-            if let Some(slot) = new.get_mut(o as usize) {
-                *slot = index_u32(i);
-            }
-        }
-        for (r, &o) in reuse.iter_mut().zip(&old) {
-            *r &= o != NONE;
-        }
-        Self { old, new, reuse }
-    }
-
-    /// Every item is the previous one, unchanged, at the same index.
-    fn identity(&self) -> bool {
-        self.new.len() == self.reuse.len() && (0..self.reuse.len()).all(|i| self.same(i))
-    }
-
-    fn reused(&self, i: usize) -> Option<usize> {
-        self.reuse
-            .get(i)
-            .copied()
-            .unwrap_or(false)
-            .then(|| self.old.get(i).map(|&o| o as usize))
-            .flatten()
-    }
-
-    /// Whether the item at new index `i` is the previous one, unchanged,
-    /// at the same index: nothing keyed by its index needs touching.
-    fn same(&self, i: usize) -> bool {
-        self.reused(i) == Some(i)
     }
 }
 

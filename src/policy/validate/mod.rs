@@ -22,7 +22,8 @@
 //! order, a deployment's policy associations last.
 //!
 //! Decisions worth knowing (also in the README):
-//! - Duplicate keys in an object are errors (see [`super::json`]).
+//! - Duplicate keys in an object are errors (see `raw`): either reading of
+//!   `"policies": ["office"], "policies": []` could open a deployment.
 //! - Unknown fields are errors: a typo such as `"polices"` must not
 //!   silently open a deployment.
 //! - A CIDR with host bits set (`10.0.0.1/8`) is an error that proposes the

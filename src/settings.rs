@@ -113,6 +113,20 @@ pub struct Timeouts {
     pub idle: Duration,
     /// From a request's first byte to its last header byte (slowloris).
     pub request_header: Duration,
+    /// HTTP/1.1: no request in flight for this long, and the connection
+    /// gives back its HTTP buffers until the client sends again. `None`:
+    /// never (HTTP/2, or a connection already closing).
+    pub idle_release: Option<Duration>,
+}
+
+impl Timeouts {
+    /// These timeouts without the buffer release.
+    pub fn without_release(self) -> Self {
+        Self {
+            idle_release: None,
+            ..self
+        }
+    }
 }
 
 /// Operational and access logs.

@@ -36,6 +36,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle keep-alive connection (no request in flight) is closed after this.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An HTTP/1.1 connection with no request in flight for this long frees
+/// its read and write buffers (16 KiB) until the client sends again. Long
+/// enough that a client sending request after request never pays for new
+/// buffers; short enough that connections a load balancer holds open
+/// between bursts cost little more than their TLS state.
+pub const DEFAULT_IDLE_RELEASE_AFTER: Duration = Duration::from_millis(250);
 /// Request line plus headers, HTTP/1.1; header list, HTTP/2.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// HAProxy's limit (`tune.http.maxhdr` 101), and the most hyper parses
@@ -116,6 +122,9 @@ pub struct ServerConfig {
     pub request_header_timeout: Duration,
     #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
+    /// An idle HTTP/1.1 connection frees its HTTP buffers after this long.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub idle_release_after: Duration,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_uri_bytes: usize,
@@ -138,6 +147,7 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             request_header_timeout: DEFAULT_REQUEST_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            idle_release_after: DEFAULT_IDLE_RELEASE_AFTER,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,
@@ -567,6 +577,7 @@ impl Config {
                     timeouts: Timeouts {
                         idle: s.idle_timeout,
                         request_header: s.request_header_timeout,
+                        idle_release: Some(s.idle_release_after),
                     },
                     max_header_bytes: s.max_header_bytes,
                     max_headers: s.max_headers,

@@ -10,6 +10,10 @@
 //!   header timer also runs while the connection is idle, so it cannot be
 //!   shorter than the idle timeout without closing idle connections early.
 //!
+//! - **Release** (HTTP/1.1): no request in flight and nothing received for
+//!   `idle_release`: the connection frees its HTTP buffers and waits on
+//!   the TLS stream alone (see `super::http1`).
+//!
 //! [`ActivityIo`] notes the first plaintext byte after an idle period;
 //! [`RequestGuard`]s (one per request, released when the response body is
 //! done) count requests in flight. The connection task asks
@@ -35,6 +39,8 @@ const UNSET: u64 = u64::MAX;
 pub enum Expired {
     Idle,
     RequestHeader,
+    /// Idle for `Timeouts::idle_release`: time to free the HTTP buffers.
+    Release,
 }
 
 #[derive(Debug)]
@@ -98,19 +104,27 @@ impl Activity {
 
     /// When the watchdog should look next, and what would expire then.
     pub fn next_deadline(&self, t: Timeouts) -> (Instant, Option<Expired>) {
+        // Nothing wakes the watchdog when a request ends, so while one is
+        // in flight (or its header on its way) it looks again after a
+        // while: an idle period, or, with buffers to release, a release
+        // period, so that an idle connection releases them promptly.
+        let look_again = || Instant::now() + t.idle_release.unwrap_or(t.idle);
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            // Busy: nothing can expire; look again after an idle period.
-            return (Instant::now() + t.idle, None);
+            return (look_again(), None);
         }
         let header = self.header_since.load(Ordering::Acquire);
         if header != UNSET {
-            return (
-                self.at(header) + t.request_header,
-                Some(Expired::RequestHeader),
-            );
+            let cut = self.at(header) + t.request_header;
+            return match look_again() {
+                again if again < cut => (again, None),
+                _ => (cut, Some(Expired::RequestHeader)),
+            };
         }
-        let idle = self.idle_since.load(Ordering::Acquire);
-        (self.at(idle) + t.idle, Some(Expired::Idle))
+        let idle = self.at(self.idle_since.load(Ordering::Acquire));
+        match t.idle_release {
+            Some(release) if release < t.idle => (idle + release, Some(Expired::Release)),
+            _ => (idle + t.idle, Some(Expired::Idle)),
+        }
     }
 
     /// Whether something expired at `now` (re-checked after waking, since
@@ -216,7 +230,53 @@ mod tests {
     const T: Timeouts = Timeouts {
         idle: Duration::from_secs(60),
         request_header: Duration::from_secs(10),
+        idle_release: None,
     };
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_releases_before_it_times_out() {
+        let t = Timeouts {
+            idle_release: Some(Duration::from_millis(250)),
+            ..T
+        };
+        let a = Arc::new(Activity::new(true));
+        let start = Instant::now();
+        assert_eq!(
+            a.next_deadline(t),
+            (start + Duration::from_millis(250), Some(Expired::Release))
+        );
+        // Released (or asked to be): the idle timeout is next.
+        assert_eq!(
+            a.next_deadline(t.without_release()),
+            (start + T.idle, Some(Expired::Idle))
+        );
+        // A request header on its way, or a request in flight, comes
+        // first; the watchdog looks again a release period later, since
+        // nothing wakes it when the request ends.
+        a.on_read();
+        let again = Instant::now() + Duration::from_millis(250);
+        assert_eq!(a.next_deadline(t), (again, None));
+        tokio::time::advance(T.request_header).await;
+        assert_eq!(a.expired(t, Instant::now()), Some(Expired::RequestHeader));
+        let guard = a.request_started();
+        let again = Instant::now() + Duration::from_millis(250);
+        assert_eq!(a.next_deadline(t), (again, None));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(guard);
+        assert_eq!(
+            a.next_deadline(t),
+            (
+                Instant::now() + Duration::from_millis(250),
+                Some(Expired::Release)
+            )
+        );
+        // A release no shorter than the idle timeout never happens.
+        let late = Timeouts {
+            idle_release: Some(T.idle),
+            ..T
+        };
+        assert_eq!(a.next_deadline(late).1, Some(Expired::Idle));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_then_header_then_busy_then_idle() {

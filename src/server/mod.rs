@@ -17,8 +17,10 @@
 
 mod activity;
 mod connection;
+mod http1;
 mod metrics;
 mod service;
+mod watchdog;
 
 use std::future::Future;
 use std::io;

@@ -15,6 +15,7 @@ mod etcd_cluster;
 mod etcd_follow;
 mod etcd_publish;
 mod faults;
+mod idle_release;
 mod policy_incremental;
 mod policy_props;
 mod policy_semantics;

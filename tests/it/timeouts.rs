@@ -4,14 +4,11 @@
 //! idle keep-alive connection is closed after `server.idle_timeout`; and a
 //! connection that keeps sending requests is never closed as idle.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use portcullis_test_kit::harness::*;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -28,15 +25,7 @@ async fn fixture() -> Fixture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_request_head_is_cut_at_the_header_timeout() {
     let f = fixture().await;
-    let mut tcp = TcpStream::connect(f.proxy.addr).await.expect("connect");
-    tcp.write_all(&v1_from(ALLOWED_V4))
-        .await
-        .expect("PROXY header");
-    let name = ServerName::try_from(host(OPEN)).expect("SNI");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(b"http/1.1")));
-    let mut tls = within("TLS handshake", connector.connect(name, tcp))
-        .await
-        .expect("TLS handshake");
+    let mut tls = tls_h1(f.proxy.addr, &v1_from(ALLOWED_V4), &host(OPEN)).await;
 
     // One byte every 100 ms, never finishing the head: each byte is
     // activity, none of it is a request.

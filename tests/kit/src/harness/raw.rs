@@ -60,3 +60,19 @@ impl Raw {
         }
     }
 }
+
+/// A TLS connection (HTTP/1.1 by ALPN) to `addr` after `preamble` (a
+/// PROXY header), for tests that write request bytes themselves.
+pub async fn tls_h1(
+    addr: SocketAddr,
+    preamble: &[u8],
+    sni: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(preamble).await.expect("PROXY header");
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("SNI");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_tls(b"http/1.1")));
+    within("TLS handshake", connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake")
+}

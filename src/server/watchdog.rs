@@ -1,0 +1,111 @@
+//! The connection watchdog: runs a served connection (hyper's, either
+//! protocol) until it ends, enforcing the timeouts [`Activity`] keeps and
+//! reacting to shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use super::Proxy;
+use super::activity::{Activity, Expired};
+use super::metrics::ConnectionEnd;
+use crate::shutdown::{Phase, Shutdown};
+
+/// A served connection and how to ask it to stop.
+pub(super) struct Watched<C> {
+    pub conn: C,
+    /// Finish politely: hyper's `graceful_shutdown`, which has different
+    /// bounds per protocol.
+    pub close: fn(Pin<&mut C>),
+    /// Finish without closing, to free the connection's HTTP buffers while
+    /// it is idle (HTTP/1.1); `None` where there is nothing to free.
+    pub release: Option<fn(Pin<&mut C>)>,
+    /// Already asked to close (the idle timeout and the abort apply).
+    pub closing: bool,
+}
+
+/// Runs the connection until it ends. `Ok` is what the connection returned
+/// when it finished by itself or as asked; `Err` is the
+/// `connections_total{result}` label of a connection cut short (or ended
+/// by an HTTP error).
+pub(super) async fn drive<C, T>(
+    watched: Watched<C>,
+    activity: &Activity,
+    proxy: &Proxy,
+    shutdown: Shutdown,
+) -> Result<T, ConnectionEnd>
+where
+    C: Future<Output = Result<T, hyper::Error>>,
+{
+    let Watched {
+        conn,
+        close,
+        release,
+        mut closing,
+    } = watched;
+    let mut conn = std::pin::pin!(conn);
+    let mut drain_shutdown = shutdown.clone();
+    let mut abort_shutdown = shutdown;
+    // Created once and polled across iterations: every request wakes this
+    // loop (`activity.changed()`), and re-creating a timer and two watch
+    // futures per request showed up in profiles. A completed `drain` is
+    // never polled again (`closing` guards it), `abort` only once closing.
+    let mut drain = std::pin::pin!(drain_shutdown.reached(Phase::Draining));
+    let mut abort = std::pin::pin!(abort_shutdown.reached(Phase::Abort));
+    let timeouts = proxy.http.timeouts;
+    let mut releasing = false;
+    // The release is asked for once, and never of a closing connection.
+    let watching = |asked: bool| match release {
+        Some(_) if !asked => timeouts,
+        _ => timeouts.without_release(),
+    };
+    let (mut armed, _) = activity.next_deadline(watching(closing));
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(armed));
+    loop {
+        let t = watching(closing || releasing);
+        let (deadline, _) = activity.next_deadline(t);
+        if deadline != armed {
+            armed = deadline;
+            timer.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            r = conn.as_mut() => {
+                return r.map_err(|e| if e.is_timeout() {
+                    ConnectionEnd::Timeout
+                } else {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                    ConnectionEnd::HttpError
+                });
+            }
+            () = timer.as_mut() => {
+                match activity.expired(t, tokio::time::Instant::now()) {
+                    Some(Expired::RequestHeader) => {
+                        tracing::debug!("request header timeout");
+                        return Err(ConnectionEnd::HeaderTimeout);
+                    }
+                    Some(Expired::Release) => {
+                        releasing = true;
+                        if let Some(release) = release {
+                            release(conn.as_mut());
+                        }
+                    }
+                    Some(Expired::Idle) if !closing => {
+                        closing = true;
+                        close(conn.as_mut());
+                    }
+                    // Already closing politely; if it takes longer than
+                    // another idle period, stop waiting.
+                    Some(Expired::Idle) => return Err(ConnectionEnd::IdleTimeout),
+                    None => {}
+                }
+            }
+            () = activity.changed() => {}
+            () = drain.as_mut(), if !closing => {
+                closing = true;
+                close(conn.as_mut());
+            }
+            () = abort.as_mut(), if closing => {
+                return Err(ConnectionEnd::Aborted);
+            }
+        }
+    }
+}

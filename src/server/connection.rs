@@ -5,12 +5,15 @@
 //! handshake) closes the connection and is counted; nothing is ever sent to
 //! a backend for such a connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tracing::Instrument as _;
 
 use super::Proxy;
@@ -19,91 +22,121 @@ use super::http1;
 use super::metrics::ConnectionEnd;
 use super::service::{self, ConnInfo};
 use super::watchdog::{Watched, drive};
+use crate::endpoint::ClientIdentity;
 use crate::forward::headers::client_header_value;
 use crate::proxy_protocol::{self, Prefixed};
 use crate::shutdown::Shutdown;
 use crate::tls;
 
 /// Serves one accepted TCP connection to the end.
-pub async fn serve(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
+pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
     let span = tracing::debug_span!("conn", %peer, client_ip = tracing::field::Empty);
     let result = async {
-        let _ = tcp.set_nodelay(true);
-        // Boxed, like the handshake below: the header buffer is needed for
-        // a moment, not for the life of an idle connection.
-        let accepted = match Box::pin(proxy_protocol::read_header(
-            &mut tcp,
-            peer,
-            &proxy.proxy_protocol,
-        ))
-        .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                proxy.metrics.proxy_protocol_error(&e);
-                tracing::debug!(error = %e, kind = e.kind(), "PROXY header refused");
-                return ConnectionEnd::ProxyProtocol;
-            }
+        // Established in a block of its own: what the handshake leaves
+        // behind (the stream itself, 1.2 KiB, moved on but with its room
+        // still reserved) must not stay in this future's state for the
+        // life of an idle connection. Only the boxed `serving` does.
+        let serving = match Box::pin(establish(&proxy, tcp, peer)).await {
+            Ok((stream, client)) => serving(&proxy, stream, client, peer, shutdown),
+            Err(end) => return end,
         };
-        tracing::Span::current()
-            .record("client_ip", tracing::field::display(accepted.client.source));
-        let io = Prefixed::new(accepted.prefix, tcp);
-        // Boxed for the same reason: the handshake's state is gone once
-        // the connection is established.
-        let handshake = Box::pin(tls::handshake(&proxy.tls, io, proxy.tls_handshake_timeout));
-        let stream = match handshake.await {
-            Ok(s) => s,
-            Err(e) => {
-                proxy.metrics.tls_handshake_error(&e);
-                tracing::debug!(error = %e, kind = e.kind(), "TLS handshake failed");
-                return ConnectionEnd::Tls;
-            }
-        };
-        let h2 = tls::alpn_is_h2(&stream);
-        let activity = Arc::new(Activity::new(!h2));
-        let info = Arc::new(ConnInfo {
-            forwarded_for: client_header_value(accepted.client.source),
-            client: accepted.client,
-            peer,
-            sni: tls::sni_of(&stream).map(Into::into),
-            activity: activity.clone(),
-        });
-        let io = ActivityIo::new(stream, activity.clone());
-        let svc = {
-            let proxy = proxy.clone();
-            // Boxed: hyper keeps a slot the size of the service's future
-            // for the whole life of an HTTP/1.1 connection, idle or not;
-            // boxing costs one allocation per request instead of about
-            // 3 KiB on every idle connection.
-            service_fn(move |req| Box::pin(service::handle(proxy.clone(), info.clone(), req)))
-        };
-        // Each protocol's connection is boxed so that the task holds only
-        // the one in use, not space for the larger of the two (and for
-        // the handshake state) on every idle connection.
-        if h2 {
-            let h = &proxy.http;
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(h.h2_max_concurrent_streams)
-                .max_pending_accept_reset_streams(h.h2_max_pending_accept_resets)
-                .max_local_error_reset_streams(h.h2_max_local_error_resets)
-                .max_header_list_size(u32::try_from(h.max_header_bytes).unwrap_or(u32::MAX))
-                .serve_connection(TokioIo::new(io), svc);
-            let watched = Watched {
-                conn,
-                close: |c| c.graceful_shutdown(),
-                release: None,
-                closing: false,
-            };
-            match Box::pin(drive(watched, &activity, &proxy, shutdown)).await {
-                Ok(()) => ConnectionEnd::Closed,
-                Err(end) => end,
-            }
-        } else {
-            Box::pin(http1::serve(io, svc, &activity, &proxy, shutdown)).await
+        match serving.await {
+            Ok(()) => ConnectionEnd::Closed,
+            Err(end) => end,
         }
     }
     .instrument(span)
     .await;
     proxy.metrics.connection_ended(result);
+}
+
+type Stream = TlsStream<Prefixed<TcpStream>>;
+
+/// PROXY header, then TLS: the client and its stream, or the
+/// `connections_total{result}` label of a connection refused on the way.
+async fn establish(
+    proxy: &Proxy,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(Stream, ClientIdentity), ConnectionEnd> {
+    let _ = tcp.set_nodelay(true);
+    // Boxed, like the handshake below: the header buffer is needed for a
+    // moment, not for the life of an idle connection.
+    let accepted = match Box::pin(proxy_protocol::read_header(
+        &mut tcp,
+        peer,
+        &proxy.proxy_protocol,
+    ))
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            proxy.metrics.proxy_protocol_error(&e);
+            tracing::debug!(error = %e, kind = e.kind(), "PROXY header refused");
+            return Err(ConnectionEnd::ProxyProtocol);
+        }
+    };
+    tracing::Span::current().record("client_ip", tracing::field::display(accepted.client.source));
+    let io = Prefixed::new(accepted.prefix, tcp);
+    // Boxed for the same reason: the handshake's state is gone once the
+    // connection is established.
+    let handshake = Box::pin(tls::handshake(&proxy.tls, io, proxy.tls_handshake_timeout));
+    match handshake.await {
+        Ok(stream) => Ok((stream, accepted.client)),
+        Err(e) => {
+            proxy.metrics.tls_handshake_error(&e);
+            tracing::debug!(error = %e, kind = e.kind(), "TLS handshake failed");
+            Err(ConnectionEnd::Tls)
+        }
+    }
+}
+
+/// The established connection served by the protocol ALPN chose, boxed:
+/// the task holds only the one in use, not room for the larger of the
+/// two (and for the handshake) on every idle connection. `Ok` when it
+/// closed in the ordinary way, else the `connections_total{result}`
+/// label.
+fn serving<'a>(
+    proxy: &'a Arc<Proxy>,
+    stream: Stream,
+    client: ClientIdentity,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+) -> Pin<Box<dyn Future<Output = Result<(), ConnectionEnd>> + Send + 'a>> {
+    let h2 = tls::alpn_is_h2(&stream);
+    let activity = Arc::new(Activity::new(!h2));
+    let info = Arc::new(ConnInfo {
+        forwarded_for: client_header_value(client.source),
+        client,
+        peer,
+        sni: tls::sni_of(&stream).map(Into::into),
+        activity: activity.clone(),
+    });
+    let io = ActivityIo::new(stream, activity.clone());
+    let svc = {
+        let proxy = proxy.clone();
+        // Boxed: hyper keeps a slot the size of the service's future for
+        // the whole life of an HTTP/1.1 connection, idle or not; boxing
+        // costs one allocation per request instead of about 3 KiB on
+        // every idle connection.
+        service_fn(move |req| Box::pin(service::handle(proxy.clone(), info.clone(), req)))
+    };
+    if !h2 {
+        return Box::pin(http1::serve(io, svc, activity, proxy.clone(), shutdown));
+    }
+    let h = &proxy.http;
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(h.h2_max_pending_accept_resets)
+        .max_local_error_reset_streams(h.h2_max_local_error_resets)
+        .max_header_list_size(u32::try_from(h.max_header_bytes).unwrap_or(u32::MAX))
+        .serve_connection(TokioIo::new(io), svc);
+    let watched = Watched {
+        conn: Box::pin(conn),
+        close: |c| c.graceful_shutdown(),
+        release: None,
+        closing: false,
+    };
+    Box::pin(drive(watched, activity, proxy, shutdown))
 }

@@ -19,6 +19,7 @@
 //! by then comes back in `read_buf` and is replayed.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -61,59 +62,143 @@ impl<T> Service for T where
 {
 }
 
+/// How a watched hyper connection finished: released (its parts), closed
+/// (`None`), or cut short (the `connections_total{result}` label).
+type Finished<S, Svc> = Result<Option<Parts<Io<S>, Svc>>, ConnectionEnd>;
+
 /// What hyper reads from and writes to: the stream, with bytes read while
 /// the connection was parked replayed first.
 type Io<S> = TokioIo<Prefixed<ActivityIo<S>>>;
 
-/// Serves HTTP/1.1 on `stream` until the connection ends; returns the
-/// `connections_total{result}` label.
-pub(super) async fn serve<S, Svc>(
+/// Serves HTTP/1.1 on `stream` until the connection ends: `Ok` when it
+/// closed in the ordinary way, else the `connections_total{result}` label.
+///
+/// This future is the connection's state while it is parked, so it keeps
+/// nothing large of its own: the hyper connection and the futures that
+/// run it are built by plain functions and boxed, and live only while
+/// they run. (An async fn keeps room for any large value it holds across
+/// an await, even after it has moved on.)
+pub(super) fn serve<S, Svc>(
     stream: ActivityIo<S>,
     service: Svc,
-    activity: &Activity,
-    proxy: &Proxy,
+    activity: Arc<Activity>,
+    proxy: Arc<Proxy>,
     shutdown: Shutdown,
-) -> ConnectionEnd
+) -> impl Future<Output = Result<(), ConnectionEnd>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     Svc: Service,
 {
+    // The stream goes in boxed, and is moved out of the box at once: its
+    // argument's room stays reserved for as long as the future runs.
+    serve_unboxing(Box::new(stream), service, activity, proxy, shutdown)
+}
+
+async fn serve_unboxing<S, Svc>(
+    stream: Box<ActivityIo<S>>,
+    mut service: Svc,
+    activity: Arc<Activity>,
+    proxy: Arc<Proxy>,
+    shutdown: Shutdown,
+) -> Result<(), ConnectionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Svc: Service,
+{
+    // Moved out by a call: moved out in place, the empty box would stay
+    // allocated until the future ends.
+    let mut stream = unboxed(stream);
     let builder = builder(&proxy.http);
-    let (mut stream, mut service, mut replay) = (stream, service, Bytes::new());
+    let mut replay = Bytes::new();
     loop {
-        let conn = builder.serve_connection(TokioIo::new(Prefixed::new(replay, stream)), service);
-        let served = drive(Http1::watched(conn), activity, proxy, shutdown.clone());
-        let parts = match Box::pin(served).await {
-            Ok(Some(parts)) => parts,
-            Ok(None) => return ConnectionEnd::Closed,
-            Err(end) => return end,
+        let served = served(
+            &builder, stream, service, replay, &activity, &proxy, &shutdown,
+        );
+        (stream, service, replay) = match served.await? {
+            Some(parts) => taken_apart(parts),
+            None => return Ok(()),
         };
-        service = parts.service;
-        let (unread, inner) = parts.io.into_inner().into_parts();
-        stream = inner;
-        // hyper read `read_buf` from the front of the replayed bytes or
-        // the stream; what it never read of the replay comes after.
-        replay = join(parts.read_buf, unread);
         if !replay.is_empty() {
             continue;
         }
         let timeouts = proxy.http.timeouts;
-        match Box::pin(park(&mut stream, activity, timeouts, shutdown.clone())).await {
+        match Box::pin(park(&mut stream, &activity, timeouts, shutdown.clone())).await {
             Parked::Woke(bytes) => replay = bytes,
-            Parked::Failed => return ConnectionEnd::HttpError,
+            Parked::Failed => return Err(ConnectionEnd::HttpError),
             Parked::Close => {
-                // Closed as hyper closes a connection: TLS close_notify,
-                // then FIN, under the same watchdog.
-                let io = TokioIo::new(Prefixed::new(Bytes::new(), stream));
-                let closing = Http1::<S, Svc>::closing(io);
-                let closed = drive(closing, activity, proxy, shutdown);
-                return match Box::pin(closed).await {
-                    Ok(_) => ConnectionEnd::Closed,
-                    Err(end) => end,
-                };
+                return closed::<S, Svc>(stream, activity, &proxy, shutdown)
+                    .await
+                    .map(drop);
             }
         }
     }
+}
+
+#[expect(
+    clippy::boxed_local,
+    reason = "the box is what keeps the caller's future small"
+)]
+fn unboxed<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
+/// A hyper connection over `stream`, with `replay` read first, under the
+/// watchdog.
+fn served<'a, S, Svc>(
+    builder: &http1::Builder,
+    stream: ActivityIo<S>,
+    service: Svc,
+    replay: Bytes,
+    activity: &Arc<Activity>,
+    proxy: &'a Proxy,
+    shutdown: &Shutdown,
+) -> Pin<Box<impl Future<Output = Finished<S, Svc>> + 'a>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'a,
+    Svc: Service + 'a,
+{
+    let conn = builder.serve_connection(TokioIo::new(Prefixed::new(replay, stream)), service);
+    Box::pin(drive(
+        Http1::watched(conn),
+        activity.clone(),
+        proxy,
+        shutdown.clone(),
+    ))
+}
+
+/// A released connection's stream, service and unread bytes.
+fn taken_apart<S, Svc>(parts: Parts<Io<S>, Svc>) -> (ActivityIo<S>, Svc, Bytes) {
+    let Parts {
+        io,
+        read_buf,
+        service,
+        ..
+    } = parts;
+    let (unread, stream) = io.into_inner().into_parts();
+    // hyper read `read_buf` from the front of the replayed bytes or the
+    // stream; what it never read of the replay comes after.
+    (stream, service, join(read_buf, unread))
+}
+
+/// The stream closed as hyper closes a connection (TLS close_notify, then
+/// FIN), under the same watchdog.
+fn closed<'a, S, Svc>(
+    stream: ActivityIo<S>,
+    activity: Arc<Activity>,
+    proxy: &'a Proxy,
+    shutdown: Shutdown,
+) -> Pin<Box<impl Future<Output = Finished<S, Svc>> + 'a>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'a,
+    Svc: Service + 'a,
+{
+    let io = TokioIo::new(Prefixed::new(Bytes::new(), stream));
+    Box::pin(drive(
+        Http1::<S, Svc>::closing(io),
+        activity,
+        proxy,
+        shutdown,
+    ))
 }
 
 /// hyper's HTTP/1.1 server as the data path configures it.
@@ -218,11 +303,11 @@ where
 {
     fn watched(conn: Connection<Io<S>, Svc>) -> Watched<Self> {
         Watched {
-            conn: Self {
+            conn: Box::pin(Self {
                 conn: Some(conn),
                 release: false,
                 closing: None,
-            },
+            }),
             close: Self::close,
             release: Some(Self::release),
             closing: false,
@@ -231,11 +316,11 @@ where
 
     fn closing(io: Io<S>) -> Watched<Self> {
         Watched {
-            conn: Self {
+            conn: Box::pin(Self {
                 conn: None,
                 release: false,
                 closing: Some(io),
-            },
+            }),
             close: Self::close,
             release: None,
             closing: true,

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -261,13 +261,29 @@ impl Server {
 trait Handler: Send + Sync + 'static {
     /// A connection was closed at once: `server.max_connections` reached.
     fn over_limit(&self);
-    /// Serves one accepted connection to its end.
-    fn serve(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        shutdown: Shutdown,
-    ) -> impl Future<Output = ()> + Send;
+    /// Serves one accepted connection to its end, holding its permit
+    /// until then.
+    ///
+    /// The permit comes in here rather than being held by a wrapper
+    /// around this future: an async block that awaits a future it
+    /// captured keeps room for that future twice, and this one is the
+    /// connection's state for as long as it is open.
+    fn serve(self: Arc<Self>, accepted: Accepted) -> impl Future<Output = ()> + Send;
+}
+
+/// A connection as the accept loop hands it over.
+struct Accepted {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+    /// Its slot under `server.max_connections`, held until it ends.
+    permit: OwnedSemaphorePermit,
+}
+
+impl Accepted {
+    fn into_parts(self) -> (TcpStream, SocketAddr, Shutdown, OwnedSemaphorePermit) {
+        (self.tcp, self.peer, self.shutdown, self.permit)
+    }
 }
 
 impl Handler for Proxy {
@@ -275,7 +291,8 @@ impl Handler for Proxy {
         self.metrics.connection_ended(ConnectionEnd::Limit);
     }
 
-    async fn serve(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
+    async fn serve(self: Arc<Self>, accepted: Accepted) {
+        let (tcp, peer, shutdown, _permit) = accepted.into_parts();
         let _open = self.metrics.connection_opened();
         connection::serve(self, tcp, peer, shutdown).await;
     }
@@ -286,13 +303,9 @@ impl Handler for PassThrough {
         PassThrough::over_limit(self);
     }
 
-    fn serve(
-        self: Arc<Self>,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        shutdown: Shutdown,
-    ) -> impl Future<Output = ()> + Send {
-        PassThrough::serve(self, tcp, peer, shutdown)
+    async fn serve(self: Arc<Self>, accepted: Accepted) {
+        let (tcp, peer, shutdown, _permit) = accepted.into_parts();
+        PassThrough::serve(self, tcp, peer, shutdown).await;
     }
 }
 
@@ -330,11 +343,13 @@ async fn accept_loop<H: Handler>(
             drop(tcp);
             continue;
         };
-        let serve = handler.clone().serve(tcp, peer, shutdown.clone());
-        tracker.spawn(async move {
-            serve.await;
-            drop(permit);
-        });
+        let accepted = Accepted {
+            tcp,
+            peer,
+            shutdown: shutdown.clone(),
+            permit,
+        };
+        tracker.spawn(handler.clone().serve(accepted));
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use super::Proxy;
 use super::activity::{Activity, Expired};
@@ -12,7 +13,11 @@ use crate::shutdown::{Phase, Shutdown};
 
 /// A served connection and how to ask it to stop.
 pub(super) struct Watched<C> {
-    pub conn: C,
+    /// Boxed, so that the watchdog's own future holds a pointer to it:
+    /// an async fn keeps room for its arguments for as long as it runs,
+    /// beside whatever it moves them into, and for an idle HTTP/2
+    /// connection this future is the connection's state.
+    pub conn: Pin<Box<C>>,
     /// Finish politely: hyper's `graceful_shutdown`, which has different
     /// bounds per protocol.
     pub close: fn(Pin<&mut C>),
@@ -29,7 +34,7 @@ pub(super) struct Watched<C> {
 /// by an HTTP error).
 pub(super) async fn drive<C, T>(
     watched: Watched<C>,
-    activity: &Activity,
+    activity: Arc<Activity>,
     proxy: &Proxy,
     shutdown: Shutdown,
 ) -> Result<T, ConnectionEnd>
@@ -37,12 +42,11 @@ where
     C: Future<Output = Result<T, hyper::Error>>,
 {
     let Watched {
-        conn,
+        mut conn,
         close,
         release,
         mut closing,
     } = watched;
-    let mut conn = std::pin::pin!(conn);
     let mut drain_shutdown = shutdown.clone();
     let mut abort_shutdown = shutdown;
     // Created once and polled across iterations: every request wakes this

@@ -21,8 +21,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +33,26 @@ use tokio::time::Instant;
 use crate::settings::Timeouts;
 
 const UNSET: u64 = u64::MAX;
+
+/// Release deadlines (and the look-agains of busy connections that may
+/// release) are rounded up to this grid, shared by every connection:
+/// connections that go idle within one interval are then released in one
+/// timer tick. Timed one by one, each woke a worker thread of its own,
+/// which cost more CPU than the release itself on connections that send
+/// a request every second or so.
+pub const RELEASE_GRID: Duration = Duration::from_millis(100);
+
+/// `at`, rounded up to the next [`RELEASE_GRID`] point.
+fn on_release_grid(at: Instant) -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let grid = RELEASE_GRID.as_nanos();
+    let slots = at
+        .saturating_duration_since(origin)
+        .as_nanos()
+        .div_ceil(grid);
+    origin + Duration::from_nanos(u64::try_from(slots * grid).unwrap_or(u64::MAX))
+}
 
 /// What expired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +128,10 @@ impl Activity {
         // in flight (or its header on its way) it looks again after a
         // while: an idle period, or, with buffers to release, a release
         // period, so that an idle connection releases them promptly.
-        let look_again = || Instant::now() + t.idle_release.unwrap_or(t.idle);
+        let look_again = || match t.idle_release {
+            Some(release) => on_release_grid(Instant::now() + release),
+            None => Instant::now() + t.idle,
+        };
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return (look_again(), None);
         }
@@ -122,7 +145,9 @@ impl Activity {
         }
         let idle = self.at(self.idle_since.load(Ordering::Acquire));
         match t.idle_release {
-            Some(release) if release < t.idle => (idle + release, Some(Expired::Release)),
+            Some(release) if release < t.idle => {
+                (on_release_grid(idle + release), Some(Expired::Release))
+            }
             _ => (idle + t.idle, Some(Expired::Idle)),
         }
     }
@@ -235,15 +260,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_releases_before_it_times_out() {
+        const RELEASE: Duration = Duration::from_millis(250);
         let t = Timeouts {
-            idle_release: Some(Duration::from_millis(250)),
+            idle_release: Some(RELEASE),
             ..T
+        };
+        // On the shared grid, at most one grid step after `at`.
+        let about = |(deadline, what): (Instant, Option<Expired>), at: Instant| {
+            assert!(
+                deadline >= at && deadline < at + RELEASE_GRID,
+                "{deadline:?} is not just after {at:?}"
+            );
+            what
         };
         let a = Arc::new(Activity::new(true));
         let start = Instant::now();
         assert_eq!(
-            a.next_deadline(t),
-            (start + Duration::from_millis(250), Some(Expired::Release))
+            about(a.next_deadline(t), start + RELEASE),
+            Some(Expired::Release)
         );
         // Released (or asked to be): the idle timeout is next.
         assert_eq!(
@@ -254,21 +288,25 @@ mod tests {
         // first; the watchdog looks again a release period later, since
         // nothing wakes it when the request ends.
         a.on_read();
-        let again = Instant::now() + Duration::from_millis(250);
-        assert_eq!(a.next_deadline(t), (again, None));
+        assert_eq!(about(a.next_deadline(t), Instant::now() + RELEASE), None);
         tokio::time::advance(T.request_header).await;
         assert_eq!(a.expired(t, Instant::now()), Some(Expired::RequestHeader));
         let guard = a.request_started();
-        let again = Instant::now() + Duration::from_millis(250);
-        assert_eq!(a.next_deadline(t), (again, None));
+        assert_eq!(about(a.next_deadline(t), Instant::now() + RELEASE), None);
         tokio::time::advance(Duration::from_secs(1)).await;
         drop(guard);
         assert_eq!(
-            a.next_deadline(t),
-            (
-                Instant::now() + Duration::from_millis(250),
-                Some(Expired::Release)
-            )
+            about(a.next_deadline(t), Instant::now() + RELEASE),
+            Some(Expired::Release)
+        );
+        // Connections going idle within one grid step release together.
+        let b = Arc::new(Activity::new(true));
+        tokio::time::advance(RELEASE_GRID / 3).await;
+        let c = Arc::new(Activity::new(true));
+        let (b_at, c_at) = (b.next_deadline(t).0, c.next_deadline(t).0);
+        assert!(
+            b_at == c_at || c_at == b_at + RELEASE_GRID,
+            "{b_at:?} {c_at:?}"
         );
         // A release no shorter than the idle timeout never happens.
         let late = Timeouts {

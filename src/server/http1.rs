@@ -174,6 +174,7 @@ fn taken_apart<S, Svc>(parts: Parts<Io<S>, Svc>) -> (ActivityIo<S>, Svc, Bytes) 
         service,
         ..
     } = parts;
+    crate::memory::connection_released();
     let (unread, stream) = io.into_inner().into_parts();
     // hyper read `read_buf` from the front of the replayed bytes or the
     // stream; what it never read of the replay comes after.

@@ -122,7 +122,10 @@ where
             continue;
         }
         let timeouts = proxy.http.timeouts;
-        match Box::pin(park(&mut stream, &activity, timeouts, shutdown.clone())).await {
+        let released = proxy.metrics.connection_released();
+        let parked = Box::pin(park(&mut stream, &activity, timeouts, shutdown.clone())).await;
+        drop(released);
+        match parked {
             Parked::Woke(bytes) => replay = bytes,
             Parked::Failed => return Err(ConnectionEnd::HttpError),
             Parked::Close => {

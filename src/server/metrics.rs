@@ -50,6 +50,8 @@ impl ConnectionEnd {
 #[derive(Debug)]
 pub struct ServerMetrics {
     pub connections_active: IntGauge,
+    /// HTTP/1.1 connections idle with their HTTP buffers released.
+    connections_released: IntGauge,
     connections_total: IntCounterVec,
     proxy_protocol_errors: IntCounterVec,
     tls_handshake_errors: IntCounterVec,
@@ -59,7 +61,8 @@ pub struct ServerMetrics {
     request_slots: Box<[OnceLock<IntCounter>]>,
 }
 
-/// Counts one connection in `connections_active` while it lives.
+/// Counts one connection in a gauge (`connections_active`,
+/// `connections_released`) while it is held.
 #[derive(Debug)]
 pub struct OpenConnection(IntGauge);
 
@@ -73,6 +76,10 @@ impl ServerMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let m = Self {
             connections_active: IntGauge::new("connections_active", "Client connections open now")?,
+            connections_released: IntGauge::new(
+                "connections_released",
+                "Idle HTTP/1.1 connections holding only their TLS state (HTTP buffers released)",
+            )?,
             connections_total: IntCounterVec::new(
                 Opts::new("connections_total", "Client connections by how they ended"),
                 &["result"],
@@ -95,6 +102,7 @@ impl ServerMetrics {
             request_slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
         };
         registry.register(Box::new(m.connections_active.clone()))?;
+        registry.register(Box::new(m.connections_released.clone()))?;
         registry.register(Box::new(m.connections_total.clone()))?;
         registry.register(Box::new(m.proxy_protocol_errors.clone()))?;
         registry.register(Box::new(m.tls_handshake_errors.clone()))?;
@@ -110,6 +118,13 @@ impl ServerMetrics {
     pub fn connection_opened(&self) -> OpenConnection {
         self.connections_active.inc();
         OpenConnection(self.connections_active.clone())
+    }
+
+    /// Counts one connection in `connections_released` until the guard is
+    /// dropped (it woke, or is closing).
+    pub fn connection_released(&self) -> OpenConnection {
+        self.connections_released.inc();
+        OpenConnection(self.connections_released.clone())
     }
 
     pub fn connection_ended(&self, end: ConnectionEnd) {

@@ -76,7 +76,13 @@ async fn a_released_connection_serves_what_comes_next_as_the_same_connection() {
         assert_eq!(reply.json()["sha256"], sent.sha256.as_str());
     }
     assert!(!conn.is_closed());
-    // Not one connection ended along the way.
+    // Not one connection ended along the way, and it is counted as
+    // released at most once.
+    let released = f
+        .proxy
+        .metrics()
+        .sum("portcullis_connections_released", &[]);
+    assert!(released <= 1.0, "{released}");
     assert_eq!(
         f.proxy.metrics().sum("portcullis_connections_total", &[]),
         0.0
@@ -166,6 +172,16 @@ async fn a_drain_closes_a_released_connection_at_once() {
     let f = fixture("60s").await;
     let conn = used_connection(&f).await;
     tokio::time::sleep(PAUSE).await;
+    let released = || {
+        f.proxy
+            .metrics()
+            .sum("portcullis_connections_released", &[])
+    };
+    assert_eq!(
+        released(),
+        1.0,
+        "the idle connection is counted as released"
+    );
     f.proxy.drain();
     eventually(
         Duration::from_secs(2),
@@ -176,4 +192,5 @@ async fn a_drain_closes_a_released_connection_at_once() {
         },
     )
     .await;
+    assert_eq!(released(), 0.0);
 }

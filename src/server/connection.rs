@@ -115,10 +115,11 @@ fn serving<'a>(
     let io = ActivityIo::new(stream, activity.clone());
     let svc = {
         let proxy = proxy.clone();
-        // Boxed: hyper keeps a slot the size of the service's future for
-        // the whole life of an HTTP/1.1 connection, idle or not; boxing
-        // costs one allocation per request instead of about 3 KiB on
-        // every idle connection.
+        // Boxed: handing an HTTP/1.1 connection back from hyper (the idle
+        // release, `http1.rs`) needs an `Unpin` service future, and hyper
+        // keeps a slot the size of that future for as long as its
+        // connection lives (about 3 KiB unboxed). One allocation per
+        // request.
         service_fn(move |req| Box::pin(service::handle(proxy.clone(), info.clone(), req)))
     };
     if !h2 {

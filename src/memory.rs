@@ -24,7 +24,7 @@ pub const RELEASES_PER_TRIM: usize = 256;
 /// The allocator keeps what they free, so after a burst of connections
 /// goes idle the process would stay at the burst's size. Counted here;
 /// [`trim_after_releases`] hands the memory back.
-pub fn connection_released() {
+pub fn note_release() {
     RELEASES.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -78,7 +78,7 @@ mod tests {
         // what this test adds after a reset is relied on.
         let _ = super::trim_due();
         for _ in 0..super::RELEASES_PER_TRIM {
-            super::connection_released();
+            super::note_release();
         }
         assert!(super::trim_due());
         assert!(!super::trim_due());

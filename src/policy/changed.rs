@@ -25,9 +25,7 @@ impl Changed {
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty() && self.deployments.is_empty()
     }
-}
 
-impl Changed {
     /// The entries of `snapshot` that differ from those `previous` was
     /// compiled from: added, replaced or removed, by id.
     pub fn between(previous: &PolicySet, snapshot: &Snapshot) -> Self {

@@ -115,7 +115,11 @@ where
             &builder, stream, service, replay, &activity, &proxy, &shutdown,
         );
         (stream, service, replay) = match served.await? {
-            Some(parts) => taken_apart(parts),
+            Some(parts) => {
+                // hyper's buffers are freed: counted for the trim.
+                crate::memory::note_release();
+                taken_apart(parts)
+            }
             None => return Ok(()),
         };
         if !replay.is_empty() {
@@ -177,7 +181,6 @@ fn taken_apart<S, Svc>(parts: Parts<Io<S>, Svc>) -> (ActivityIo<S>, Svc, Bytes) 
         service,
         ..
     } = parts;
-    crate::memory::connection_released();
     let (unread, stream) = io.into_inner().into_parts();
     // hyper read `read_buf` from the front of the replayed bytes or the
     // stream; what it never read of the replay comes after.

@@ -19,6 +19,19 @@ use super::model::Snapshot;
 pub struct Changed {
     pub policies: HashSet<String>,
     pub deployments: HashSet<String>,
+    /// From a source that changes its entries in place (the etcd
+    /// entries): set when every entry is at the index it had when the
+    /// previous set was compiled, with the indices of the changed ones, so
+    /// pairing needs no id comparison. `None`: entries are paired by id.
+    pub in_place: Option<InPlace>,
+}
+
+/// The indices, in a document whose entries all kept their index, of the
+/// entries that changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InPlace {
+    pub policies: Vec<u32>,
+    pub deployments: Vec<u32>,
 }
 
 impl Changed {
@@ -42,6 +55,7 @@ impl Changed {
         Self {
             policies,
             deployments,
+            in_place: None,
         }
     }
 }
@@ -121,6 +135,23 @@ impl Pairing {
             *r &= o != NONE;
         }
         Self { old, new, reuse }
+    }
+
+    /// Pairs the items of a document whose items all kept their index
+    /// (`len` of them, as many as before), those at `changed` changed.
+    pub(super) fn in_place(len: usize, changed: &[u32]) -> Self {
+        let same: Vec<u32> = (0..len).map(index_u32).collect();
+        let mut reuse = vec![true; len];
+        for &i in changed {
+            if let Some(r) = reuse.get_mut(i as usize) {
+                *r = false;
+            }
+        }
+        Self {
+            old: same.clone(),
+            new: same,
+            reuse,
+        }
     }
 
     /// Every item is the previous one, unchanged, at the same index.

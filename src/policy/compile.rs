@@ -2,19 +2,20 @@
 //!
 //! Built once per snapshot, then only read (from any number of threads).
 //! Memory grows with the number of rules, not deployments × rules:
-//! - each `ip` policy is compiled once into ranges in the snapshot's flat
-//!   [`IpTables`];
+//! - each `ip` policy is compiled once into its own [`Matcher`], shared by
+//!   reference (so a set compiled from the previous one reuses the
+//!   matchers of the policies a change did not touch);
 //! - deployments that associate the same set of policies share one
 //!   [`AssociatedSet`]; a set with one `ip` policy uses that policy's
-//!   ranges, only a set with several gets a merged matcher of its own;
+//!   matcher, only a set with several gets a merged matcher of its own;
 //! - private endpoint ids go into one hash map per provider, mapping an id
 //!   to the (policy, rule) pairs that list it.
 //!
 //! The decision path is laid out for few dependent memory reads: each
 //! deployment has a small [`Hot`] record holding its set, its flags and its
-//! IP matcher's position in the tables, so a public-address decision reads
-//! that record, then searches one dense slice. Names, backends and other
-//! cold data live elsewhere.
+//! IP matcher, so a public-address decision reads that record, then
+//! searches one dense slice. Names, backends and other cold data live
+//! elsewhere.
 //!
 //! Host names resolve through one hash map from cluster id / alias to the
 //! deployment.
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::fingerprint::Fingerprint;
-use super::ipset::{IpTables, Spans};
+use super::ipset::Matcher;
 use super::model::{Deployment, Enforcement, Policy, PolicyType, Product, Rules, Snapshot};
 use crate::backends::Backends;
 use crate::endpoint::VpceId;
@@ -79,14 +80,22 @@ pub struct PolicySet {
     /// what did not change by reference.
     pub(crate) deployments: Arc<[Arc<CompiledDeployment>]>,
     pub(crate) policies: Box<[CompiledPolicy]>,
-    pub(crate) sets: Box<[AssociatedSet]>,
-    pub(crate) ip: IpTables,
-    /// Global IP rule id → (policy, rule index within the policy).
-    pub(crate) ip_rules: Box<[(u32, u32)]>,
+    /// Shared each, so a set compiled from the previous one carries an
+    /// unchanged set by reference.
+    pub(crate) sets: Box<[Arc<AssociatedSet>]>,
     /// Cluster id or alias → deployment (keys shared with the
     /// deployments', so copying the map copies no string). Shared whole
     /// by the next set when no deployment changed.
     pub(crate) names: Arc<FastMap<Arc<str>, NameEntry>>,
+    /// Shared whole by the next set when no private connection policy
+    /// changed or moved.
+    pub(crate) endpoints: Arc<EndpointMaps>,
+}
+
+/// Private endpoint id → the (policy, rule) pairs that list it, per
+/// provider.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EndpointMaps {
     pub(crate) vpce: FastMap<VpceId, Hits>,
     pub(crate) azure: FastMap<u32, Hits>,
     pub(crate) gcp: FastMap<u64, Hits>,
@@ -123,10 +132,10 @@ pub(crate) struct NameEntry {
 }
 
 /// What a decision reads about a deployment, in one small record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Hot {
     /// The deployment's IP matcher (its set's).
-    pub(crate) ip: Spans,
+    pub(crate) ip: Arc<Matcher>,
     pub(crate) set: u32,
     /// At least one associated policy filters (SPEC §1.3).
     pub(crate) filters: bool,
@@ -155,15 +164,15 @@ impl CompiledDeployment {
 }
 
 /// One policy, compiled.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     pub id: Arc<str>,
     pub kind: PolicyType,
     pub rule_count: u32,
     /// SPEC §1.2.
     pub filters: bool,
-    /// For `ip` policies: the compiled ranges and the global id of rule 0.
-    pub(crate) ip: Option<(Spans, u32)>,
+    /// For `ip` policies: its rules' ranges, labelled by rule index.
+    pub(crate) ip: Option<Arc<Matcher>>,
     /// For private connection policies: the endpoint ids it lists, with
     /// their rule index, so a later compile can take them out of the
     /// endpoint maps without the policy's old rules.
@@ -185,8 +194,12 @@ pub(crate) enum EndpointKey {
 pub(crate) struct AssociatedSet {
     /// Policy indices, ascending.
     pub(crate) policies: Members,
-    /// The union of its `ip` policies' rules.
-    pub(crate) ip: Spans,
+    /// The union of its `ip` policies' rules: labelled by position in
+    /// [`AssociatedSet::ip_policies`]' order, each policy's rules after
+    /// the earlier ones'.
+    pub(crate) ip: Arc<Matcher>,
+    /// Its `ip` policies, ascending, each with the label of its rule 0.
+    pub(crate) ip_policies: Box<[(u32, u32)]>,
     /// At least one of them filters: deny by default (SPEC §1.3).
     pub(crate) filters: bool,
 }
@@ -194,6 +207,15 @@ pub(crate) struct AssociatedSet {
 impl AssociatedSet {
     pub(crate) fn contains(&self, policy: u32) -> bool {
         self.policies.as_slice().binary_search(&policy).is_ok()
+    }
+
+    /// The (policy, rule index) an IP matcher label stands for.
+    pub(crate) fn rule_of(&self, label: u32) -> Option<(u32, u32)> {
+        let i = self
+            .ip_policies
+            .partition_point(|&(_, first)| first <= label);
+        let &(policy, first) = self.ip_policies.get(i.checked_sub(1)?)?;
+        Some((policy, label - first))
     }
 }
 
@@ -257,21 +279,20 @@ impl PolicySet {
             .collect();
 
         let mut endpoints = EndpointLists::default();
-        let mut tables = IpTables::default();
-        let mut ip_rules: Vec<(u32, u32)> = Vec::new();
         let policies = snapshot
             .policies
             .iter()
             .enumerate()
             .map(|(pi, p)| {
-                let c = compile_policy(p, index_u32(pi), &mut tables, &mut ip_rules);
+                let c = compile_policy(p);
                 endpoints.add(index_u32(pi), &c.endpoints);
                 c
             })
             .collect::<Box<[_]>>();
+        let empty = Arc::new(Matcher::default());
 
         let mut set_index: FastMap<Box<[u32]>, u32> = FastMap::default();
-        let mut sets: Vec<AssociatedSet> = Vec::new();
+        let mut sets: Vec<Arc<AssociatedSet>> = Vec::new();
         let mut hot = Vec::with_capacity(snapshot.deployments.len());
         let mut names = FastMap::default();
         names.reserve(snapshot.deployments.len() * 2);
@@ -285,7 +306,7 @@ impl PolicySet {
                     Some(&s) => s,
                     None => {
                         let s = index_u32(sets.len());
-                        sets.push(associated_set(&members, &policies, snapshot, &mut tables));
+                        sets.push(Arc::new(associated_set(&members, &policies, &empty)));
                         set_index.insert(members, s);
                         s
                     }
@@ -298,8 +319,7 @@ impl PolicySet {
                 compiled
             })
             .collect();
-        tables.shrink();
-        let (vpce, azure, gcp) = endpoints.finish();
+        let endpoints = Arc::new(endpoints.finish());
 
         Self {
             version: snapshot.version,
@@ -308,12 +328,8 @@ impl PolicySet {
             deployments,
             policies,
             sets: sets.into_boxed_slice(),
-            ip: tables,
-            ip_rules: ip_rules.into_boxed_slice(),
             names: Arc::new(names),
-            vpce,
-            azure,
-            gcp,
+            endpoints,
         }
     }
 
@@ -365,9 +381,9 @@ impl PolicySet {
     pub fn stats(&self) -> Stats {
         let (mut ip_rules, mut ip_ranges) = (0, 0);
         for p in self.policies.iter() {
-            if let Some((spans, _)) = p.ip {
+            if let Some(m) = &p.ip {
                 ip_rules += p.rule_count as usize;
-                ip_ranges += self.ip.covered(spans);
+                ip_ranges += m.covered();
             }
         }
         Stats {
@@ -376,64 +392,63 @@ impl PolicySet {
             policy_sets: self.sets.len(),
             ip_rules,
             ip_ranges,
-            endpoint_ids: self.vpce.len() + self.azure.len() + self.gcp.len(),
+            endpoint_ids: self.endpoints.vpce.len()
+                + self.endpoints.azure.len()
+                + self.endpoints.gcp.len(),
         }
     }
 }
 
+/// The set of the policies at `members` (ascending indices into
+/// `policies`). `empty` is the matcher of a set with no `ip` policy,
+/// shared by all of them.
 pub(crate) fn associated_set(
     members: &[u32],
     policies: &[CompiledPolicy],
-    snapshot: &Snapshot,
-    tables: &mut IpTables,
+    empty: &Arc<Matcher>,
 ) -> AssociatedSet {
     let policy = |p: &u32| policies.get(*p as usize);
-    let ip: Vec<(u32, Spans, u32)> = members
-        .iter()
-        .filter_map(|&p| policy(&p)?.ip.map(|(spans, first)| (p, spans, first)))
-        .collect();
-    let spans = match ip.as_slice() {
-        [] => Spans::default(),
-        [(_, spans, _)] => *spans,
+    let mut ip_policies = Vec::new();
+    let mut parts: Vec<(&Matcher, u32)> = Vec::new();
+    let mut next = 0u32;
+    for p in members {
+        if let Some(c) = policy(p)
+            && let Some(m) = &c.ip
+        {
+            ip_policies.push((*p, next));
+            parts.push((m, next));
+            next = next.saturating_add(c.rule_count);
+        }
+    }
+    let ip = match ip_policies.as_slice() {
+        [] => empty.clone(),
+        [(only, _)] => policy(only)
+            .and_then(|c| c.ip.clone())
+            .unwrap_or_else(|| empty.clone()),
         // Several `ip` policies: one merged matcher, so a decision is one
-        // search whatever the number of policies. Global rule ids keep
-        // "first policy, first rule" as the lowest label.
-        several => tables.add(several.iter().flat_map(|&(p, _, first)| {
-            let rules = match snapshot.policies.get(p as usize).map(|p| &p.rules) {
-                Some(Rules::Ip(rules)) => rules.as_slice(),
-                _ => &[],
-            };
-            rules
-                .iter()
-                .enumerate()
-                .map(move |(ri, r)| (r.source, first.saturating_add(index_u32(ri))))
-        })),
+        // search whatever the number of policies. Labels count the earlier
+        // policies' rules first, so "first policy, first rule" is the
+        // lowest.
+        _ => Arc::new(Matcher::merge(&parts)),
     };
     AssociatedSet {
         policies: Members::new(members),
-        ip: spans,
+        ip,
+        ip_policies: ip_policies.into_boxed_slice(),
         filters: members.iter().any(|p| policy(p).is_some_and(|c| c.filters)),
     }
 }
 
-/// Compiles one policy: its ranges into `tables`, its rules' global ids
-/// into `ip_rules`, its endpoint ids into a list.
-pub(crate) fn compile_policy(
-    p: &Policy,
-    pi: u32,
-    tables: &mut IpTables,
-    ip_rules: &mut Vec<(u32, u32)>,
-) -> CompiledPolicy {
+/// Compiles one policy: its ranges, its endpoint ids into a list.
+pub(crate) fn compile_policy(p: &Policy) -> CompiledPolicy {
     let mut ip = None;
     let endpoints: Arc<[(EndpointKey, u32)]> = match &p.rules {
         Rules::Ip(rules) => {
-            let first = index_u32(ip_rules.len());
-            ip_rules.extend((0..rules.len()).map(|ri| (pi, index_u32(ri))));
             let nets = rules
                 .iter()
                 .enumerate()
-                .map(|(ri, r)| (r.source, first.saturating_add(index_u32(ri))));
-            ip = Some((tables.add(nets), first));
+                .map(|(ri, r)| (r.source, index_u32(ri)));
+            ip = Some(Arc::new(Matcher::build(nets)));
             Arc::new([])
         }
         Rules::Vpce(rules) => rules
@@ -478,7 +493,7 @@ pub(crate) fn members_of(d: &Deployment, index: impl Fn(&str) -> Option<u32>) ->
 
 pub(crate) fn hot_record(d: &Deployment, assoc: &AssociatedSet, set: u32) -> Hot {
     Hot {
-        ip: assoc.ip,
+        ip: assoc.ip.clone(),
         set,
         filters: assoc.filters,
         dry_run: d.enforcement == Enforcement::DryRun,
@@ -521,12 +536,6 @@ struct EndpointLists {
     gcp: FastMap<u64, Vec<(u32, u32)>>,
 }
 
-type EndpointMaps = (
-    FastMap<VpceId, Hits>,
-    FastMap<u32, Hits>,
-    FastMap<u64, Hits>,
-);
-
 impl EndpointLists {
     fn add(&mut self, pi: u32, endpoints: &[(EndpointKey, u32)]) {
         for &(key, ri) in endpoints {
@@ -540,7 +549,11 @@ impl EndpointLists {
     }
 
     fn finish(self) -> EndpointMaps {
-        (finish(self.vpce), finish(self.azure), finish(self.gcp))
+        EndpointMaps {
+            vpce: finish(self.vpce),
+            azure: finish(self.azure),
+            gcp: finish(self.gcp),
+        }
     }
 }
 

@@ -180,8 +180,8 @@ pub fn decide(set: &PolicySet, facts: &RequestFacts) -> Decision {
 }
 
 fn ip_match(set: &PolicySet, hot: &Hot, source: std::net::IpAddr) -> Option<RuleRef> {
-    let id = set.ip.lookup(hot.ip, source)?;
-    let &(policy, rule) = set.ip_rules.get(id as usize)?;
+    let label = hot.ip.lookup(source)?;
+    let (policy, rule) = set.sets.get(hot.set as usize)?.rule_of(label)?;
     Some(RuleRef {
         policy: PolicyIndex(policy),
         rule,
@@ -194,9 +194,9 @@ fn endpoint_match(
     endpoint: PrivateEndpoint,
 ) -> Option<(Reason, RuleRef)> {
     let (reason, hits): (Reason, Option<&Hits>) = match endpoint {
-        PrivateEndpoint::AwsVpce(id) => (Reason::Vpce, set.vpce.get(&id)),
-        PrivateEndpoint::AzureLinkId(id) => (Reason::Azure, set.azure.get(&id)),
-        PrivateEndpoint::GcpPscConnectionId(id) => (Reason::Gcp, set.gcp.get(&id)),
+        PrivateEndpoint::AwsVpce(id) => (Reason::Vpce, set.endpoints.vpce.get(&id)),
+        PrivateEndpoint::AzureLinkId(id) => (Reason::Azure, set.endpoints.azure.get(&id)),
+        PrivateEndpoint::GcpPscConnectionId(id) => (Reason::Gcp, set.endpoints.gcp.get(&id)),
     };
     let assoc = set.sets.get(hot.set as usize)?;
     let &(policy, rule) = hits?.iter().find(|(p, _)| assoc.contains(*p))?;

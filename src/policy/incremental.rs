@@ -5,19 +5,20 @@
 //! hundreds of milliseconds at the large scale. [`PolicySet::compile_reusing`]
 //! builds the same set (the same answers, indices and statistics as
 //! [`PolicySet::compile`]) while reusing what the change did not touch:
-//! - an unchanged `ip` policy's ranges are copied from the previous tables,
-//!   its rule ids shifted (no sort, no merge);
+//! - an unchanged policy's compiled form, its IP matcher included, is
+//!   shared (a reference count; no range is copied);
 //! - an associated set whose policies are all unchanged, in the same
-//!   order, keeps its merged ranges (copied, rule ids renumbered);
+//!   order, keeps its merged matcher (shared: its labels are its own);
+//! - a new merged matcher is merged from its policies' compiled matchers,
+//!   never from their rules;
 //! - an unchanged deployment's compiled data is shared (a reference count),
 //!   and when no deployment changed the list and the name map are shared
 //!   whole;
 //! - otherwise the name map, and the endpoint maps always, are copied and
 //!   patched for what changed or moved.
 //!
-//! What is left is linear but cheap (pairing ids, copying ranges and hot
-//! records): about 35 ms instead of 290 ms for one change at the large
-//! scale (`cargo bench --bench etcd_apply`).
+//! What is left is linear but cheap (pairing ids, the hot records and
+//! reference counts): see `cargo bench --bench etcd_apply`.
 //!
 //! Indices stay positions in the snapshot, as [`PolicySet::compile`] makes
 //! them, so that decisions report the same [`super::PolicyIndex`] and
@@ -27,13 +28,13 @@ use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::changed::{Changed, NONE, Pairing};
+use super::changed::{Changed, InPlace, NONE, Pairing};
 use super::compile::{
-    AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, FastMap, Hits, Hot, Members,
-    NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment, compile_policy,
-    hot_record, index_u32, members_of, name,
+    AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, EndpointMaps, FastMap, Hits,
+    Hot, Members, NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment,
+    compile_policy, hot_record, index_u32, members_of, name,
 };
-use super::ipset::{IpTables, Spans};
+use super::ipset::Matcher;
 use super::model::Snapshot;
 
 /// A previous set that cannot be carried over: its users look theirs up.
@@ -75,6 +76,16 @@ struct Reuse<'a> {
 
 impl<'a> Reuse<'a> {
     fn new(snapshot: &'a Snapshot, previous: &'a PolicySet, changed: &Changed) -> Self {
+        if let Some(in_place) = &changed.in_place
+            && kept_places(snapshot, previous, in_place)
+        {
+            return Self {
+                snapshot,
+                previous,
+                policies: Pairing::in_place(snapshot.policies.len(), &in_place.policies),
+                deployments: Pairing::in_place(snapshot.deployments.len(), &in_place.deployments),
+            };
+        }
         let old_policies: Vec<&str> = previous.policies.iter().map(|p| &*p.id).collect();
         let old_deployments: Vec<&str> = previous.deployments.iter().map(|d| &*d.id).collect();
         Self {
@@ -94,14 +105,11 @@ impl<'a> Reuse<'a> {
     }
 
     fn build(self, options: PolicyOptions) -> PolicySet {
-        let mut tables = IpTables::with_capacity_of(&self.previous.ip);
-        let mut ip_rules = Vec::with_capacity(self.previous.ip_rules.len());
-        let policies = self.policies(&mut tables, &mut ip_rules);
-        let (sets, set_of) = self.sets(&policies, &mut tables);
+        let policies = self.policies();
+        let (sets, set_of) = self.sets(&policies);
         let (hot, deployments) = self.deployments(&sets, &set_of);
         let names = self.names(&deployments);
-        let (vpce, azure, gcp) = self.endpoints(&policies);
-        tables.shrink();
+        let endpoints = self.endpoints(&policies);
         PolicySet {
             version: self.snapshot.version,
             options,
@@ -109,67 +117,45 @@ impl<'a> Reuse<'a> {
             deployments,
             policies,
             sets: sets.into_boxed_slice(),
-            ip: tables,
-            ip_rules: ip_rules.into_boxed_slice(),
             names,
-            vpce,
-            azure,
-            gcp,
+            endpoints,
         }
     }
 
-    /// Every policy: unchanged ones from the previous set (ranges copied,
-    /// rule ids shifted to where this snapshot puts them), others compiled.
-    fn policies(
-        &self,
-        tables: &mut IpTables,
-        ip_rules: &mut Vec<(u32, u32)>,
-    ) -> Box<[CompiledPolicy]> {
+    /// Every policy: unchanged ones shared from the previous set, others
+    /// compiled.
+    fn policies(&self) -> Box<[CompiledPolicy]> {
         let old = &self.previous.policies;
         self.snapshot
             .policies
             .iter()
             .enumerate()
-            .map(|(pi, p)| {
-                let pi32 = index_u32(pi);
-                let Some(prev) = self.policies.reused(pi).and_then(|o| old.get(o)) else {
-                    return compile_policy(p, pi32, tables, ip_rules);
-                };
-                let ip = prev.ip.map(|(spans, old_first)| {
-                    let first = index_u32(ip_rules.len());
-                    ip_rules.extend((0..prev.rule_count).map(|ri| (pi32, ri)));
-                    let shift = first.wrapping_sub(old_first);
-                    let spans = tables.copy(&self.previous.ip, spans, |l| l.wrapping_add(shift));
-                    (spans, first)
-                });
-                CompiledPolicy {
-                    id: prev.id.clone(),
-                    kind: prev.kind,
-                    rule_count: prev.rule_count,
-                    filters: prev.filters,
-                    ip,
-                    endpoints: prev.endpoints.clone(),
-                    fingerprint: prev.fingerprint,
-                }
-            })
+            .map(
+                |(pi, p)| match self.policies.reused(pi).and_then(|o| old.get(o)) {
+                    Some(prev) => prev.clone(),
+                    None => compile_policy(p),
+                },
+            )
             .collect()
     }
 
     /// The associated sets the deployments use, and per deployment (new
     /// index) its set. A reused deployment keeps its previous set when
-    /// that set's policies are all unchanged (renumbered, ranges copied);
-    /// others (changed deployments, sets with a changed policy) find an
-    /// equal set or make one.
-    fn sets(
-        &self,
-        policies: &[CompiledPolicy],
-        tables: &mut IpTables,
-    ) -> (Vec<AssociatedSet>, Vec<u32>) {
+    /// that set's policies are all unchanged (renumbered, matcher shared);
+    /// others find an equal set or make one: a reused deployment whose set
+    /// holds a changed policy by its previous set's members, renumbered;
+    /// a changed deployment by the ids it names.
+    fn sets(&self, policies: &[CompiledPolicy]) -> (Vec<Arc<AssociatedSet>>, Vec<u32>) {
         let previous = self.previous;
         let mut sets = Vec::new();
         // Per previous set: its new index, NONE until seen, PENDING when it
-        // cannot be carried over.
+        // cannot be carried over (then its members, renumbered, are in
+        // `lists` at the index `list_of` holds).
         let mut new_of_old = vec![NONE; previous.sets.len()];
+        let mut list_of = vec![NONE; previous.sets.len()];
+        let mut lists: Vec<Box<[u32]>> = Vec::new();
+        // Deployments to find or make a set for: (new index, list).
+        let mut pending: Vec<(usize, u32)> = Vec::new();
         let mut set_of = vec![NONE; self.snapshot.deployments.len()];
         let mut members = Vec::new();
         for (di, slot) in set_of.iter_mut().enumerate() {
@@ -179,65 +165,86 @@ impl<'a> Reuse<'a> {
             let Some(s) = previous.hot.get(old).map(|h| h.set as usize) else {
                 continue;
             };
-            let Some(known) = new_of_old.get_mut(s) else {
+            let (Some(known), Some(list)) = (new_of_old.get_mut(s), list_of.get_mut(s)) else {
                 continue;
             };
             if *known == NONE {
-                *known = match previous.sets.get(s) {
-                    Some(old_set) if self.renumber_members(old_set, &mut members) => {
-                        sets.push(self.carry_set(old_set, &members, policies, tables));
-                        index_u32(sets.len() - 1)
-                    }
-                    _ => PENDING,
+                let Some(old_set) = previous.sets.get(s) else {
+                    continue;
                 };
+                if self.renumber_members(old_set, &mut members) {
+                    sets.push(self.carry_set(old_set, &members));
+                    *known = index_u32(sets.len() - 1);
+                } else {
+                    *known = PENDING;
+                    // Unknown ids are left out, as `compile` does.
+                    members.retain(|&p| p != NONE);
+                    members.sort_unstable();
+                    members.dedup();
+                    *list = index_u32(lists.len());
+                    lists.push(members.as_slice().into());
+                }
             }
-            if *known != PENDING {
+            if *known == PENDING {
+                pending.push((di, *list));
+            } else {
                 *slot = *known;
             }
         }
-        self.find_or_make_sets(&mut sets, &mut set_of, policies, tables);
+        let index = self.policy_indices_for();
+        for (di, d) in self.snapshot.deployments.iter().enumerate() {
+            if self.deployments.reused(di).is_none() {
+                pending.push((di, index_u32(lists.len())));
+                lists.push(members_of(d, |id| index.get(id).copied()));
+            }
+        }
+        self.find_or_make_sets(&mut sets, &mut set_of, policies, &pending, &lists);
         (sets, set_of)
     }
 
-    /// Gives each deployment without a set yet the set of its policies:
+    /// Gives each pending deployment the set of its policies (`lists`):
     /// an equal one if there is one (carried sets are distinct, so only
     /// these need looking up), else a new one.
     fn find_or_make_sets(
         &self,
-        sets: &mut Vec<AssociatedSet>,
+        sets: &mut Vec<Arc<AssociatedSet>>,
         set_of: &mut [u32],
         policies: &[CompiledPolicy],
-        tables: &mut IpTables,
+        pending: &[(usize, u32)],
+        lists: &[Box<[u32]>],
     ) {
-        let index = self.policy_indices_for(set_of);
-        let pending: Vec<(usize, Box<[u32]>)> = set_of
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| **s == NONE)
-            .filter_map(|(di, _)| {
-                let d = self.snapshot.deployments.get(di)?;
-                Some((di, members_of(d, |id| index.get(id).copied())))
-            })
-            .collect();
         if pending.is_empty() {
             return;
         }
-        let mut by_members: FastMap<&[u32], u32> =
-            pending.iter().map(|(_, m)| (&**m, NONE)).collect();
+        let empty = Arc::new(Matcher::default());
+        let mut by_members: FastMap<&[u32], u32> = lists.iter().map(|m| (&**m, NONE)).collect();
+        // Only a carried set of the same size and first member can equal a
+        // pending list: checked with no hashing of the other sets.
+        let shapes: FastMap<(usize, Option<u32>), ()> = lists
+            .iter()
+            .map(|m| ((m.len(), m.first().copied()), ()))
+            .collect();
         for (s, set) in sets.iter().enumerate() {
-            if let Some(slot) = by_members.get_mut(set.policies.as_slice()) {
+            let members = set.policies.as_slice();
+            if !shapes.contains_key(&(members.len(), members.first().copied())) {
+                continue;
+            }
+            if let Some(slot) = by_members.get_mut(members) {
                 *slot = index_u32(s);
             }
         }
-        for (di, members) in &pending {
+        for &(di, list) in pending {
+            let Some(members) = lists.get(list as usize) else {
+                continue;
+            };
             let Some(known) = by_members.get_mut(&**members) else {
                 continue;
             };
             if *known == NONE {
-                sets.push(associated_set(members, policies, self.snapshot, tables));
+                sets.push(Arc::new(associated_set(members, policies, &empty)));
                 *known = index_u32(sets.len() - 1);
             }
-            if let Some(slot) = set_of.get_mut(*di) {
+            if let Some(slot) = set_of.get_mut(di) {
                 *slot = *known;
             }
         }
@@ -258,45 +265,33 @@ impl<'a> Reuse<'a> {
     }
 
     /// A previous set whose policies are all unchanged, in this snapshot's
-    /// numbering (`members`): its ranges copied, rule ids renumbered.
-    fn carry_set(
-        &self,
-        old: &AssociatedSet,
-        members: &[u32],
-        policies: &[CompiledPolicy],
-        tables: &mut IpTables,
-    ) -> AssociatedSet {
-        let mut ip = members.iter().filter_map(|&p| policies.get(p as usize)?.ip);
-        let ip = match (ip.next(), ip.next()) {
-            (None, _) => Spans::default(),
-            (Some((only, _)), None) => only,
-            _ => tables.copy(&self.previous.ip, old.ip, |l| {
-                self.renumber_rule(l, policies)
-            }),
-        };
-        AssociatedSet {
-            policies: Members::new(members),
-            ip,
-            filters: old.filters,
+    /// numbering (`members`): shared when they kept their indices, else
+    /// renumbered, its matcher shared either way (its labels count rules
+    /// within the set, so they need no renumbering).
+    fn carry_set(&self, old: &Arc<AssociatedSet>, members: &[u32]) -> Arc<AssociatedSet> {
+        if old.policies.as_slice() == members {
+            return old.clone();
         }
+        let new_of = |p: u32| self.policies.new.get(p as usize).copied().unwrap_or(NONE);
+        Arc::new(AssociatedSet {
+            policies: Members::new(members),
+            ip: old.ip.clone(),
+            ip_policies: old
+                .ip_policies
+                .iter()
+                .map(|&(p, first)| (new_of(p), first))
+                .collect(),
+            filters: old.filters,
+        })
     }
 
-    /// A previous global rule id in this snapshot's numbering.
-    fn renumber_rule(&self, label: u32, policies: &[CompiledPolicy]) -> u32 {
-        let Some(&(old_policy, rule)) = self.previous.ip_rules.get(label as usize) else {
-            return label;
-        };
-        let new = self.policies.new.get(old_policy as usize).copied();
-        new.and_then(|p| policies.get(p as usize)?.ip)
-            .map_or(label, |(_, first)| first.saturating_add(rule))
-    }
-
-    /// New policy indices of the ids the deployments without a set name:
-    /// one pass over the policies instead of a map of them all.
-    fn policy_indices_for(&self, set_of: &[u32]) -> FastMap<&'a str, u32> {
+    /// New policy indices of the ids the changed deployments name: one
+    /// pass over the policies instead of a map of them all, and none when
+    /// no deployment changed.
+    fn policy_indices_for(&self) -> FastMap<&'a str, u32> {
         let mut wanted: FastMap<&str, u32> = FastMap::default();
         for (di, d) in self.snapshot.deployments.iter().enumerate() {
-            if set_of.get(di) == Some(&NONE) {
+            if self.deployments.reused(di).is_none() {
                 wanted.extend(d.policies.iter().map(|p| (p.as_str(), NONE)));
             }
         }
@@ -317,7 +312,7 @@ impl<'a> Reuse<'a> {
     /// moved, the whole list is shared.
     fn deployments(
         &self,
-        sets: &[AssociatedSet],
+        sets: &[Arc<AssociatedSet>],
         set_of: &[u32],
     ) -> (Vec<Hot>, Arc<[Arc<CompiledDeployment>]>) {
         let previous = self.previous;
@@ -338,10 +333,11 @@ impl<'a> Reuse<'a> {
                     // Its own flags are as they were: read them from the
                     // previous (dense) records, not the document.
                     hot.push(Hot {
-                        ip: assoc.ip,
+                        ip: assoc.ip.clone(),
                         set,
                         filters: assoc.filters,
-                        ..*prev_hot
+                        dry_run: prev_hot.dry_run,
+                        products: prev_hot.products,
                     });
                     if !shared {
                         deployments.push(prev.clone());
@@ -384,21 +380,10 @@ impl<'a> Reuse<'a> {
     }
 
     /// The previous endpoint maps, with the pairs of private policies that
-    /// changed or moved taken out and their pairs now put in.
-    fn endpoints(
-        &self,
-        policies: &[CompiledPolicy],
-    ) -> (
-        FastMap<crate::endpoint::VpceId, Hits>,
-        FastMap<u32, Hits>,
-        FastMap<u64, Hits>,
-    ) {
+    /// changed or moved taken out and their pairs now put in; shared
+    /// whole when there are none.
+    fn endpoints(&self, policies: &[CompiledPolicy]) -> Arc<EndpointMaps> {
         let previous = self.previous;
-        let mut maps = (
-            previous.vpce.clone(),
-            previous.azure.clone(),
-            previous.gcp.clone(),
-        );
         // Pairs to take out (previous policy indices) and to put in.
         let mut gone: HashSet<u32> = HashSet::new();
         let mut touched: FastMap<EndpointKey, Vec<(u32, u32)>> = FastMap::default();
@@ -418,16 +403,58 @@ impl<'a> Reuse<'a> {
                 }
             }
         }
+        if touched.is_empty() {
+            return previous.endpoints.clone();
+        }
+        let mut maps = EndpointMaps::clone(&previous.endpoints);
         for (key, added) in touched {
             match key {
-                EndpointKey::Vpce(k) => patch(&mut maps.0, k, &gone, added),
-                EndpointKey::Azure(k) => patch(&mut maps.1, k, &gone, added),
-                EndpointKey::Gcp(k) => patch(&mut maps.2, k, &gone, added),
+                EndpointKey::Vpce(k) => patch(&mut maps.vpce, k, &gone, added),
+                EndpointKey::Azure(k) => patch(&mut maps.azure, k, &gone, added),
+                EndpointKey::Gcp(k) => patch(&mut maps.gcp, k, &gone, added),
             }
         }
-        maps
+        Arc::new(maps)
     }
 }
+
+/// Whether an [`InPlace`] hint fits: as many entries as before, the changed
+/// ones (and one in [`SAMPLE_EVERY`] of the others) with the id they had.
+/// A hint that does not fit is ignored (entries are then paired by id), so
+/// a source that got its bookkeeping wrong costs time, never a wrong set.
+fn kept_places(snapshot: &Snapshot, previous: &PolicySet, in_place: &InPlace) -> bool {
+    fn kept<'a, T>(
+        new: &'a [T],
+        old_ids: impl Fn(usize) -> Option<&'a str>,
+        new_id: impl Fn(&'a T) -> &'a str,
+        changed: &[u32],
+        old_len: usize,
+    ) -> bool {
+        let sampled = (0..new.len()).step_by(SAMPLE_EVERY);
+        new.len() == old_len
+            && changed
+                .iter()
+                .map(|&i| i as usize)
+                .chain(sampled)
+                .all(|i| new.get(i).map(&new_id) == old_ids(i))
+    }
+    kept(
+        &snapshot.policies,
+        |i| previous.policies.get(i).map(|p| &*p.id),
+        |p| &p.id,
+        &in_place.policies,
+        previous.policies.len(),
+    ) && kept(
+        &snapshot.deployments,
+        |i| previous.deployments.get(i).map(|d| &*d.id),
+        |d| &d.id,
+        &in_place.deployments,
+        previous.deployments.len(),
+    )
+}
+
+/// How sparsely [`kept_places`] checks the entries a hint says are unchanged.
+const SAMPLE_EVERY: usize = 997;
 
 /// Replaces one id's pairs: the kept ones (not from a `gone` policy) and
 /// the `added` ones, sorted as `compile` lists them.

@@ -1,16 +1,17 @@
 //! IP containment: which rule (if any) covers an address.
 //!
 //! A set of CIDR rules is flattened, at compile time, into sorted, disjoint
-//! address ranges, each labelled with the lowest rule id that covers it.
-//! The ranges of every matcher in a snapshot live in one flat table per
-//! address family ([`IpTables`]); a matcher is just a [`Spans`] (offset and
-//! length into those tables), small enough to be copied into each
-//! deployment's hot record. A lookup is then one search over a dense slice,
-//! with no pointer to chase on the way.
+//! address ranges, each labelled with the lowest rule number that covers
+//! it: a [`Matcher`]. A lookup is one search over a dense slice.
 //!
-//! Rule ids are global across the snapshot and follow snapshot order, so
-//! "the lowest id" is "the first rule, in the order written, of the first
-//! policy": what an operator reading the policies expects to be reported.
+//! Labels are local to the matcher (a policy's rule index; in a merge of
+//! several policies, the rule's position counting the earlier policies'
+//! rules first), so a matcher never needs renumbering when other policies
+//! change: a compiled set shares the matchers of the policies a change did
+//! not touch by reference, and a set compiled from the previous one
+//! copies no ranges. "The lowest label" is "the first rule, in the order
+//! written, of the first policy": what an operator reading the policies
+//! expects to be reported.
 
 use std::net::IpAddr;
 
@@ -19,49 +20,25 @@ use ipnet::IpNet;
 /// Label of a range no rule covers.
 const NO_RULE: u32 = u32::MAX;
 
-/// Where one matcher's ranges sit in a [`Table`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Span {
-    off: u32,
-    len: u32,
+/// Sorted, disjoint ranges: `keys[i]..keys[i+1]` is labelled `labels[i]`,
+/// and addresses below the first key are uncovered.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Ranges<A> {
+    keys: Box<[A]>,
+    labels: Box<[u32]>,
 }
 
-/// A matcher's ranges in both families.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Spans {
-    v4: Span,
-    v6: Span,
-}
-
-/// Sorted, disjoint ranges of many matchers: within a span,
-/// `keys[i]..keys[i+1]` is labelled `labels[i]`, and addresses below the
-/// span's first key are uncovered.
-#[derive(Debug, Default)]
-struct Table<A> {
-    keys: Vec<A>,
-    labels: Vec<u32>,
-}
-
-impl<A: Copy + Ord> Table<A> {
-    fn with_capacity(ranges: usize) -> Self {
-        Self {
-            keys: Vec::with_capacity(ranges),
-            labels: Vec::with_capacity(ranges),
-        }
-    }
-
+impl<A: Copy + Ord> Ranges<A> {
     #[inline]
-    fn lookup(&self, span: Span, addr: A) -> Option<u32> {
-        let (off, len) = (span.off as usize, span.len as usize);
-        let keys = self.keys.get(off..off + len)?;
-        let i = keys.partition_point(|&k| k <= addr);
-        let label = *self.labels.get(off + i.checked_sub(1)?)?;
+    fn lookup(&self, addr: A) -> Option<u32> {
+        let i = self.keys.partition_point(|&k| k <= addr);
+        let label = *self.labels.get(i.checked_sub(1)?)?;
         (label != NO_RULE).then_some(label)
     }
 
-    /// Appends the ranges of `(first, last, rule)` blocks that form a
-    /// laminar family (any two nested or disjoint, as CIDR blocks are).
-    fn push(&mut self, mut items: Vec<(A, A, u32)>, successor: fn(A) -> Option<A>) -> Span {
+    /// The ranges of `(first, last, rule)` blocks that form a laminar
+    /// family (any two nested or disjoint, as CIDR blocks are).
+    fn build(mut items: Vec<(A, A, u32)>, successor: fn(A) -> Option<A>) -> Self {
         // Outer blocks before the blocks they contain; equal blocks by rule.
         items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
         let mut out: Vec<(A, u32)> = Vec::with_capacity(items.len() * 2);
@@ -74,51 +51,60 @@ impl<A: Copy + Ord> Table<A> {
             open.push((last, label));
         }
         close(&mut open, &mut out, None, successor);
-        let span = Span {
-            off: u32::try_from(self.keys.len()).unwrap_or(u32::MAX),
-            len: u32::try_from(out.len()).unwrap_or(0),
-        };
-        for (key, label) in out {
-            self.keys.push(key);
-            self.labels.push(label);
-        }
-        span
+        Self::from_pairs(out)
     }
 
-    /// Appends a copy of another table's span, its labels passed through
-    /// `relabel` (an order-preserving renumbering, so the copy is what
-    /// compiling the renumbered rules would give).
-    fn copy(&mut self, from: &Self, span: Span, relabel: &mut impl FnMut(u32) -> u32) -> Span {
-        let (off, len) = (span.off as usize, span.len as usize);
-        let at = Span {
-            off: u32::try_from(self.keys.len()).unwrap_or(u32::MAX),
-            len: span.len,
-        };
-        if let (Some(keys), Some(labels)) = (
-            from.keys.get(off..off + len),
-            from.labels.get(off..off + len),
-        ) {
-            self.keys.extend_from_slice(keys);
-            self.labels.extend(
-                labels
-                    .iter()
-                    .map(|&l| if l == NO_RULE { l } else { relabel(l) }),
+    /// The pointwise lowest label of several matchers' ranges, each part's
+    /// labels first raised by its offset. Needs only the compiled ranges,
+    /// never the rules they came from.
+    fn merge(parts: &[(&Self, u32)]) -> Self {
+        // Every range start of every part, in address order.
+        let mut starts: Vec<(A, usize, u32)> =
+            Vec::with_capacity(parts.iter().map(|(r, _)| r.keys.len()).sum());
+        for (part, &(r, offset)) in parts.iter().enumerate() {
+            starts.extend(r.keys.iter().zip(r.labels.iter()).map(|(&k, &l)| {
+                let label = if l == NO_RULE {
+                    l
+                } else {
+                    l.saturating_add(offset)
+                };
+                (k, part, label)
+            }));
+        }
+        starts.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        // The label each part has in force at the current address.
+        let mut current = vec![NO_RULE; parts.len()];
+        let mut out: Vec<(A, u32)> = Vec::with_capacity(starts.len());
+        let mut i = 0;
+        while let Some(&(at, _, _)) = starts.get(i) {
+            while let Some(&(k, part, label)) = starts.get(i)
+                && k == at
+            {
+                if let Some(slot) = current.get_mut(part) {
+                    *slot = label;
+                }
+                i += 1;
+            }
+            emit(
+                &mut out,
+                at,
+                current.iter().copied().min().unwrap_or(NO_RULE),
             );
         }
-        at
+        Self::from_pairs(out)
     }
 
-    /// Ranges some rule covers within a span (gaps not counted).
-    fn covered(&self, span: Span) -> usize {
-        let (off, len) = (span.off as usize, span.len as usize);
-        self.labels
-            .get(off..off + len)
-            .map_or(0, |l| l.iter().filter(|&&r| r != NO_RULE).count())
+    fn from_pairs(pairs: Vec<(A, u32)>) -> Self {
+        let (keys, labels): (Vec<A>, Vec<u32>) = pairs.into_iter().unzip();
+        Self {
+            keys: keys.into_boxed_slice(),
+            labels: labels.into_boxed_slice(),
+        }
     }
 
-    fn shrink(&mut self) {
-        self.keys.shrink_to_fit();
-        self.labels.shrink_to_fit();
+    /// Ranges some rule covers (gaps not counted).
+    fn covered(&self) -> usize {
+        self.labels.iter().filter(|&&r| r != NO_RULE).count()
     }
 }
 
@@ -162,16 +148,17 @@ fn emit<A: Copy + Ord>(out: &mut Vec<(A, u32)>, at: A, label: u32) {
     }
 }
 
-/// The ranges of every IP matcher of a snapshot.
-#[derive(Debug, Default)]
-pub(crate) struct IpTables {
-    v4: Table<u32>,
-    v6: Table<u128>,
+/// One IP matcher: the ranges of a policy's rules, or the merge of an
+/// associated set's `ip` policies.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Matcher {
+    v4: Ranges<u32>,
+    v6: Ranges<u128>,
 }
 
-impl IpTables {
-    /// Compiles `(network, rule id)` pairs into a new matcher.
-    pub(crate) fn add(&mut self, rules: impl IntoIterator<Item = (IpNet, u32)>) -> Spans {
+impl Matcher {
+    /// Compiles `(network, label)` pairs.
+    pub(crate) fn build(rules: impl IntoIterator<Item = (IpNet, u32)>) -> Self {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
         for (net, rule) in rules {
@@ -180,86 +167,61 @@ impl IpTables {
                 IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()), rule)),
             }
         }
-        Spans {
-            v4: self.v4.push(v4, |a| a.checked_add(1)),
-            v6: self.v6.push(v6, |a| a.checked_add(1)),
+        Self {
+            v4: Ranges::build(v4, |a| a.checked_add(1)),
+            v6: Ranges::build(v6, |a| a.checked_add(1)),
         }
     }
 
-    /// The lowest rule id of the matcher at `spans` whose network contains
-    /// `addr`. IPv4-mapped IPv6 addresses are looked up as IPv4 (SPEC §1.4).
+    /// The matcher of several matchers' rules together, each part's labels
+    /// raised by its offset: what [`Matcher::build`] gives for all their
+    /// rules, labelled that way.
+    pub(crate) fn merge(parts: &[(&Matcher, u32)]) -> Self {
+        let v4: Vec<_> = parts.iter().map(|(m, o)| (&m.v4, *o)).collect();
+        let v6: Vec<_> = parts.iter().map(|(m, o)| (&m.v6, *o)).collect();
+        Self {
+            v4: Ranges::merge(&v4),
+            v6: Ranges::merge(&v6),
+        }
+    }
+
+    /// The lowest label of a rule whose network contains `addr`.
+    /// IPv4-mapped IPv6 addresses are looked up as IPv4 (SPEC §1.4).
     #[inline]
-    pub(crate) fn lookup(&self, spans: Spans, addr: IpAddr) -> Option<u32> {
+    pub(crate) fn lookup(&self, addr: IpAddr) -> Option<u32> {
         match addr {
-            IpAddr::V4(a) => self.v4.lookup(spans.v4, u32::from(a)),
+            IpAddr::V4(a) => self.v4.lookup(u32::from(a)),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => self.v4.lookup(spans.v4, u32::from(v4)),
-                None => self.v6.lookup(spans.v6, u128::from(a)),
+                Some(v4) => self.v4.lookup(u32::from(v4)),
+                None => self.v6.lookup(u128::from(a)),
             },
         }
     }
 
     /// Address ranges some rule covers, for statistics: what the rules
     /// became after merging adjacent and nested blocks.
-    pub(crate) fn covered(&self, spans: Spans) -> usize {
-        self.v4.covered(spans.v4) + self.v6.covered(spans.v6)
-    }
-
-    /// Appends a copy of the matcher at `spans` in `from`, its rule ids
-    /// passed through `relabel` (which must keep their order).
-    pub(crate) fn copy(
-        &mut self,
-        from: &IpTables,
-        spans: Spans,
-        mut relabel: impl FnMut(u32) -> u32,
-    ) -> Spans {
-        Spans {
-            v4: self.v4.copy(&from.v4, spans.v4, &mut relabel),
-            v6: self.v6.copy(&from.v6, spans.v6, &mut relabel),
-        }
-    }
-
-    /// Empty tables with room for as many ranges as `like` holds.
-    pub(crate) fn with_capacity_of(like: &IpTables) -> Self {
-        Self {
-            v4: Table::with_capacity(like.v4.keys.len()),
-            v6: Table::with_capacity(like.v6.keys.len()),
-        }
-    }
-
-    /// Releases the spare capacity left by building.
-    pub(crate) fn shrink(&mut self) {
-        self.v4.shrink();
-        self.v6.shrink();
+    pub(crate) fn covered(&self) -> usize {
+        self.v4.covered() + self.v6.covered()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
-    fn m(rules: &[&str]) -> (IpTables, Spans) {
-        let mut t = IpTables::default();
-        // A matcher before and after, so spans must not leak into each other.
-        t.add([
-            ("0.0.0.0/0".parse().unwrap(), 99),
-            ("::/0".parse().unwrap(), 99),
-        ]);
-        let s = t.add(
+    fn m(rules: &[&str]) -> Matcher {
+        Matcher::build(
             rules
                 .iter()
                 .enumerate()
                 .map(|(i, r)| (r.parse().unwrap(), i as u32)),
-        );
-        t.add([
-            ("0.0.0.0/0".parse().unwrap(), 98),
-            ("::/0".parse().unwrap(), 98),
-        ]);
-        (t, s)
+        )
     }
 
-    fn at(m: &(IpTables, Spans), a: &str) -> Option<u32> {
-        m.0.lookup(m.1, a.parse().unwrap())
+    fn at(m: &Matcher, a: &str) -> Option<u32> {
+        m.lookup(a.parse().unwrap())
     }
 
     #[test]
@@ -312,7 +274,7 @@ mod tests {
         assert_eq!(at(&m, "10.0.0.0"), Some(0));
         assert_eq!(at(&m, "10.0.0.128"), Some(1));
         assert_eq!(at(&m, "10.0.1.0"), None);
-        assert_eq!(m.0.covered(m.1), 2);
+        assert_eq!(m.covered(), 2);
     }
 
     #[test]
@@ -320,12 +282,82 @@ mod tests {
         let m = m(&[]);
         assert_eq!(at(&m, "1.2.3.4"), None);
         assert_eq!(at(&m, "::1"), None);
-        assert_eq!(
-            m.1,
-            Spans {
-                v4: Span { off: 1, len: 0 },
-                v6: Span { off: 1, len: 0 }
+        assert_eq!(m, Matcher::default());
+    }
+
+    #[test]
+    fn a_merge_keeps_the_first_policys_rule_where_they_overlap() {
+        let a = m(&["10.0.0.0/8", "2001:db8::/32"]);
+        let b = m(&["10.1.0.0/16", "192.0.2.0/24"]);
+        let merged = Matcher::merge(&[(&a, 0), (&b, 2)]);
+        assert_eq!(at(&merged, "10.1.2.3"), Some(0));
+        assert_eq!(at(&merged, "192.0.2.1"), Some(3));
+        assert_eq!(at(&merged, "2001:db8::1"), Some(1));
+        assert_eq!(at(&merged, "11.0.0.0"), None);
+        // The later policy first: its rules win where both match.
+        let merged = Matcher::merge(&[(&b, 0), (&a, 2)]);
+        assert_eq!(at(&merged, "10.1.2.3"), Some(0));
+        assert_eq!(at(&merged, "10.2.0.0"), Some(2));
+    }
+
+    /// A v4 or v6 block of a small address neighbourhood, so blocks nest,
+    /// touch and repeat often.
+    fn net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (0u32..64, 20u8..=32).prop_map(|(a, len)| {
+                IpNet::V4(
+                    ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(0x0a00_0000 | a << 6), len)
+                        .unwrap()
+                        .trunc(),
+                )
+            }),
+            (0u128..64, 116u8..=128).prop_map(|(a, len)| {
+                IpNet::V6(
+                    ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(0x2001_0db8 << 96 | a << 6), len)
+                        .unwrap()
+                        .trunc(),
+                )
+            }),
+        ]
+    }
+
+    fn probes() -> Vec<IpAddr> {
+        (0u32..(64 << 6) + 8)
+            .step_by(3)
+            .flat_map(|a| {
+                [
+                    IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 | a)),
+                    IpAddr::from(std::net::Ipv6Addr::from(0x2001_0db8 << 96 | u128::from(a))),
+                ]
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Merging compiled matchers answers as compiling all their rules
+        /// at once, labelled in policy order, does.
+        #[test]
+        fn merging_matchers_equals_compiling_their_rules_together(
+            policies in prop::collection::vec(prop::collection::vec(net(), 0..12), 1..5),
+        ) {
+            let mut offset = 0;
+            let mut parts = Vec::new();
+            let mut all = Vec::new();
+            for rules in &policies {
+                parts.push((
+                    Matcher::build(rules.iter().enumerate().map(|(i, &n)| (n, i as u32))),
+                    offset,
+                ));
+                all.extend(rules.iter().enumerate().map(|(i, &n)| (n, offset + i as u32)));
+                offset += rules.len() as u32;
             }
-        );
+            let refs: Vec<(&Matcher, u32)> = parts.iter().map(|(m, o)| (m, *o)).collect();
+            let merged = Matcher::merge(&refs);
+            let whole = Matcher::build(all);
+            for addr in probes() {
+                prop_assert_eq!(merged.lookup(addr), whole.lookup(addr), "{}", addr);
+            }
+            prop_assert_eq!(merged, whole);
+        }
     }
 }

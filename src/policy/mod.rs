@@ -15,7 +15,7 @@ mod ipset;
 pub mod model;
 pub mod validate;
 
-pub use changed::Changed;
+pub use changed::{Changed, InPlace};
 pub use compile::{
     CompiledDeployment, CompiledPolicy, DeploymentIndex, PolicyIndex, PolicyOptions, PolicySet,
     Stats, UnassociatedPrivateTraffic,

@@ -13,9 +13,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
 use portcullis::policy::{
-    AzureRule, Changed, Decision, Deployment, DeploymentIndex, Enforcement, GcpRule, IpRule,
-    Policy, PolicyOptions, PolicySet, Product, Region, RequestFacts, Resource, Rules, Snapshot,
-    Target, UnassociatedPrivateTraffic, VpceRule, decide,
+    AzureRule, Changed, Decision, Deployment, DeploymentIndex, Enforcement, GcpRule, InPlace,
+    IpRule, Policy, PolicyOptions, PolicySet, Product, Region, RequestFacts, Resource, Rules,
+    Snapshot, Target, UnassociatedPrivateTraffic, VpceRule, decide,
 };
 use portcullis_test_kit::synth::Rng;
 
@@ -143,17 +143,22 @@ impl World {
             0 => {
                 let p = self.policy(format!("p{}", self.serial));
                 self.changed.policies.insert(p.id.clone());
+                self.changed.in_place = None;
                 self.doc.policies.push(p);
             }
             1 if !self.doc.policies.is_empty() => {
                 let i = self.pick(self.doc.policies.len());
                 let p = self.policy(self.doc.policies[i].id.clone());
                 self.changed.policies.insert(p.id.clone());
+                if let Some(in_place) = &mut self.changed.in_place {
+                    in_place.policies.push(i as u32);
+                }
                 self.doc.policies[i] = p;
             }
             2 if !self.doc.policies.is_empty() => {
                 let i = self.pick(self.doc.policies.len());
                 let id = self.doc.policies.swap_remove(i).id;
+                self.changed.in_place = None;
                 // Its users let go of it first (SPEC: no dangling names).
                 for d in &mut self.doc.deployments {
                     if d.policies.contains(&id) {
@@ -166,18 +171,23 @@ impl World {
             3 => {
                 let d = self.deployment(format!("d{}", self.serial));
                 self.changed.deployments.insert(d.id.clone());
+                self.changed.in_place = None;
                 self.doc.deployments.push(d);
             }
             4 if !self.doc.deployments.is_empty() => {
                 let i = self.pick(self.doc.deployments.len());
                 let d = self.deployment(self.doc.deployments[i].id.clone());
                 self.changed.deployments.insert(d.id.clone());
+                if let Some(in_place) = &mut self.changed.in_place {
+                    in_place.deployments.push(i as u32);
+                }
                 self.doc.deployments[i] = d;
             }
             5 if !self.doc.deployments.is_empty() => {
                 let i = self.pick(self.doc.deployments.len());
                 let id = self.doc.deployments.swap_remove(i).id;
                 self.changed.deployments.insert(id);
+                self.changed.in_place = None;
             }
             _ => {}
         }
@@ -301,6 +311,14 @@ fn assert_same(doc: &Snapshot, full: &PolicySet, incr: &PolicySet, clients: &[Cl
     }
 }
 
+/// Nothing changed yet, nothing moved: how `Entries` starts each batch.
+fn in_place() -> Changed {
+    Changed {
+        in_place: Some(InPlace::default()),
+        ..Changed::default()
+    }
+}
+
 fn run(seed: u64, options: PolicyOptions) {
     let mut world = World {
         doc: Snapshot {
@@ -308,7 +326,7 @@ fn run(seed: u64, options: PolicyOptions) {
             deployments: Vec::new(),
             policies: Vec::new(),
         },
-        changed: Changed::default(),
+        changed: in_place(),
         rng: Rng::new(seed),
         serial: 0,
     };
@@ -317,14 +335,14 @@ fn run(seed: u64, options: PolicyOptions) {
     for _ in 0..30 {
         world.change();
     }
-    std::mem::take(&mut world.changed);
+    world.changed = in_place();
     let mut incr = PolicySet::compile(&world.doc, options);
     for _ in 0..60 {
         for _ in 0..1 + world.pick(3) {
             world.change();
         }
         world.doc.version += 1;
-        let changed = std::mem::take(&mut world.changed);
+        let changed = std::mem::replace(&mut world.changed, in_place());
         // What a whole document finds changed by the entries' fingerprints
         // (a reload over the set in force) must compile the same set.
         let found = Changed::between(&incr, &world.doc);
@@ -334,10 +352,17 @@ fn run(seed: u64, options: PolicyOptions) {
             "fingerprints found changes that were not made: {found:?} vs {changed:?}"
         );
         let by_print = PolicySet::compile_reusing(&world.doc, options, &incr, &found);
+        // The same changes paired by id, without the in-place indices.
+        let by_id = Changed {
+            in_place: None,
+            ..changed.clone()
+        };
+        let by_id = PolicySet::compile_reusing(&world.doc, options, &incr, &by_id);
         incr = PolicySet::compile_reusing(&world.doc, options, &incr, &changed);
         let full = PolicySet::compile(&world.doc, options);
         assert_same(&world.doc, &full, &incr, &clients);
         assert_same(&world.doc, &full, &by_print, &clients);
+        assert_same(&world.doc, &full, &by_id, &clients);
     }
 }
 

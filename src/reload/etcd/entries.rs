@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::keys::{self, Kind};
 use crate::policy::validate::{deployment_entry, policy_entry};
-use crate::policy::{Changed, Deployment, Policy, Snapshot, SnapshotErrors};
+use crate::policy::{Changed, Deployment, InPlace, Policy, Snapshot, SnapshotErrors};
 
 /// One key's new state, from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,8 @@ pub struct Entries {
     /// Key → (the refused change, why).
     refused: BTreeMap<String, (Change, String)>,
     /// Ids whose entry in force changed since [`Entries::take_changed`],
-    /// so a compile can reuse what the others compiled to.
+    /// so a compile can reuse what the others compiled to; while every
+    /// change was made in place, their indices too.
     changed: Changed,
 }
 
@@ -92,7 +93,7 @@ impl Entries {
             names: HashMap::new(),
             users: HashMap::new(),
             refused: BTreeMap::new(),
-            changed: Changed::default(),
+            changed: in_place(),
         }
     }
 
@@ -158,7 +159,8 @@ impl Entries {
             match self.check_policy(&id, &value, &batch_deployments) {
                 Ok(p) => {
                     self.changed.policies.insert(id.clone());
-                    upsert(&mut self.doc.policies, &mut self.policy_at, id, p);
+                    let at = upsert(&mut self.doc.policies, &mut self.policy_at, id, p);
+                    self.placed(at, |i| &mut i.policies);
                     applied.changed += 1;
                 }
                 Err(why) => self.refuse(&mut applied, key, Change::Put(value), why),
@@ -170,7 +172,8 @@ impl Entries {
                     self.forget(&id);
                     self.remember(&d);
                     self.changed.deployments.insert(id.clone());
-                    upsert(&mut self.doc.deployments, &mut self.deployment_at, id, d);
+                    let at = upsert(&mut self.doc.deployments, &mut self.deployment_at, id, d);
+                    self.placed(at, |i| &mut i.deployments);
                     applied.changed += 1;
                 }
                 Err(why) => self.refuse(&mut applied, key, Change::Put(value), why),
@@ -180,6 +183,7 @@ impl Entries {
             self.forget(&id);
             if remove(&mut self.doc.deployments, &mut self.deployment_at, &id).is_some() {
                 self.changed.deployments.insert(id);
+                self.changed.in_place = None;
                 applied.changed += 1;
             }
         }
@@ -188,6 +192,7 @@ impl Entries {
             if users.is_empty() {
                 if remove(&mut self.doc.policies, &mut self.policy_at, &id).is_some() {
                     self.changed.policies.insert(id);
+                    self.changed.in_place = None;
                     applied.changed += 1;
                 }
             } else {
@@ -213,7 +218,19 @@ impl Entries {
     /// removed) since the last call: what a set compiled then must not be
     /// reused for (see `PolicySet::compile_reusing`).
     pub fn take_changed(&mut self) -> Changed {
-        std::mem::take(&mut self.changed)
+        std::mem::replace(&mut self.changed, in_place())
+    }
+
+    /// Notes where an upsert put its entry: at its old index, the changes
+    /// so far may still be in place; appended, they are not.
+    fn placed(&mut self, at: Placed, list: fn(&mut InPlace) -> &mut Vec<u32>) {
+        match (at, &mut self.changed.in_place) {
+            (Placed::Replaced(i), Some(in_place)) => {
+                list(in_place).push(u32::try_from(i).unwrap_or(u32::MAX));
+            }
+            (Placed::Replaced(_), None) => {}
+            (Placed::Appended, _) => self.changed.in_place = None,
+        }
     }
 
     /// A copy of [`Entries::document`], in id order (for tests and for
@@ -338,14 +355,34 @@ impl Entries {
     }
 }
 
+/// Where [`upsert`] put an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    Replaced(usize),
+    Appended,
+}
+
 /// Puts `item` in force as `id`: in place of the old version, or at the end.
-fn upsert<T>(items: &mut Vec<T>, at: &mut HashMap<String, usize>, id: String, item: T) {
-    match at.get(&id).and_then(|&i| items.get_mut(i)) {
-        Some(slot) => *slot = item,
-        None => {
+fn upsert<T>(items: &mut Vec<T>, at: &mut HashMap<String, usize>, id: String, item: T) -> Placed {
+    match at.get(&id).copied() {
+        Some(i) if i < items.len() => {
+            items[i] = item;
+            Placed::Replaced(i)
+        }
+        _ => {
             at.insert(id, items.len());
             items.push(item);
+            Placed::Appended
         }
+    }
+}
+
+/// What [`Entries::take_changed`] starts over from: nothing changed, and
+/// nothing moved.
+fn in_place() -> Changed {
+    Changed {
+        in_place: Some(InPlace::default()),
+        ..Changed::default()
     }
 }
 

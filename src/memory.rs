@@ -70,8 +70,44 @@ pub fn release_free_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn release_free_memory() {}
 
+/// Runs `f` on a thread of its own (inline if no thread can be started),
+/// so that glibc gives what it allocates another arena than the caller's.
+///
+/// What a reload keeps (the compiled set, the etcd entries' indexes) is
+/// then not interleaved with what it frees (the document, its model, the
+/// values read from etcd): freeing those frees whole pages, which
+/// [`release_free_memory`] returns, instead of leaving holes between
+/// long-lived allocations. Measured with the large snapshot
+/// (`benches/reload.sh`), the file source's settled size went from 218 to
+/// 132 MiB.
+pub fn on_own_thread<T: Send>(f: impl Fn() -> T + Sync) -> T {
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("portcullis-compile".into())
+            .spawn_scoped(scope, &f);
+        match spawned {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: run it here (it has not run).
+            Err(_) => f(),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::on_own_thread;
+
+    #[test]
+    fn work_runs_on_another_thread_and_its_panic_comes_back() {
+        let here = std::thread::current().id();
+        let there = on_own_thread(|| std::thread::current().id());
+        assert_ne!(here, there);
+        let caught = std::panic::catch_unwind(|| on_own_thread(|| panic!("compile failed")));
+        assert!(caught.is_err());
+    }
+
     #[test]
     fn a_trim_is_due_after_enough_releases_and_once() {
         // Other tests in this process may release connections too; only

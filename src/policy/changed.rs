@@ -11,6 +11,7 @@ use std::hash::Hash;
 
 use super::compile::{FastMap, PolicySet, index_u32};
 use super::fingerprint::Fingerprint;
+use super::incremental::Slot;
 use super::model::Snapshot;
 
 /// The entries whose content changed (added, replaced or removed) since a
@@ -19,19 +20,6 @@ use super::model::Snapshot;
 pub struct Changed {
     pub policies: HashSet<String>,
     pub deployments: HashSet<String>,
-    /// From a source that changes its entries in place (the etcd
-    /// entries): set when every entry is at the index it had when the
-    /// previous set was compiled, with the indices of the changed ones, so
-    /// pairing needs no id comparison. `None`: entries are paired by id.
-    pub in_place: Option<InPlace>,
-}
-
-/// The indices, in a document whose entries all kept their index, of the
-/// entries that changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct InPlace {
-    pub policies: Vec<u32>,
-    pub deployments: Vec<u32>,
 }
 
 impl Changed {
@@ -55,7 +43,6 @@ impl Changed {
         Self {
             policies,
             deployments,
-            in_place: None,
         }
     }
 }
@@ -137,21 +124,29 @@ impl Pairing {
         Self { old, new, reuse }
     }
 
-    /// Pairs the items of a document whose items all kept their index
-    /// (`len` of them, as many as before), those at `changed` changed.
-    pub(super) fn in_place(len: usize, changed: &[u32]) -> Self {
-        let same: Vec<u32> = (0..len).map(index_u32).collect();
-        let mut reuse = vec![true; len];
-        for &i in changed {
-            if let Some(r) = reuse.get_mut(i as usize) {
-                *r = false;
+    /// Pairs the items of a [`super::Delta`] with those of a previous set
+    /// of `old_len` items: a slot with the item it names (reused when
+    /// kept). `None` when a slot names no item of that set, or one another
+    /// slot names too: the delta does not describe that set.
+    pub(super) fn of_slots<T>(slots: &[Slot<'_, T>], old_len: usize) -> Option<Self> {
+        let mut old = vec![NONE; slots.len()];
+        let mut new = vec![NONE; old_len];
+        let mut reuse = vec![false; slots.len()];
+        for (i, slot) in slots.iter().enumerate() {
+            let (o, kept) = match *slot {
+                Slot::Kept(o) => (o, true),
+                Slot::Changed(_, Some(o)) => (o, false),
+                Slot::Changed(_, None) => continue,
+            };
+            let seen = new.get_mut(o as usize)?;
+            if *seen != NONE {
+                return None;
             }
+            *seen = index_u32(i);
+            old[i] = o;
+            reuse[i] = kept;
         }
-        Self {
-            old: same.clone(),
-            new: same,
-            reuse,
-        }
+        Some(Self { old, new, reuse })
     }
 
     /// Every item is the previous one, unchanged, at the same index.

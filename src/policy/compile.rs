@@ -79,7 +79,9 @@ pub struct PolicySet {
     /// Shared, each and all, so a set compiled from the previous one reuses
     /// what did not change by reference.
     pub(crate) deployments: Arc<[Arc<CompiledDeployment>]>,
-    pub(crate) policies: Box<[CompiledPolicy]>,
+    /// Shared each, so a set compiled from the previous one takes an
+    /// unchanged policy with one reference count.
+    pub(crate) policies: Box<[Arc<CompiledPolicy>]>,
     /// Shared each, so a set compiled from the previous one carries an
     /// unchanged set by reference.
     pub(crate) sets: Box<[Arc<AssociatedSet>]>,
@@ -135,7 +137,11 @@ pub(crate) struct NameEntry {
 #[derive(Debug, Clone)]
 pub(crate) struct Hot {
     /// The deployment's IP matcher (its set's).
-    pub(crate) ip: Arc<Matcher>,
+    pub(crate) ip: Matcher,
+    /// When the set has one `ip` policy (the common case), its index:
+    /// the matcher's labels are then that policy's rule indices, and a
+    /// match is attributed without reading the set. [`SEVERAL`] otherwise.
+    pub(crate) ip_policy: u32,
     pub(crate) set: u32,
     /// At least one associated policy filters (SPEC §1.3).
     pub(crate) filters: bool,
@@ -172,7 +178,7 @@ pub struct CompiledPolicy {
     /// SPEC §1.2.
     pub filters: bool,
     /// For `ip` policies: its rules' ranges, labelled by rule index.
-    pub(crate) ip: Option<Arc<Matcher>>,
+    pub(crate) ip: Option<Matcher>,
     /// For private connection policies: the endpoint ids it lists, with
     /// their rule index, so a later compile can take them out of the
     /// endpoint maps without the policy's old rules.
@@ -197,7 +203,7 @@ pub(crate) struct AssociatedSet {
     /// The union of its `ip` policies' rules: labelled by position in
     /// [`AssociatedSet::ip_policies`]' order, each policy's rules after
     /// the earlier ones'.
-    pub(crate) ip: Arc<Matcher>,
+    pub(crate) ip: Matcher,
     /// Its `ip` policies, ascending, each with the label of its rule 0.
     pub(crate) ip_policies: Box<[(u32, u32)]>,
     /// At least one of them filters: deny by default (SPEC §1.3).
@@ -209,6 +215,15 @@ impl AssociatedSet {
         self.policies.as_slice().binary_search(&policy).is_ok()
     }
 
+    /// Its only `ip` policy, or [`SEVERAL`] (also for none: no label to
+    /// attribute then).
+    pub(crate) fn single_ip_policy(&self) -> u32 {
+        match *self.ip_policies {
+            [(p, _)] => p,
+            _ => SEVERAL,
+        }
+    }
+
     /// The (policy, rule index) an IP matcher label stands for.
     pub(crate) fn rule_of(&self, label: u32) -> Option<(u32, u32)> {
         let i = self
@@ -218,6 +233,9 @@ impl AssociatedSet {
         Some((policy, label - first))
     }
 }
+
+/// [`Hot::ip_policy`] of a set with several `ip` policies (or none).
+pub(crate) const SEVERAL: u32 = u32::MAX;
 
 /// Policy indices of a set; up to [`Members::INLINE`] stored inline, so
 /// checking membership for a private endpoint reads no extra memory.
@@ -286,10 +304,10 @@ impl PolicySet {
             .map(|(pi, p)| {
                 let c = compile_policy(p);
                 endpoints.add(index_u32(pi), &c.endpoints);
-                c
+                Arc::new(c)
             })
             .collect::<Box<[_]>>();
-        let empty = Arc::new(Matcher::default());
+        let empty = Matcher::default();
 
         let mut set_index: FastMap<Box<[u32]>, u32> = FastMap::default();
         let mut sets: Vec<Arc<AssociatedSet>> = Vec::new();
@@ -353,7 +371,7 @@ impl PolicySet {
     }
 
     pub fn policy(&self, i: PolicyIndex) -> Option<&CompiledPolicy> {
-        self.policies.get(i.get())
+        self.policies.get(i.get()).map(|p| &**p)
     }
 
     /// The policies a deployment associates, in snapshot order.
@@ -368,7 +386,7 @@ impl PolicySet {
             .map_or(&[][..], |s| s.policies.as_slice());
         members
             .iter()
-            .filter_map(|&p| Some((PolicyIndex(p), self.policies.get(p as usize)?)))
+            .filter_map(|&p| Some((PolicyIndex(p), &**self.policies.get(p as usize)?)))
     }
 
     /// Resolves a lowercase cluster id or alias. `alias_ok` is false for the
@@ -404,8 +422,8 @@ impl PolicySet {
 /// shared by all of them.
 pub(crate) fn associated_set(
     members: &[u32],
-    policies: &[CompiledPolicy],
-    empty: &Arc<Matcher>,
+    policies: &[Arc<CompiledPolicy>],
+    empty: &Matcher,
 ) -> AssociatedSet {
     let policy = |p: &u32| policies.get(*p as usize);
     let mut ip_policies = Vec::new();
@@ -429,7 +447,7 @@ pub(crate) fn associated_set(
         // search whatever the number of policies. Labels count the earlier
         // policies' rules first, so "first policy, first rule" is the
         // lowest.
-        _ => Arc::new(Matcher::merge(&parts)),
+        _ => Matcher::merge(&parts),
     };
     AssociatedSet {
         policies: Members::new(members),
@@ -448,7 +466,7 @@ pub(crate) fn compile_policy(p: &Policy) -> CompiledPolicy {
                 .iter()
                 .enumerate()
                 .map(|(ri, r)| (r.source, index_u32(ri)));
-            ip = Some(Arc::new(Matcher::build(nets)));
+            ip = Some(Matcher::build(nets));
             Arc::new([])
         }
         Rules::Vpce(rules) => rules
@@ -494,6 +512,7 @@ pub(crate) fn members_of(d: &Deployment, index: impl Fn(&str) -> Option<u32>) ->
 pub(crate) fn hot_record(d: &Deployment, assoc: &AssociatedSet, set: u32) -> Hot {
     Hot {
         ip: assoc.ip.clone(),
+        ip_policy: assoc.single_ip_policy(),
         set,
         filters: assoc.filters,
         dry_run: d.enforcement == Enforcement::DryRun,

@@ -14,7 +14,7 @@
 use std::fmt;
 
 use super::compile::{
-    DeploymentIndex, Hits, Hot, PolicyIndex, PolicySet, UnassociatedPrivateTraffic,
+    DeploymentIndex, Hits, Hot, PolicyIndex, PolicySet, SEVERAL, UnassociatedPrivateTraffic,
 };
 use super::model::Product;
 use crate::endpoint::{ClientIdentity, PrivateEndpoint};
@@ -181,7 +181,10 @@ pub fn decide(set: &PolicySet, facts: &RequestFacts) -> Decision {
 
 fn ip_match(set: &PolicySet, hot: &Hot, source: std::net::IpAddr) -> Option<RuleRef> {
     let label = hot.ip.lookup(source)?;
-    let (policy, rule) = set.sets.get(hot.set as usize)?.rule_of(label)?;
+    let (policy, rule) = match hot.ip_policy {
+        SEVERAL => set.sets.get(hot.set as usize)?.rule_of(label)?,
+        only => (only, label),
+    };
     Some(RuleRef {
         policy: PolicyIndex(policy),
         rule,

@@ -28,17 +28,38 @@ use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::changed::{Changed, InPlace, NONE, Pairing};
+use super::changed::{Changed, NONE, Pairing};
 use super::compile::{
     AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, EndpointMaps, FastMap, Hits,
     Hot, Members, NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment,
     compile_policy, hot_record, index_u32, members_of, name,
 };
 use super::ipset::Matcher;
-use super::model::Snapshot;
+use super::model::{Deployment, Policy, Snapshot};
 
 /// A previous set that cannot be carried over: its users look theirs up.
 const PENDING: u32 = u32::MAX - 1;
+
+/// One entry of a document described against the set compiled before it.
+#[derive(Debug, Clone, Copy)]
+pub enum Slot<'a, T> {
+    /// Unchanged: the entry at this index of the previous set.
+    Kept(u32),
+    /// New or changed: its model, and for a changed entry the index of
+    /// its previous version in the previous set.
+    Changed(&'a T, Option<u32>),
+}
+
+/// A document as the entries that changed since the previous set was
+/// compiled and the indices, in that set, of those that did not: all an
+/// incremental compile reads, so a source that keeps no model of its
+/// unchanged entries can still compile (see `reload::etcd::entries`).
+#[derive(Debug, Clone, Copy)]
+pub struct Delta<'a> {
+    pub version: u64,
+    pub policies: &'a [Slot<'a, Policy>],
+    pub deployments: &'a [Slot<'a, Deployment>],
+}
 
 impl PolicySet {
     /// Compiles `snapshot` as [`PolicySet::compile`] would, reusing what
@@ -62,46 +83,83 @@ impl PolicySet {
         if options != previous.options || most {
             return Self::compile(snapshot, options);
         }
-        Reuse::new(snapshot, previous, changed).build(options)
+        let old_policies: Vec<&str> = previous.policies.iter().map(|p| &*p.id).collect();
+        let old_deployments: Vec<&str> = previous.deployments.iter().map(|d| &*d.id).collect();
+        let policies = slots(
+            &snapshot.policies,
+            &Pairing::new(
+                snapshot.policies.iter().map(|p| p.id.as_str()),
+                &old_policies,
+                &changed.policies,
+            ),
+        );
+        let deployments = slots(
+            &snapshot.deployments,
+            &Pairing::new(
+                snapshot.deployments.iter().map(|d| d.id.as_str()),
+                &old_deployments,
+                &changed.deployments,
+            ),
+        );
+        let delta = Delta {
+            version: snapshot.version,
+            policies: &policies,
+            deployments: &deployments,
+        };
+        match Reuse::new(delta, previous) {
+            Some(reuse) => reuse.build(options),
+            // Not reached: the slots come from a pairing with `previous`.
+            None => Self::compile(snapshot, options),
+        }
     }
+
+    /// Compiles the document `delta` describes against `previous`, as
+    /// [`PolicySet::compile`] would compile it whole. `previous` must be
+    /// the set the [`Slot::Kept`] indices point into, and the document
+    /// valid (as for [`PolicySet::compile_reusing`]). `None` when a kept
+    /// index is not one of `previous` or is kept twice: the delta was not
+    /// made against that set.
+    pub fn compile_delta(
+        delta: Delta<'_>,
+        options: PolicyOptions,
+        previous: &PolicySet,
+    ) -> Option<Self> {
+        if options != previous.options {
+            return None;
+        }
+        Some(Reuse::new(delta, previous)?.build(options))
+    }
+}
+
+/// A document's entries as slots: those `pairing` reuses kept, the others
+/// changed.
+fn slots<'a, T>(entries: &'a [T], pairing: &Pairing) -> Vec<Slot<'a, T>> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| match pairing.reused(i) {
+            Some(o) => Slot::Kept(index_u32(o)),
+            None => Slot::Changed(e, pairing.old.get(i).copied().filter(|&o| o != NONE)),
+        })
+        .collect()
 }
 
 /// One incremental compile under way.
 struct Reuse<'a> {
-    snapshot: &'a Snapshot,
+    delta: Delta<'a>,
     previous: &'a PolicySet,
     policies: Pairing,
     deployments: Pairing,
 }
 
 impl<'a> Reuse<'a> {
-    fn new(snapshot: &'a Snapshot, previous: &'a PolicySet, changed: &Changed) -> Self {
-        if let Some(in_place) = &changed.in_place
-            && kept_places(snapshot, previous, in_place)
-        {
-            return Self {
-                snapshot,
-                previous,
-                policies: Pairing::in_place(snapshot.policies.len(), &in_place.policies),
-                deployments: Pairing::in_place(snapshot.deployments.len(), &in_place.deployments),
-            };
-        }
-        let old_policies: Vec<&str> = previous.policies.iter().map(|p| &*p.id).collect();
-        let old_deployments: Vec<&str> = previous.deployments.iter().map(|d| &*d.id).collect();
-        Self {
-            snapshot,
+    fn new(delta: Delta<'a>, previous: &'a PolicySet) -> Option<Self> {
+        Some(Self {
+            delta,
             previous,
-            policies: Pairing::new(
-                snapshot.policies.iter().map(|p| p.id.as_str()),
-                &old_policies,
-                &changed.policies,
-            ),
-            deployments: Pairing::new(
-                snapshot.deployments.iter().map(|d| d.id.as_str()),
-                &old_deployments,
-                &changed.deployments,
-            ),
-        }
+            policies: Pairing::of_slots(delta.policies, previous.policies.len())?,
+            deployments: Pairing::of_slots(delta.deployments, previous.deployments.len())?,
+        })
     }
 
     fn build(self, options: PolicyOptions) -> PolicySet {
@@ -111,7 +169,7 @@ impl<'a> Reuse<'a> {
         let names = self.names(&deployments);
         let endpoints = self.endpoints(&policies);
         PolicySet {
-            version: self.snapshot.version,
+            version: self.delta.version,
             options,
             hot: hot.into_boxed_slice(),
             deployments,
@@ -124,18 +182,16 @@ impl<'a> Reuse<'a> {
 
     /// Every policy: unchanged ones shared from the previous set, others
     /// compiled.
-    fn policies(&self) -> Box<[CompiledPolicy]> {
+    fn policies(&self) -> Box<[Arc<CompiledPolicy>]> {
         let old = &self.previous.policies;
-        self.snapshot
+        self.delta
             .policies
             .iter()
-            .enumerate()
-            .map(
-                |(pi, p)| match self.policies.reused(pi).and_then(|o| old.get(o)) {
-                    Some(prev) => prev.clone(),
-                    None => compile_policy(p),
-                },
-            )
+            .filter_map(|slot| match *slot {
+                // Always there: `Pairing::of_slots` checked it.
+                Slot::Kept(o) => old.get(o as usize).cloned(),
+                Slot::Changed(p, _) => Some(Arc::new(compile_policy(p))),
+            })
             .collect()
     }
 
@@ -145,7 +201,7 @@ impl<'a> Reuse<'a> {
     /// others find an equal set or make one: a reused deployment whose set
     /// holds a changed policy by its previous set's members, renumbered;
     /// a changed deployment by the ids it names.
-    fn sets(&self, policies: &[CompiledPolicy]) -> (Vec<Arc<AssociatedSet>>, Vec<u32>) {
+    fn sets(&self, policies: &[Arc<CompiledPolicy>]) -> (Vec<Arc<AssociatedSet>>, Vec<u32>) {
         let previous = self.previous;
         let mut sets = Vec::new();
         // Per previous set: its new index, NONE until seen, PENDING when it
@@ -156,7 +212,7 @@ impl<'a> Reuse<'a> {
         let mut lists: Vec<Box<[u32]>> = Vec::new();
         // Deployments to find or make a set for: (new index, list).
         let mut pending: Vec<(usize, u32)> = Vec::new();
-        let mut set_of = vec![NONE; self.snapshot.deployments.len()];
+        let mut set_of = vec![NONE; self.delta.deployments.len()];
         let mut members = Vec::new();
         for (di, slot) in set_of.iter_mut().enumerate() {
             let Some(old) = self.deployments.reused(di) else {
@@ -192,8 +248,8 @@ impl<'a> Reuse<'a> {
             }
         }
         let index = self.policy_indices_for();
-        for (di, d) in self.snapshot.deployments.iter().enumerate() {
-            if self.deployments.reused(di).is_none() {
+        for (di, slot) in self.delta.deployments.iter().enumerate() {
+            if let Slot::Changed(d, _) = slot {
                 pending.push((di, index_u32(lists.len())));
                 lists.push(members_of(d, |id| index.get(id).copied()));
             }
@@ -209,14 +265,14 @@ impl<'a> Reuse<'a> {
         &self,
         sets: &mut Vec<Arc<AssociatedSet>>,
         set_of: &mut [u32],
-        policies: &[CompiledPolicy],
+        policies: &[Arc<CompiledPolicy>],
         pending: &[(usize, u32)],
         lists: &[Box<[u32]>],
     ) {
         if pending.is_empty() {
             return;
         }
-        let empty = Arc::new(Matcher::default());
+        let empty = Matcher::default();
         let mut by_members: FastMap<&[u32], u32> = lists.iter().map(|m| (&**m, NONE)).collect();
         // Only a carried set of the same size and first member can equal a
         // pending list: checked with no hashing of the other sets.
@@ -290,14 +346,19 @@ impl<'a> Reuse<'a> {
     /// no deployment changed.
     fn policy_indices_for(&self) -> FastMap<&'a str, u32> {
         let mut wanted: FastMap<&str, u32> = FastMap::default();
-        for (di, d) in self.snapshot.deployments.iter().enumerate() {
-            if self.deployments.reused(di).is_none() {
+        for slot in self.delta.deployments {
+            if let Slot::Changed(d, _) = slot {
                 wanted.extend(d.policies.iter().map(|p| (p.as_str(), NONE)));
             }
         }
         if !wanted.is_empty() {
-            for (pi, p) in self.snapshot.policies.iter().enumerate() {
-                if let Some(slot) = wanted.get_mut(p.id.as_str()) {
+            let old = &self.previous.policies;
+            for (pi, slot) in self.delta.policies.iter().enumerate() {
+                let id = match *slot {
+                    Slot::Kept(o) => old.get(o as usize).map(|p| &*p.id),
+                    Slot::Changed(p, _) => Some(p.id.as_str()),
+                };
+                if let Some(slot) = id.and_then(|id| wanted.get_mut(id)) {
                     *slot = index_u32(pi);
                 }
             }
@@ -317,23 +378,28 @@ impl<'a> Reuse<'a> {
     ) -> (Vec<Hot>, Arc<[Arc<CompiledDeployment>]>) {
         let previous = self.previous;
         let shared = self.deployments.identity();
-        let count = self.snapshot.deployments.len();
+        let count = self.delta.deployments.len();
         let mut hot = Vec::with_capacity(count);
         let mut deployments = Vec::with_capacity(if shared { 0 } else { count });
-        for (di, d) in self.snapshot.deployments.iter().enumerate() {
+        for (di, slot) in self.delta.deployments.iter().enumerate() {
             let set = set_of.get(di).copied().unwrap_or(NONE);
             let Some(assoc) = sets.get(set as usize) else {
                 continue;
             };
-            let reused = self.deployments.reused(di);
-            let prev =
-                reused.and_then(|o| Some((previous.deployments.get(o)?, previous.hot.get(o)?)));
-            match prev {
-                Some((prev, prev_hot)) => {
+            let prev = match *slot {
+                Slot::Kept(o) => {
+                    let o = o as usize;
+                    previous.deployments.get(o).zip(previous.hot.get(o))
+                }
+                Slot::Changed(..) => None,
+            };
+            match (prev, slot) {
+                (Some((prev, prev_hot)), _) => {
                     // Its own flags are as they were: read them from the
                     // previous (dense) records, not the document.
                     hot.push(Hot {
                         ip: assoc.ip.clone(),
+                        ip_policy: assoc.single_ip_policy(),
                         set,
                         filters: assoc.filters,
                         dry_run: prev_hot.dry_run,
@@ -343,10 +409,12 @@ impl<'a> Reuse<'a> {
                         deployments.push(prev.clone());
                     }
                 }
-                None => {
+                (None, Slot::Changed(d, _)) => {
                     hot.push(hot_record(d, assoc, set));
                     deployments.push(Arc::new(compile_deployment(d)));
                 }
+                // Not reached: `Pairing::of_slots` checked every kept index.
+                (None, Slot::Kept(_)) => {}
             }
         }
         if shared {
@@ -382,7 +450,7 @@ impl<'a> Reuse<'a> {
     /// The previous endpoint maps, with the pairs of private policies that
     /// changed or moved taken out and their pairs now put in; shared
     /// whole when there are none.
-    fn endpoints(&self, policies: &[CompiledPolicy]) -> Arc<EndpointMaps> {
+    fn endpoints(&self, policies: &[Arc<CompiledPolicy>]) -> Arc<EndpointMaps> {
         let previous = self.previous;
         // Pairs to take out (previous policy indices) and to put in.
         let mut gone: HashSet<u32> = HashSet::new();
@@ -417,44 +485,6 @@ impl<'a> Reuse<'a> {
         Arc::new(maps)
     }
 }
-
-/// Whether an [`InPlace`] hint fits: as many entries as before, the changed
-/// ones (and one in [`SAMPLE_EVERY`] of the others) with the id they had.
-/// A hint that does not fit is ignored (entries are then paired by id), so
-/// a source that got its bookkeeping wrong costs time, never a wrong set.
-fn kept_places(snapshot: &Snapshot, previous: &PolicySet, in_place: &InPlace) -> bool {
-    fn kept<'a, T>(
-        new: &'a [T],
-        old_ids: impl Fn(usize) -> Option<&'a str>,
-        new_id: impl Fn(&'a T) -> &'a str,
-        changed: &[u32],
-        old_len: usize,
-    ) -> bool {
-        let sampled = (0..new.len()).step_by(SAMPLE_EVERY);
-        new.len() == old_len
-            && changed
-                .iter()
-                .map(|&i| i as usize)
-                .chain(sampled)
-                .all(|i| new.get(i).map(&new_id) == old_ids(i))
-    }
-    kept(
-        &snapshot.policies,
-        |i| previous.policies.get(i).map(|p| &*p.id),
-        |p| &p.id,
-        &in_place.policies,
-        previous.policies.len(),
-    ) && kept(
-        &snapshot.deployments,
-        |i| previous.deployments.get(i).map(|d| &*d.id),
-        |d| &d.id,
-        &in_place.deployments,
-        previous.deployments.len(),
-    )
-}
-
-/// How sparsely [`kept_places`] checks the entries a hint says are unchanged.
-const SAMPLE_EVERY: usize = 997;
 
 /// Replaces one id's pairs: the kept ones (not from a `gone` policy) and
 /// the `added` ones, sorted as `compile` lists them.

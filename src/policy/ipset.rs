@@ -14,31 +14,51 @@
 //! expects to be reported.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
 /// Label of a range no rule covers.
 const NO_RULE: u32 = u32::MAX;
 
-/// Sorted, disjoint ranges: `keys[i]..keys[i+1]` is labelled `labels[i]`,
-/// and addresses below the first key are uncovered.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Ranges<A> {
-    keys: Box<[A]>,
-    labels: Box<[u32]>,
+/// Sorted, disjoint ranges, each a start and a label: range `i` runs
+/// from its start to the next one's, and addresses below the first start
+/// are uncovered. Start and label side by side, so the label a search
+/// ends on is in the cache line it read last; shared by reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ranges<K>(Arc<[(K, u32)]>);
+
+impl<K> Default for Ranges<K> {
+    fn default() -> Self {
+        Self(Arc::from([]))
+    }
 }
 
-impl<A: Copy + Ord> Ranges<A> {
+/// An IPv6 range start as two halves: 8-byte aligned, so a start and its
+/// label take 24 bytes, not the 32 a `u128` would round them up to.
+type V6Key = (u64, u64);
+
+fn v6_key(a: u128) -> V6Key {
+    // Truncations on purpose: the high and the low 64 bits.
+    ((a >> 64) as u64, a as u64)
+}
+
+impl<K: Copy + Ord> Ranges<K> {
     #[inline]
-    fn lookup(&self, addr: A) -> Option<u32> {
-        let i = self.keys.partition_point(|&k| k <= addr);
-        let label = *self.labels.get(i.checked_sub(1)?)?;
+    fn lookup(&self, addr: K) -> Option<u32> {
+        let i = self.0.partition_point(|&(k, _)| k <= addr);
+        let (_, label) = *self.0.get(i.checked_sub(1)?)?;
         (label != NO_RULE).then_some(label)
     }
 
     /// The ranges of `(first, last, rule)` blocks that form a laminar
-    /// family (any two nested or disjoint, as CIDR blocks are).
-    fn build(mut items: Vec<(A, A, u32)>, successor: fn(A) -> Option<A>) -> Self {
+    /// family (any two nested or disjoint, as CIDR blocks are), their
+    /// starts stored as `key` makes them.
+    fn build<A: Copy + Ord>(
+        mut items: Vec<(A, A, u32)>,
+        successor: fn(A) -> Option<A>,
+        key: fn(A) -> K,
+    ) -> Self {
         // Outer blocks before the blocks they contain; equal blocks by rule.
         items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
         let mut out: Vec<(A, u32)> = Vec::with_capacity(items.len() * 2);
@@ -51,7 +71,7 @@ impl<A: Copy + Ord> Ranges<A> {
             open.push((last, label));
         }
         close(&mut open, &mut out, None, successor);
-        Self::from_pairs(out)
+        Self(out.into_iter().map(|(a, l)| (key(a), l)).collect())
     }
 
     /// The pointwise lowest label of several matchers' ranges, each part's
@@ -59,10 +79,10 @@ impl<A: Copy + Ord> Ranges<A> {
     /// never the rules they came from.
     fn merge(parts: &[(&Self, u32)]) -> Self {
         // Every range start of every part, in address order.
-        let mut starts: Vec<(A, usize, u32)> =
-            Vec::with_capacity(parts.iter().map(|(r, _)| r.keys.len()).sum());
+        let mut starts: Vec<(K, usize, u32)> =
+            Vec::with_capacity(parts.iter().map(|(r, _)| r.0.len()).sum());
         for (part, &(r, offset)) in parts.iter().enumerate() {
-            starts.extend(r.keys.iter().zip(r.labels.iter()).map(|(&k, &l)| {
+            starts.extend(r.0.iter().map(|&(k, l)| {
                 let label = if l == NO_RULE {
                     l
                 } else {
@@ -74,7 +94,7 @@ impl<A: Copy + Ord> Ranges<A> {
         starts.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
         // The label each part has in force at the current address.
         let mut current = vec![NO_RULE; parts.len()];
-        let mut out: Vec<(A, u32)> = Vec::with_capacity(starts.len());
+        let mut out: Vec<(K, u32)> = Vec::with_capacity(starts.len());
         let mut i = 0;
         while let Some(&(at, _, _)) = starts.get(i) {
             while let Some(&(k, part, label)) = starts.get(i)
@@ -91,20 +111,12 @@ impl<A: Copy + Ord> Ranges<A> {
                 current.iter().copied().min().unwrap_or(NO_RULE),
             );
         }
-        Self::from_pairs(out)
-    }
-
-    fn from_pairs(pairs: Vec<(A, u32)>) -> Self {
-        let (keys, labels): (Vec<A>, Vec<u32>) = pairs.into_iter().unzip();
-        Self {
-            keys: keys.into_boxed_slice(),
-            labels: labels.into_boxed_slice(),
-        }
+        Self(out.into())
     }
 
     /// Ranges some rule covers (gaps not counted).
     fn covered(&self) -> usize {
-        self.labels.iter().filter(|&&r| r != NO_RULE).count()
+        self.0.iter().filter(|&&(_, r)| r != NO_RULE).count()
     }
 }
 
@@ -149,11 +161,11 @@ fn emit<A: Copy + Ord>(out: &mut Vec<(A, u32)>, at: A, label: u32) {
 }
 
 /// One IP matcher: the ranges of a policy's rules, or the merge of an
-/// associated set's `ip` policies.
+/// associated set's `ip` policies. Cloned by reference (two counts).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Matcher {
     v4: Ranges<u32>,
-    v6: Ranges<u128>,
+    v6: Ranges<V6Key>,
 }
 
 impl Matcher {
@@ -168,8 +180,8 @@ impl Matcher {
             }
         }
         Self {
-            v4: Ranges::build(v4, |a| a.checked_add(1)),
-            v6: Ranges::build(v6, |a| a.checked_add(1)),
+            v4: Ranges::build(v4, |a| a.checked_add(1), |a| a),
+            v6: Ranges::build(v6, |a| a.checked_add(1), v6_key),
         }
     }
 
@@ -193,7 +205,7 @@ impl Matcher {
             IpAddr::V4(a) => self.v4.lookup(u32::from(a)),
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
                 Some(v4) => self.v4.lookup(u32::from(v4)),
-                None => self.v6.lookup(u128::from(a)),
+                None => self.v6.lookup(v6_key(u128::from(a))),
             },
         }
     }

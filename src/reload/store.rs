@@ -115,7 +115,7 @@ pub fn prepare_over(
         }
         None => (PolicySet::compile(&snapshot, options), None),
     };
-    let (set, changed) = on_own_thread(compile);
+    let (set, changed) = crate::memory::on_own_thread(compile);
     tracing::debug!(
         hash_ms = hashed.as_millis() as u64,
         parse_ms = (parsed - hashed).as_millis() as u64,
@@ -125,27 +125,6 @@ pub fn prepare_over(
     );
     let loaded = compiled(set, Some(digest), source);
     Ok((loaded, kept, Leftovers(Some(snapshot))))
-}
-
-/// Runs `f` on a thread of its own (inline if no thread can be started),
-/// so that glibc gives what it allocates (the new set) another arena than
-/// the caller's (the document and its model). Freeing the model after the
-/// swap then frees whole pages, which the trim returns, instead of holes
-/// between the set's allocations: measured with the large snapshot
-/// (`benches/reload.sh`), the settled size went from 218 to 132 MiB.
-fn on_own_thread<T: Send>(f: impl Fn() -> T + Sync) -> T {
-    std::thread::scope(|scope| {
-        let spawned = std::thread::Builder::new()
-            .name("portcullis-compile".into())
-            .spawn_scoped(scope, &f);
-        match spawned {
-            Ok(thread) => thread
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            // No thread to be had: compile here.
-            Err(_) => f(),
-        }
-    })
 }
 
 /// What a reload leaves to free once its set is in force: the model it was
@@ -265,19 +244,5 @@ impl Store {
     /// a snapshot is applied. Cheap; one per long-lived connection is fine.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.swapped.subscribe()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::on_own_thread;
-
-    #[test]
-    fn work_runs_on_another_thread_and_its_panic_comes_back() {
-        let here = std::thread::current().id();
-        let there = on_own_thread(|| std::thread::current().id());
-        assert_ne!(here, there);
-        let caught = std::panic::catch_unwind(|| on_own_thread(|| panic!("compile failed")));
-        assert!(caught.is_err());
     }
 }

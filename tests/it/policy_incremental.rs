@@ -13,8 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
 use portcullis::policy::{
-    AzureRule, Changed, Decision, Deployment, DeploymentIndex, Enforcement, GcpRule, InPlace,
-    IpRule, Policy, PolicyOptions, PolicySet, Product, Region, RequestFacts, Resource, Rules,
+    AzureRule, Changed, Decision, Delta, Deployment, DeploymentIndex, Enforcement, GcpRule, IpRule,
+    Policy, PolicyOptions, PolicySet, Product, Region, RequestFacts, Resource, Rules, Slot,
     Snapshot, Target, UnassociatedPrivateTraffic, VpceRule, decide,
 };
 use portcullis_test_kit::synth::Rng;
@@ -30,6 +30,10 @@ use super::policy_props::{V4_BASES as V4, V6_BASES as V6};
 struct World {
     doc: Snapshot,
     changed: Changed,
+    /// Per entry, as `Entries` tracks it: its index in the set last
+    /// compiled (if it was there) and whether it changed since.
+    policy_places: Vec<(Option<u32>, bool)>,
+    deployment_places: Vec<(Option<u32>, bool)>,
     rng: Rng,
     serial: usize,
 }
@@ -143,27 +147,31 @@ impl World {
             0 => {
                 let p = self.policy(format!("p{}", self.serial));
                 self.changed.policies.insert(p.id.clone());
-                self.changed.in_place = None;
+                self.policy_places.push((None, true));
                 self.doc.policies.push(p);
             }
             1 if !self.doc.policies.is_empty() => {
                 let i = self.pick(self.doc.policies.len());
                 let p = self.policy(self.doc.policies[i].id.clone());
                 self.changed.policies.insert(p.id.clone());
-                if let Some(in_place) = &mut self.changed.in_place {
-                    in_place.policies.push(i as u32);
-                }
+                self.policy_places[i].1 = true;
                 self.doc.policies[i] = p;
             }
             2 if !self.doc.policies.is_empty() => {
                 let i = self.pick(self.doc.policies.len());
                 let id = self.doc.policies.swap_remove(i).id;
-                self.changed.in_place = None;
+                self.policy_places.swap_remove(i);
                 // Its users let go of it first (SPEC: no dangling names).
-                for d in &mut self.doc.deployments {
+                for (d, place) in self
+                    .doc
+                    .deployments
+                    .iter_mut()
+                    .zip(&mut self.deployment_places)
+                {
                     if d.policies.contains(&id) {
                         d.policies.retain(|p| *p != id);
                         self.changed.deployments.insert(d.id.clone());
+                        place.1 = true;
                     }
                 }
                 self.changed.policies.insert(id);
@@ -171,23 +179,21 @@ impl World {
             3 => {
                 let d = self.deployment(format!("d{}", self.serial));
                 self.changed.deployments.insert(d.id.clone());
-                self.changed.in_place = None;
+                self.deployment_places.push((None, true));
                 self.doc.deployments.push(d);
             }
             4 if !self.doc.deployments.is_empty() => {
                 let i = self.pick(self.doc.deployments.len());
                 let d = self.deployment(self.doc.deployments[i].id.clone());
                 self.changed.deployments.insert(d.id.clone());
-                if let Some(in_place) = &mut self.changed.in_place {
-                    in_place.deployments.push(i as u32);
-                }
+                self.deployment_places[i].1 = true;
                 self.doc.deployments[i] = d;
             }
             5 if !self.doc.deployments.is_empty() => {
                 let i = self.pick(self.doc.deployments.len());
                 let id = self.doc.deployments.swap_remove(i).id;
+                self.deployment_places.swap_remove(i);
                 self.changed.deployments.insert(id);
-                self.changed.in_place = None;
             }
             _ => {}
         }
@@ -311,11 +317,23 @@ fn assert_same(doc: &Snapshot, full: &PolicySet, incr: &PolicySet, clients: &[Cl
     }
 }
 
-/// Nothing changed yet, nothing moved: how `Entries` starts each batch.
-fn in_place() -> Changed {
-    Changed {
-        in_place: Some(InPlace::default()),
-        ..Changed::default()
+/// The document as slots against the set last compiled, as `Entries`
+/// describes it.
+fn slots<'a, T>(entries: &'a [T], places: &[(Option<u32>, bool)]) -> Vec<Slot<'a, T>> {
+    entries
+        .iter()
+        .zip(places)
+        .map(|(e, &(was, changed))| match (was, changed) {
+            (Some(o), false) => Slot::Kept(o),
+            _ => Slot::Changed(e, was),
+        })
+        .collect()
+}
+
+/// After a compile: every entry is where the set holds it, unchanged.
+fn compiled(places: &mut [(Option<u32>, bool)]) {
+    for (i, place) in places.iter_mut().enumerate() {
+        *place = (Some(i as u32), false);
     }
 }
 
@@ -326,7 +344,9 @@ fn run(seed: u64, options: PolicyOptions) {
             deployments: Vec::new(),
             policies: Vec::new(),
         },
-        changed: in_place(),
+        changed: Changed::default(),
+        policy_places: Vec::new(),
+        deployment_places: Vec::new(),
         rng: Rng::new(seed),
         serial: 0,
     };
@@ -335,14 +355,17 @@ fn run(seed: u64, options: PolicyOptions) {
     for _ in 0..30 {
         world.change();
     }
-    world.changed = in_place();
+    std::mem::take(&mut world.changed);
     let mut incr = PolicySet::compile(&world.doc, options);
+    let mut delta_set = PolicySet::compile(&world.doc, options);
+    compiled(&mut world.policy_places);
+    compiled(&mut world.deployment_places);
     for _ in 0..60 {
         for _ in 0..1 + world.pick(3) {
             world.change();
         }
         world.doc.version += 1;
-        let changed = std::mem::replace(&mut world.changed, in_place());
+        let changed = std::mem::take(&mut world.changed);
         // What a whole document finds changed by the entries' fingerprints
         // (a reload over the set in force) must compile the same set.
         let found = Changed::between(&incr, &world.doc);
@@ -352,17 +375,23 @@ fn run(seed: u64, options: PolicyOptions) {
             "fingerprints found changes that were not made: {found:?} vs {changed:?}"
         );
         let by_print = PolicySet::compile_reusing(&world.doc, options, &incr, &found);
-        // The same changes paired by id, without the in-place indices.
-        let by_id = Changed {
-            in_place: None,
-            ..changed.clone()
-        };
-        let by_id = PolicySet::compile_reusing(&world.doc, options, &incr, &by_id);
         incr = PolicySet::compile_reusing(&world.doc, options, &incr, &changed);
+        // As the etcd entries compile: slots against the set before.
+        let policies = slots(&world.doc.policies, &world.policy_places);
+        let deployments = slots(&world.doc.deployments, &world.deployment_places);
+        let delta = Delta {
+            version: world.doc.version,
+            policies: &policies,
+            deployments: &deployments,
+        };
+        delta_set = PolicySet::compile_delta(delta, options, &delta_set)
+            .expect("the slots describe the set before");
+        compiled(&mut world.policy_places);
+        compiled(&mut world.deployment_places);
         let full = PolicySet::compile(&world.doc, options);
         assert_same(&world.doc, &full, &incr, &clients);
+        assert_same(&world.doc, &full, &delta_set, &clients);
         assert_same(&world.doc, &full, &by_print, &clients);
-        assert_same(&world.doc, &full, &by_id, &clients);
     }
 }
 

@@ -15,6 +15,15 @@
 //! are retried with every batch, because a later change can make them
 //! valid: the policy a deployment names arrives, or the deployment that
 //! held on to a deleted policy lets go of it.
+//!
+//! What is kept of an entry in force is what those checks read (a
+//! policy's region; a deployment's names, region and policies) and where
+//! the compiled set holds it. Its model (a policy's rules, a deployment's
+//! backends) is kept only from its change to the compile that takes it
+//! in ([`Entries::compile`]): the compiled set is the state in force, and
+//! a follower does not hold the world twice. With a state directory, each
+//! entry's value is kept as etcd sent it, so the state is saved
+//! ([`Entries::state_document`]) without a model either.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -23,7 +32,9 @@ use serde::Serialize;
 
 use super::keys::{self, Kind};
 use crate::policy::validate::{deployment_entry, policy_entry};
-use crate::policy::{Changed, Deployment, InPlace, Policy, Snapshot, SnapshotErrors};
+use crate::policy::{
+    Delta, Deployment, Policy, PolicyOptions, PolicySet, Region, Slot, Snapshot, SnapshotErrors,
+};
 
 /// One key's new state, from etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,16 +60,52 @@ pub struct Applied {
     pub refused: usize,
 }
 
-/// The entries in force and the refused changes.
-///
-/// The entries in force are kept as the snapshot they make, updated in
-/// place, so compiling a change reads them where they are instead of
-/// copying the world first.
+/// Not in the set last compiled (a new entry).
+const NOWHERE: u32 = u32::MAX;
+
+/// One entry in force.
+#[derive(Debug, Clone)]
+struct Held<S, M> {
+    /// What the checks that span entries read.
+    stub: S,
+    /// Its index in the set last compiled, if it was there.
+    compiled_at: u32,
+    /// Its model, from its change to the next compile.
+    model: Option<Box<M>>,
+}
+
+impl<S, M> Held<S, M> {
+    fn slot(&self) -> Slot<'_, M> {
+        let was = (self.compiled_at != NOWHERE).then_some(self.compiled_at);
+        match &self.model {
+            Some(m) => Slot::Changed(m, was),
+            None => Slot::Kept(self.compiled_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PolicyStub {
+    id: String,
+    region: Region,
+}
+
+#[derive(Debug, Clone)]
+struct DeploymentStub {
+    id: String,
+    alias: Option<String>,
+    region: Region,
+    policies: Vec<String>,
+}
+
+/// The entries in force, in the order the compiled set holds them, and
+/// the refused changes.
 #[derive(Debug, Clone)]
 pub struct Entries {
     prefix: String,
-    doc: Snapshot,
-    /// Position in `doc.policies` / `doc.deployments`, by id.
+    policies: Vec<Held<PolicyStub, Policy>>,
+    deployments: Vec<Held<DeploymentStub, Deployment>>,
+    /// Position in `policies` / `deployments`, by id.
     policy_at: HashMap<String, usize>,
     deployment_at: HashMap<String, usize>,
     /// Deployment id or alias → deployment id, for uniqueness.
@@ -67,10 +114,14 @@ pub struct Entries {
     users: HashMap<String, BTreeSet<String>>,
     /// Key → (the refused change, why).
     refused: BTreeMap<String, (Change, String)>,
-    /// Ids whose entry in force changed since [`Entries::take_changed`],
-    /// so a compile can reuse what the others compiled to; while every
-    /// change was made in place, their indices too.
-    changed: Changed,
+    /// Each entry's value as etcd sent it, by id, when the state is saved.
+    values: Option<Values>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Values {
+    policies: BTreeMap<String, Bytes>,
+    deployments: BTreeMap<String, Bytes>,
 }
 
 impl Default for Entries {
@@ -83,18 +134,21 @@ impl Entries {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
-            doc: Snapshot {
-                version: 0,
-                deployments: Vec::new(),
-                policies: Vec::new(),
-            },
+            policies: Vec::new(),
+            deployments: Vec::new(),
             policy_at: HashMap::new(),
             deployment_at: HashMap::new(),
             names: HashMap::new(),
             users: HashMap::new(),
             refused: BTreeMap::new(),
-            changed: in_place(),
+            values: None,
         }
+    }
+
+    /// Also keeps each entry's value, for [`Entries::state_document`].
+    pub fn keeping_values(mut self) -> Self {
+        self.values = Some(Values::default());
+        self
     }
 
     /// Applies one batch (the events of one or more etcd revisions) to the
@@ -158,9 +212,12 @@ impl Entries {
         for (key, id, value) in policy_puts {
             match self.check_policy(&id, &value, &batch_deployments) {
                 Ok(p) => {
-                    self.changed.policies.insert(id.clone());
-                    let at = upsert(&mut self.doc.policies, &mut self.policy_at, id, p);
-                    self.placed(at, |i| &mut i.policies);
+                    let stub = PolicyStub {
+                        id: id.clone(),
+                        region: p.region.clone(),
+                    };
+                    self.keep_value(Kind::Policy, &id, value);
+                    upsert(&mut self.policies, &mut self.policy_at, id, stub, p);
                     applied.changed += 1;
                 }
                 Err(why) => self.refuse(&mut applied, key, Change::Put(value), why),
@@ -170,10 +227,15 @@ impl Entries {
             match self.check_deployment(&id, &value) {
                 Ok(d) => {
                     self.forget(&id);
-                    self.remember(&d);
-                    self.changed.deployments.insert(id.clone());
-                    let at = upsert(&mut self.doc.deployments, &mut self.deployment_at, id, d);
-                    self.placed(at, |i| &mut i.deployments);
+                    let stub = DeploymentStub {
+                        id: id.clone(),
+                        alias: d.alias.clone(),
+                        region: d.region.clone(),
+                        policies: d.policies.clone(),
+                    };
+                    self.remember(&stub);
+                    self.keep_value(Kind::Deployment, &id, value);
+                    upsert(&mut self.deployments, &mut self.deployment_at, id, stub, d);
                     applied.changed += 1;
                 }
                 Err(why) => self.refuse(&mut applied, key, Change::Put(value), why),
@@ -181,18 +243,18 @@ impl Entries {
         }
         for (_, id) in deployment_deletes {
             self.forget(&id);
-            if remove(&mut self.doc.deployments, &mut self.deployment_at, &id).is_some() {
-                self.changed.deployments.insert(id);
-                self.changed.in_place = None;
+            if remove(&mut self.deployments, &mut self.deployment_at, &id, |s| {
+                &s.id
+            }) {
+                self.drop_value(Kind::Deployment, &id);
                 applied.changed += 1;
             }
         }
         for (key, id) in policy_deletes {
             let users = self.users_of(&id, &[]);
             if users.is_empty() {
-                if remove(&mut self.doc.policies, &mut self.policy_at, &id).is_some() {
-                    self.changed.policies.insert(id);
-                    self.changed.in_place = None;
+                if remove(&mut self.policies, &mut self.policy_at, &id, |s| &s.id) {
+                    self.drop_value(Kind::Policy, &id);
                     applied.changed += 1;
                 }
             } else {
@@ -207,40 +269,103 @@ impl Entries {
         applied
     }
 
-    /// The entries in force as a snapshot at `version` (the etcd revision),
-    /// without copying them.
-    pub fn document(&mut self, version: u64) -> &Snapshot {
-        self.doc.version = version;
-        &self.doc
-    }
-
-    /// The ids of the entries in force that changed (put, replaced or
-    /// removed) since the last call: what a set compiled then must not be
-    /// reused for (see `PolicySet::compile_reusing`).
-    pub fn take_changed(&mut self) -> Changed {
-        std::mem::replace(&mut self.changed, in_place())
-    }
-
-    /// Notes where an upsert put its entry: at its old index, the changes
-    /// so far may still be in place; appended, they are not.
-    fn placed(&mut self, at: Placed, list: fn(&mut InPlace) -> &mut Vec<u32>) {
-        match (at, &mut self.changed.in_place) {
-            (Placed::Replaced(i), Some(in_place)) => {
-                list(in_place).push(u32::try_from(i).unwrap_or(u32::MAX));
+    /// Compiles the entries in force at `version` (the etcd revision): from
+    /// `base`, the set last compiled from them, reusing what did not
+    /// change since; whole when there is no base (the first compile after
+    /// a read of the prefix). Then drops the models it took in.
+    ///
+    /// `None` when it cannot: with no base, some entry's model was already
+    /// dropped by an earlier compile (the caller lost the set it made);
+    /// with one, the base is not the set last compiled from these entries.
+    /// Either way the entries are as they were, and reading the prefix
+    /// again is the way on.
+    pub fn compile(
+        &mut self,
+        version: u64,
+        options: PolicyOptions,
+        base: Option<&PolicySet>,
+    ) -> Option<PolicySet> {
+        let set = match base {
+            Some(base) => {
+                let policies: Vec<Slot<'_, Policy>> =
+                    self.policies.iter().map(Held::slot).collect();
+                let deployments: Vec<Slot<'_, Deployment>> =
+                    self.deployments.iter().map(Held::slot).collect();
+                let delta = Delta {
+                    version,
+                    policies: &policies,
+                    deployments: &deployments,
+                };
+                PolicySet::compile_delta(delta, options, base)?
             }
-            (Placed::Replaced(_), None) => {}
-            (Placed::Appended, _) => self.changed.in_place = None,
+            None => {
+                let document = self.take_document(version)?;
+                PolicySet::compile(&document, options)
+            }
+        };
+        for (i, held) in self.policies.iter_mut().enumerate() {
+            held.compiled_at = index_u32(i);
+            held.model = None;
         }
+        for (i, held) in self.deployments.iter_mut().enumerate() {
+            held.compiled_at = index_u32(i);
+            held.model = None;
+        }
+        Some(set)
     }
 
-    /// A copy of [`Entries::document`], in id order (for tests and for
-    /// saving, where a stable order makes the file diffable).
-    pub fn snapshot(&self, version: u64) -> Snapshot {
-        let mut s = self.doc.clone();
-        s.version = version;
-        s.policies.sort_by(|a, b| a.id.cmp(&b.id));
-        s.deployments.sort_by(|a, b| a.id.cmp(&b.id));
-        s
+    /// Every entry's model, moved out into one document, when every entry
+    /// still has its own.
+    fn take_document(&mut self, version: u64) -> Option<Snapshot> {
+        let complete = self.policies.iter().all(|h| h.model.is_some())
+            && self.deployments.iter().all(|h| h.model.is_some());
+        if !complete {
+            return None;
+        }
+        Some(Snapshot {
+            version,
+            policies: self
+                .policies
+                .iter_mut()
+                .filter_map(|h| h.model.take().map(|m| *m))
+                .collect(),
+            deployments: self
+                .deployments
+                .iter_mut()
+                .filter_map(|h| h.model.take().map(|m| *m))
+                .collect(),
+        })
+    }
+
+    /// The entries in force as a snapshot document at `version`, entries in
+    /// id order (a stable order keeps the file diffable): each entry's
+    /// value as etcd sent it, so nothing is parsed or serialised again.
+    /// `None` unless the entries keep their values
+    /// ([`Entries::keeping_values`]).
+    pub fn state_document(&self, version: u64) -> Option<Vec<u8>> {
+        let values = self.values.as_ref()?;
+        let size: usize = values
+            .policies
+            .values()
+            .chain(values.deployments.values())
+            .map(|v| v.len() + 1)
+            .sum();
+        let mut out = Vec::with_capacity(size + 64);
+        out.extend_from_slice(format!("{{\"version\":{version},\"deployments\":[").as_bytes());
+        join(&mut out, values.deployments.values());
+        out.extend_from_slice(b"],\"policies\":[");
+        join(&mut out, values.policies.values());
+        out.extend_from_slice(b"]}\n");
+        Some(out)
+    }
+
+    /// Ids of the entries in force, sorted: (deployments, policies).
+    pub fn ids(&self) -> (Vec<String>, Vec<String>) {
+        let mut deployments: Vec<String> = self.deployment_at.keys().cloned().collect();
+        let mut policies: Vec<String> = self.policy_at.keys().cloned().collect();
+        deployments.sort();
+        policies.sort();
+        (deployments, policies)
     }
 
     /// Every refused change, by key.
@@ -259,20 +384,34 @@ impl Entries {
         self.refused.insert(key, (change, why));
     }
 
-    fn deployment(&self, id: &str) -> Option<&Deployment> {
-        self.deployment_at
-            .get(id)
-            .and_then(|&i| self.doc.deployments.get(i))
+    fn keep_value(&mut self, kind: Kind, id: &str, value: Bytes) {
+        if let Some(values) = &mut self.values {
+            values.of(kind).insert(id.to_owned(), value);
+        }
     }
 
-    fn policy(&self, id: &str) -> Option<&Policy> {
+    fn drop_value(&mut self, kind: Kind, id: &str) {
+        if let Some(values) = &mut self.values {
+            values.of(kind).remove(id);
+        }
+    }
+
+    fn deployment(&self, id: &str) -> Option<&DeploymentStub> {
+        self.deployment_at
+            .get(id)
+            .and_then(|&i| self.deployments.get(i))
+            .map(|h| &h.stub)
+    }
+
+    fn policy(&self, id: &str) -> Option<&PolicyStub> {
         self.policy_at
             .get(id)
-            .and_then(|&i| self.doc.policies.get(i))
+            .and_then(|&i| self.policies.get(i))
+            .map(|h| &h.stub)
     }
 
     /// Indexes a deployment about to be in force: its names, its policies.
-    fn remember(&mut self, d: &Deployment) {
+    fn remember(&mut self, d: &DeploymentStub) {
         for name in std::iter::once(&d.id).chain(d.alias.as_ref()) {
             self.names.insert(name.clone(), d.id.clone());
         }
@@ -355,69 +494,75 @@ impl Entries {
     }
 }
 
-/// Where [`upsert`] put an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placed {
-    Replaced(usize),
-    Appended,
+impl Values {
+    fn of(&mut self, kind: Kind) -> &mut BTreeMap<String, Bytes> {
+        match kind {
+            Kind::Policy => &mut self.policies,
+            Kind::Deployment => &mut self.deployments,
+        }
+    }
 }
 
-/// Puts `item` in force as `id`: in place of the old version, or at the end.
-fn upsert<T>(items: &mut Vec<T>, at: &mut HashMap<String, usize>, id: String, item: T) -> Placed {
-    match at.get(&id).copied() {
-        Some(i) if i < items.len() => {
-            items[i] = item;
-            Placed::Replaced(i)
+/// Appends JSON values, comma-separated.
+fn join<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = &'a Bytes>) {
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        _ => {
+        out.extend_from_slice(v);
+    }
+}
+
+/// Puts an entry in force as `id`: in place of the old version (keeping
+/// the old version's place in the compiled set, so the compile pairs them),
+/// or at the end.
+fn upsert<S, M>(
+    items: &mut Vec<Held<S, M>>,
+    at: &mut HashMap<String, usize>,
+    id: String,
+    stub: S,
+    model: M,
+) {
+    let model = Some(Box::new(model));
+    match at.get(&id).and_then(|&i| items.get_mut(i)) {
+        Some(held) => {
+            held.stub = stub;
+            held.model = model;
+        }
+        None => {
             at.insert(id, items.len());
-            items.push(item);
-            Placed::Appended
+            items.push(Held {
+                stub,
+                compiled_at: NOWHERE,
+                model,
+            });
         }
     }
 }
 
-/// What [`Entries::take_changed`] starts over from: nothing changed, and
-/// nothing moved.
-fn in_place() -> Changed {
-    Changed {
-        in_place: Some(InPlace::default()),
-        ..Changed::default()
-    }
-}
-
-/// Takes `id` out of force; the last item moves into its place.
-fn remove<T: Identified>(
-    items: &mut Vec<T>,
+/// Takes `id` out of force; the last item moves into its place (with its
+/// place in the compiled set, so the compile still finds it).
+fn remove<S, M>(
+    items: &mut Vec<Held<S, M>>,
     at: &mut HashMap<String, usize>,
     id: &str,
-) -> Option<T> {
-    let i = at.remove(id)?;
+    id_of: fn(&S) -> &String,
+) -> bool {
+    let Some(i) = at.remove(id) else {
+        return false;
+    };
     if i >= items.len() {
-        return None;
+        return false;
     }
-    let gone = items.swap_remove(i);
+    items.swap_remove(i);
     if let Some(moved) = items.get(i) {
-        at.insert(moved.id().to_owned(), i);
+        at.insert(id_of(&moved.stub).clone(), i);
     }
-    Some(gone)
+    true
 }
 
-/// What [`remove`] needs to re-index the item it moves.
-trait Identified {
-    fn id(&self) -> &str;
-}
-
-impl Identified for Policy {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-impl Identified for Deployment {
-    fn id(&self) -> &str {
-        &self.id
-    }
+fn index_u32(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(NOWHERE)
 }
 
 fn same_id(key_id: &str, object_id: &str) -> Result<(), String> {
@@ -430,7 +575,6 @@ fn same_id(key_id: &str, object_id: &str) -> Result<(), String> {
     }
 }
 
-/// What association checks read of a policy.
 /// An entry's errors as one message (paths are relative to the entry:
 /// `policies[1]: unknown policy "x"`).
 fn entry_errors(errors: &SnapshotErrors) -> String {

@@ -34,12 +34,19 @@ fn delete(kind: Kind, id: &str) -> (String, Change) {
 
 /// The entries in force: (deployment ids, policy ids, refused keys).
 fn state(e: &Entries) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let s = e.snapshot(1);
+    let (deployments, policies) = e.ids();
     (
-        s.deployments.into_iter().map(|d| d.id).collect(),
-        s.policies.into_iter().map(|p| p.id).collect(),
+        deployments,
+        policies,
         e.refused().into_iter().map(|r| r.key).collect(),
     )
+}
+
+/// The entries in force as the state directory would save them, read back
+/// as a whole document.
+fn saved(e: &Entries) -> Snapshot {
+    let doc = e.state_document(2).expect("the entries keep their values");
+    crate::policy::parse_snapshot(&doc).expect("the saved state is a valid snapshot")
 }
 
 fn applied(changed: usize, refused: usize) -> Applied {
@@ -55,7 +62,7 @@ fn office_and_abc(region: &str) -> [(String, Change); 2] {
 }
 
 fn world() -> Entries {
-    let mut e = Entries::new(P);
+    let mut e = Entries::new(P).keeping_values();
     assert_eq!(e.apply(office_and_abc("aws-us-east-1")), applied(2, 0));
     e
 }
@@ -80,7 +87,7 @@ fn an_invalid_change_keeps_the_last_valid_version() {
     let bad = policy("office", "aws-us-east-1", "not-a-cidr");
     let a = e.apply([bad]);
     assert_eq!(a, applied(0, 1));
-    let p = &e.snapshot(2).policies[0];
+    let p = &saved(&e).policies[0];
     assert!(
         matches!(&p.rules, crate::policy::Rules::Ip(r) if r[0].source.to_string() == "203.0.113.0/24")
     );
@@ -160,10 +167,11 @@ fn cross_entry_rules_are_checked() {
     ];
     for (why, change, want) in cases {
         let mut e = world();
-        let before = e.snapshot(1);
+        let before = (state(&e).0, state(&e).1, e.state_document(1));
         let a = e.apply([change.clone()]);
         assert_eq!(a.refused, 1, "{why}");
-        assert_eq!(e.snapshot(1), before, "{why}: the state in force changed");
+        let after = (state(&e).0, state(&e).1, e.state_document(1));
+        assert_eq!(after, before, "{why}: the state in force changed");
         let msg = &e.refused()[0].message;
         assert!(msg.contains(want), "{why}: {msg}");
     }
@@ -198,23 +206,64 @@ fn deleting_a_deployment_frees_its_names() {
     assert_eq!(state(&e).0, ["def"]);
 }
 
+/// Whether `set` routes `name` (a cluster id or an alias).
+fn routes(set: &PolicySet, name: &str) -> bool {
+    set.find_deployment(name, true).is_some()
+}
+
 #[test]
-fn changed_ids_are_reported_once_and_refusals_are_not() {
+fn a_compile_takes_in_the_changes_and_then_holds_no_model() {
+    let opts = PolicyOptions::default();
     let mut e = world();
-    let first = e.take_changed();
-    assert_eq!(first.policies, ["office".to_owned()].into());
-    assert_eq!(first.deployments, ["abc".to_owned()].into());
-    assert!(e.take_changed().is_empty());
-    // A refused change leaves nothing changed; an accepted one names its id.
+    let first = e.compile(1, opts, None).expect("every model is there");
+    assert!(routes(&first, "shop"));
+    // The models went with that compile: a whole compile is no longer
+    // possible, and one from a set these entries were not compiled into
+    // is refused rather than answered wrongly.
+    assert!(e.clone().compile(2, opts, None).is_none());
+    let unrelated = PolicySet::compile(
+        &Snapshot {
+            version: 1,
+            deployments: Vec::new(),
+            policies: Vec::new(),
+        },
+        opts,
+    );
+    assert!(e.clone().compile(2, opts, Some(&unrelated)).is_none());
+    // A refused change changes nothing; an accepted one is compiled in.
     e.apply([policy("office", "aws-us-east-1", "not-a-cidr")]);
-    assert!(e.take_changed().is_empty());
     e.apply([
-        deployment("abc", None, "aws-us-east-1", &[]),
-        delete(Kind::Policy, "office"),
+        deployment("abc", Some("store"), "aws-us-east-1", &[]),
+        deployment("new", None, "aws-us-east-1", &["office"]),
     ]);
-    let later = e.take_changed();
-    assert_eq!(later.policies, ["office".to_owned()].into());
-    assert_eq!(later.deployments, ["abc".to_owned()].into());
+    let second = e
+        .compile(2, opts, Some(&first))
+        .expect("compiled from the first");
+    assert!(routes(&second, "store") && routes(&second, "new"));
+    assert!(!routes(&second, "shop"));
+    // A deletion moves the last entry into the deleted one's place; the
+    // next compile still pairs it with its compiled form.
+    e.apply([delete(Kind::Deployment, "abc")]);
+    let third = e
+        .compile(3, opts, Some(&second))
+        .expect("compiled from the second");
+    assert!(routes(&third, "new") && !routes(&third, "abc"));
+    assert_eq!(third.stats().deployments, 1);
+}
+
+#[test]
+fn the_saved_state_is_each_value_as_sent_in_id_order() {
+    let mut e = world();
+    e.apply([policy("aaa", "aws-us-east-1", "192.0.2.0/24")]);
+    let doc = e.state_document(7).expect("values kept");
+    let s = crate::policy::parse_snapshot(&doc).expect("a valid document");
+    assert_eq!(s.version, 7);
+    let ids: Vec<&str> = s.policies.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["aaa", "office"]);
+    assert!(
+        Entries::new(P).state_document(1).is_none(),
+        "no values kept"
+    );
 }
 
 #[test]
@@ -235,10 +284,6 @@ fn a_value_naming_a_field_twice_is_refused() {
         "{}",
         refused[0].message
     );
-    let d = e
-        .snapshot(2)
-        .deployments
-        .into_iter()
-        .find(|d| d.id == "abc");
+    let d = saved(&e).deployments.into_iter().find(|d| d.id == "abc");
     assert_eq!(d.map(|d| d.policies), Some(vec!["office".to_owned()]));
 }

@@ -12,7 +12,7 @@
 //! state in force, saved with its revision as `version`) is served until
 //! etcd answers.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::client::{EtcdError, EtcdSettings, connect, within};
 use super::entries::{Change, Entries, Refused};
 use super::read::{PrefixState, read_prefix};
-use crate::policy::PolicySet;
+use crate::memory::on_own_thread;
 use crate::reload::store::{Loaded, compiled};
 use crate::reload::{ApplyError, Origin, Reload, Reloader};
 use crate::shutdown::{Phase, Shutdown};
@@ -85,7 +85,7 @@ enum SessionError {
 /// Follows `settings`' prefix until shutdown, applying through `reloader`.
 pub async fn follow(reloader: Arc<Reloader>, settings: EtcdSettings, mut shutdown: Shutdown) {
     let mut f = Follower {
-        entries: Entries::new(&settings.prefix),
+        entries: new_entries(&settings.prefix, &reloader),
         reloader,
         settings,
         applied: None,
@@ -163,7 +163,10 @@ impl Follower {
         match self.session_inner().await {
             Ok(never) => match never {},
             Err(e) => {
-                if let SessionError::Compacted { .. } = e {
+                // Compacted: the revision to resume from is gone. Internal:
+                // the entries or the set compiled from them were lost.
+                // Either way, only a fresh read of the prefix goes on.
+                if let SessionError::Compacted { .. } | SessionError::Internal(_) = e {
                     self.applied = None;
                 }
                 e
@@ -202,9 +205,12 @@ impl Follower {
             took_ms = started.elapsed().as_millis() as u64,
             "etcd: prefix read"
         );
+        // The values are copied out: free the read before the compile, so
+        // its pages are free when the compile trims.
+        drop(kvs);
         // A fresh read replaces everything: keys deleted while we were away
         // are simply absent.
-        self.entries = Entries::new(&self.settings.prefix);
+        self.entries = new_entries(&self.settings.prefix, &self.reloader);
         self.apply(batch, revision, true).await?;
         Ok(revision)
     }
@@ -304,30 +310,49 @@ impl Follower {
         let worked = tokio::task::spawn_blocking(move || {
             let applied = entries.apply(batch);
             if keep_unchanged && applied.changed == 0 {
-                return (entries, applied, base, None);
+                return (entries, applied, base, Ok(None));
             }
-            let changed = entries.take_changed();
             let version = u64::try_from(revision).unwrap_or(0);
-            // Compiled where the entries are: no copy of the world first.
-            let document = entries.document(version);
-            let set = match &base {
-                Some(base) => PolicySet::compile_reusing(document, options, &base.set, &changed),
-                None => PolicySet::compile(document, options),
+            let set = if whole {
+                // The whole world: compiled, then the entries' indexes
+                // copied, each on a thread (and so an arena) of its own,
+                // away from the values read and the models, which are freed
+                // now; their pages then go back whole (see `memory`).
+                let shared = std::sync::Mutex::new(&mut entries);
+                let set = on_own_thread(|| {
+                    let mut e = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                    e.compile(version, options, None)
+                });
+                let copy = on_own_thread(|| {
+                    shared
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone()
+                });
+                entries = copy;
+                crate::memory::release_free_memory();
+                set
+            } else {
+                // From the set compiled before, with the models of the
+                // entries changed since: nothing else of the world is held
+                // twice.
+                entries.compile(version, options, base.as_ref().map(|b| &b.set))
             };
             drop(base);
-            if whole {
-                // The read's values and parse trees are gone: give their
-                // pages back (see `memory`).
-                crate::memory::release_free_memory();
-            }
+            let Some(set) = set else {
+                return (entries, applied, None, Err(()));
+            };
             let loaded = Arc::new(compiled(set, None, SOURCE));
-            (entries, applied, Some(loaded.clone()), Some(loaded))
+            (entries, applied, Some(loaded.clone()), Ok(Some(loaded)))
         })
         .await
         .map_err(|e| SessionError::Internal(e.to_string()))?;
         let (entries, applied, base, compiled) = worked;
         self.entries = entries;
         self.base = base;
+        let compiled = compiled.map_err(|()| {
+            SessionError::Internal("the entries no longer match the set compiled from them".into())
+        })?;
         let refused = self.entries.refused();
         for r in refused.iter().filter(|r| !before.contains(r)) {
             tracing::warn!(key = %r.key, error = %r.message, "etcd: entry refused; its last valid version (if any) stays in force");
@@ -377,26 +402,35 @@ impl Follower {
         }
         let entries = std::mem::take(&mut self.entries);
         let version = u64::try_from(revision).unwrap_or(0);
-        let (entries, snapshot) = tokio::task::spawn_blocking(move || {
-            let snapshot = entries.snapshot(version);
-            (entries, snapshot)
+        // The values as etcd sent them, joined: a few tens of milliseconds
+        // at the large scale, off the async workers.
+        let (entries, document) = tokio::task::spawn_blocking(move || {
+            let document = entries.state_document(version);
+            (entries, document)
         })
         .await
         .map_err(|e| SessionError::Internal(e.to_string()))?;
         self.entries = entries;
         self.saved = Some((revision, Instant::now()));
+        let Some(document) = document else {
+            tracing::warn!("etcd: the entries keep no values; the state is not saved");
+            return Ok(());
+        };
         let reloader = self.reloader.clone();
         self.saving = Some(tokio::spawn(async move {
-            let document = tokio::task::spawn_blocking(move || serde_json::to_vec(&snapshot))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r.map_err(std::io::Error::other));
-            match document {
-                Ok(bytes) => reloader.save_state(Bytes::from(bytes)).await,
-                Err(e) => tracing::warn!(error = %e, "etcd: cannot write the state document"),
-            }
+            reloader.save_state(Bytes::from(document)).await;
         }));
         Ok(())
+    }
+}
+
+/// Entries that keep their values when the state is saved.
+fn new_entries(prefix: &str, reloader: &Reloader) -> Entries {
+    let entries = Entries::new(prefix);
+    if reloader.keeps_state() {
+        entries.keeping_values()
+    } else {
+        entries
     }
 }
 

@@ -5,14 +5,16 @@
 //! document (file, URL, `PUT /snapshot`) says nothing, so its entries are
 //! compared by fingerprint (`super::fingerprint`) with the set in force.
 //! Both find an entry's counterpart by id with the same [`Pairing`].
+//! A source that keeps no model of its unchanged entries (the etcd
+//! follower) describes its document as a [`Delta`] instead: each entry
+//! either kept (its index in the previous set) or changed (its model).
 
 use std::collections::HashSet;
 use std::hash::Hash;
 
 use super::compile::{FastMap, PolicySet, index_u32};
 use super::fingerprint::Fingerprint;
-use super::incremental::Slot;
-use super::model::Snapshot;
+use super::model::{Deployment, Policy, Snapshot};
 
 /// The entries whose content changed (added, replaced or removed) since a
 /// set was compiled, by id.
@@ -67,6 +69,27 @@ fn differing<'a, T: Hash>(
         .filter(|&(_, &n)| n == NONE)
         .map(|(&id, _)| id);
     replaced.chain(removed).map(str::to_owned).collect()
+}
+
+/// One entry of a document described against the set compiled before it.
+#[derive(Debug, Clone, Copy)]
+pub enum Slot<'a, T> {
+    /// Unchanged: the entry at this index of the previous set.
+    Kept(u32),
+    /// New or changed: its model, and for a changed entry the index of
+    /// its previous version in the previous set.
+    Changed(&'a T, Option<u32>),
+}
+
+/// A document as the entries that changed since the previous set was
+/// compiled and the indices, in that set, of those that did not: all an
+/// incremental compile reads, so a source that keeps no model of its
+/// unchanged entries can still compile (see `reload::etcd::entries`).
+#[derive(Debug, Clone, Copy)]
+pub struct Delta<'a> {
+    pub version: u64,
+    pub policies: &'a [Slot<'a, Policy>],
+    pub deployments: &'a [Slot<'a, Deployment>],
 }
 
 /// No counterpart (removed, or new).

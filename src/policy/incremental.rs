@@ -28,38 +28,17 @@ use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::changed::{Changed, NONE, Pairing};
+use super::changed::{Changed, Delta, NONE, Pairing, Slot};
 use super::compile::{
     AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, EndpointMaps, FastMap, Hits,
     Hot, Members, NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment,
     compile_policy, hot_record, index_u32, members_of, name,
 };
 use super::ipset::Matcher;
-use super::model::{Deployment, Policy, Snapshot};
+use super::model::Snapshot;
 
 /// A previous set that cannot be carried over: its users look theirs up.
 const PENDING: u32 = u32::MAX - 1;
-
-/// One entry of a document described against the set compiled before it.
-#[derive(Debug, Clone, Copy)]
-pub enum Slot<'a, T> {
-    /// Unchanged: the entry at this index of the previous set.
-    Kept(u32),
-    /// New or changed: its model, and for a changed entry the index of
-    /// its previous version in the previous set.
-    Changed(&'a T, Option<u32>),
-}
-
-/// A document as the entries that changed since the previous set was
-/// compiled and the indices, in that set, of those that did not: all an
-/// incremental compile reads, so a source that keeps no model of its
-/// unchanged entries can still compile (see `reload::etcd::entries`).
-#[derive(Debug, Clone, Copy)]
-pub struct Delta<'a> {
-    pub version: u64,
-    pub policies: &'a [Slot<'a, Policy>],
-    pub deployments: &'a [Slot<'a, Deployment>],
-}
 
 impl PolicySet {
     /// Compiles `snapshot` as [`PolicySet::compile`] would, reusing what
@@ -83,23 +62,17 @@ impl PolicySet {
         if options != previous.options || most {
             return Self::compile(snapshot, options);
         }
-        let old_policies: Vec<&str> = previous.policies.iter().map(|p| &*p.id).collect();
-        let old_deployments: Vec<&str> = previous.deployments.iter().map(|d| &*d.id).collect();
         let policies = slots(
             &snapshot.policies,
-            &Pairing::new(
-                snapshot.policies.iter().map(|p| p.id.as_str()),
-                &old_policies,
-                &changed.policies,
-            ),
+            |p| &p.id,
+            previous.policies.iter().map(|p| &*p.id),
+            &changed.policies,
         );
         let deployments = slots(
             &snapshot.deployments,
-            &Pairing::new(
-                snapshot.deployments.iter().map(|d| d.id.as_str()),
-                &old_deployments,
-                &changed.deployments,
-            ),
+            |d| &d.id,
+            previous.deployments.iter().map(|d| &*d.id),
+            &changed.deployments,
         );
         let delta = Delta {
             version: snapshot.version,
@@ -131,9 +104,16 @@ impl PolicySet {
     }
 }
 
-/// A document's entries as slots: those `pairing` reuses kept, the others
-/// changed.
-fn slots<'a, T>(entries: &'a [T], pairing: &Pairing) -> Vec<Slot<'a, T>> {
+/// A document's entries as slots against a previous set's (ids
+/// `old_ids`): paired by id, those not `changed` kept.
+fn slots<'a, T>(
+    entries: &'a [T],
+    id: impl Fn(&T) -> &str,
+    old_ids: impl Iterator<Item = &'a str>,
+    changed: &HashSet<String>,
+) -> Vec<Slot<'a, T>> {
+    let old_ids: Vec<&str> = old_ids.collect();
+    let pairing = Pairing::new(entries.iter().map(&id), &old_ids, changed);
     entries
         .iter()
         .enumerate()

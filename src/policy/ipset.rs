@@ -24,13 +24,15 @@ const NO_RULE: u32 = u32::MAX;
 /// Sorted, disjoint ranges, each a start and a label: range `i` runs
 /// from its start to the next one's, and addresses below the first start
 /// are uncovered. Start and label side by side, so the label a search
-/// ends on is in the cache line it read last; shared by reference.
+/// ends on is in the cache line it read last; shared by reference, and
+/// `None` when there are none (most policies have rules of one family
+/// only), so copying a matcher touches no count for the other.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Ranges<K>(Arc<[(K, u32)]>);
+struct Ranges<K>(Option<Arc<[(K, u32)]>>);
 
 impl<K> Default for Ranges<K> {
     fn default() -> Self {
-        Self(Arc::from([]))
+        Self(None)
     }
 }
 
@@ -44,10 +46,19 @@ fn v6_key(a: u128) -> V6Key {
 }
 
 impl<K: Copy + Ord> Ranges<K> {
+    fn new(ranges: Vec<(K, u32)>) -> Self {
+        Self((!ranges.is_empty()).then(|| ranges.into()))
+    }
+
+    fn as_slice(&self) -> &[(K, u32)] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
     #[inline]
     fn lookup(&self, addr: K) -> Option<u32> {
-        let i = self.0.partition_point(|&(k, _)| k <= addr);
-        let (_, label) = *self.0.get(i.checked_sub(1)?)?;
+        let ranges = self.0.as_deref()?;
+        let i = ranges.partition_point(|&(k, _)| k <= addr);
+        let (_, label) = *ranges.get(i.checked_sub(1)?)?;
         (label != NO_RULE).then_some(label)
     }
 
@@ -71,7 +82,9 @@ impl<K: Copy + Ord> Ranges<K> {
             open.push((last, label));
         }
         close(&mut open, &mut out, None, successor);
-        Self(out.into_iter().map(|(a, l)| (key(a), l)).collect())
+        // Straight into the shared slice: an exact-size iterator, so no
+        // intermediate vector.
+        Self((!out.is_empty()).then(|| out.into_iter().map(|(a, l)| (key(a), l)).collect()))
     }
 
     /// The pointwise lowest label of several matchers' ranges, each part's
@@ -80,9 +93,9 @@ impl<K: Copy + Ord> Ranges<K> {
     fn merge(parts: &[(&Self, u32)]) -> Self {
         // Every range start of every part, in address order.
         let mut starts: Vec<(K, usize, u32)> =
-            Vec::with_capacity(parts.iter().map(|(r, _)| r.0.len()).sum());
+            Vec::with_capacity(parts.iter().map(|(r, _)| r.as_slice().len()).sum());
         for (part, &(r, offset)) in parts.iter().enumerate() {
-            starts.extend(r.0.iter().map(|&(k, l)| {
+            starts.extend(r.as_slice().iter().map(|&(k, l)| {
                 let label = if l == NO_RULE {
                     l
                 } else {
@@ -111,12 +124,15 @@ impl<K: Copy + Ord> Ranges<K> {
                 current.iter().copied().min().unwrap_or(NO_RULE),
             );
         }
-        Self(out.into())
+        Self::new(out)
     }
 
     /// Ranges some rule covers (gaps not counted).
     fn covered(&self) -> usize {
-        self.0.iter().filter(|&&(_, r)| r != NO_RULE).count()
+        self.as_slice()
+            .iter()
+            .filter(|&&(_, r)| r != NO_RULE)
+            .count()
     }
 }
 

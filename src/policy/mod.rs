@@ -15,13 +15,12 @@ mod ipset;
 pub mod model;
 pub mod validate;
 
-pub use changed::Changed;
+pub use changed::{Changed, Delta, Slot};
 pub use compile::{
     CompiledDeployment, CompiledPolicy, DeploymentIndex, PolicyIndex, PolicyOptions, PolicySet,
     Stats, UnassociatedPrivateTraffic,
 };
 pub use eval::{Decision, Reason, RequestFacts, RuleRef, Target, Verdict, decide};
-pub use incremental::{Delta, Slot};
 
 pub use model::{
     AzureRule, Deployment, Enforcement, GcpRule, IpRule, Policy, PolicyType, Product, Provider,

@@ -25,7 +25,8 @@
 //! entry's value is kept as etcd sent it, so the state is saved
 //! ([`Entries::state_document`]) without a model either.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -84,18 +85,21 @@ impl<S, M> Held<S, M> {
     }
 }
 
+// Ids are shared (`Arc<str>`) between a stub and the indexes that name
+// it: at the large scale they are most of what a follower holds.
+
 #[derive(Debug, Clone)]
 struct PolicyStub {
-    id: String,
+    id: Arc<str>,
     region: Region,
 }
 
 #[derive(Debug, Clone)]
 struct DeploymentStub {
-    id: String,
-    alias: Option<String>,
+    id: Arc<str>,
+    alias: Option<Arc<str>>,
     region: Region,
-    policies: Vec<String>,
+    policies: Box<[Arc<str>]>,
 }
 
 /// The entries in force, in the order the compiled set holds them, and
@@ -106,12 +110,12 @@ pub struct Entries {
     policies: Vec<Held<PolicyStub, Policy>>,
     deployments: Vec<Held<DeploymentStub, Deployment>>,
     /// Position in `policies` / `deployments`, by id.
-    policy_at: HashMap<String, usize>,
-    deployment_at: HashMap<String, usize>,
+    policy_at: HashMap<Arc<str>, usize>,
+    deployment_at: HashMap<Arc<str>, usize>,
     /// Deployment id or alias → deployment id, for uniqueness.
-    names: HashMap<String, String>,
-    /// Policy id → the deployments in force that associate it.
-    users: HashMap<String, BTreeSet<String>>,
+    names: HashMap<Arc<str>, Arc<str>>,
+    /// Policy id → the deployments in force that associate it, sorted.
+    users: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// Key → (the refused change, why).
     refused: BTreeMap<String, (Change, String)>,
     /// Each entry's value as etcd sent it, by id, when the state is saved.
@@ -212,6 +216,7 @@ impl Entries {
         for (key, id, value) in policy_puts {
             match self.check_policy(&id, &value, &batch_deployments) {
                 Ok(p) => {
+                    let id = self.shared_policy_id(&id);
                     let stub = PolicyStub {
                         id: id.clone(),
                         region: p.region.clone(),
@@ -228,11 +233,16 @@ impl Entries {
                 Ok(d) => {
                     self.forget(&id);
                     let stub = DeploymentStub {
-                        id: id.clone(),
-                        alias: d.alias.clone(),
+                        id: Arc::from(id.as_str()),
+                        alias: d.alias.as_deref().map(Arc::from),
                         region: d.region.clone(),
-                        policies: d.policies.clone(),
+                        policies: d
+                            .policies
+                            .iter()
+                            .map(|p| self.shared_policy_id(p))
+                            .collect(),
                     };
+                    let id = stub.id.clone();
                     self.remember(&stub);
                     self.keep_value(Kind::Deployment, &id, value);
                     upsert(&mut self.deployments, &mut self.deployment_at, id, stub, d);
@@ -361,8 +371,9 @@ impl Entries {
 
     /// Ids of the entries in force, sorted: (deployments, policies).
     pub fn ids(&self) -> (Vec<String>, Vec<String>) {
-        let mut deployments: Vec<String> = self.deployment_at.keys().cloned().collect();
-        let mut policies: Vec<String> = self.policy_at.keys().cloned().collect();
+        let mut deployments: Vec<String> =
+            self.deployment_at.keys().map(|k| k.to_string()).collect();
+        let mut policies: Vec<String> = self.policy_at.keys().map(|k| k.to_string()).collect();
         deployments.sort();
         policies.sort();
         (deployments, policies)
@@ -410,16 +421,75 @@ impl Entries {
             .map(|h| &h.stub)
     }
 
+    /// A copy made of new allocations (ids included, which a `clone` would
+    /// share): made on a thread of its own, it sits in an arena apart
+    /// from what the read and the first compile freed, so their pages can
+    /// go back to the OS whole (see `memory`).
+    pub fn compacted(&self) -> Self {
+        let mut copy = Self {
+            prefix: self.prefix.clone(),
+            policies: Vec::with_capacity(self.policies.len()),
+            deployments: Vec::with_capacity(self.deployments.len()),
+            policy_at: HashMap::with_capacity(self.policy_at.len()),
+            deployment_at: HashMap::with_capacity(self.deployment_at.len()),
+            names: HashMap::with_capacity(self.names.len()),
+            users: HashMap::with_capacity(self.users.len()),
+            refused: self.refused.clone(),
+            values: self.values.clone(),
+        };
+        for (i, held) in self.policies.iter().enumerate() {
+            let id: Arc<str> = Arc::from(&*held.stub.id);
+            copy.policy_at.insert(id.clone(), i);
+            copy.policies.push(Held {
+                stub: PolicyStub {
+                    id,
+                    region: held.stub.region.clone(),
+                },
+                compiled_at: held.compiled_at,
+                model: held.model.clone(),
+            });
+        }
+        for (i, held) in self.deployments.iter().enumerate() {
+            let d = &held.stub;
+            let stub = DeploymentStub {
+                id: Arc::from(&*d.id),
+                alias: d.alias.as_deref().map(Arc::from),
+                region: d.region.clone(),
+                policies: d
+                    .policies
+                    .iter()
+                    .map(|p| copy.shared_policy_id(p))
+                    .collect(),
+            };
+            copy.deployment_at.insert(stub.id.clone(), i);
+            copy.remember(&stub);
+            copy.deployments.push(Held {
+                stub,
+                compiled_at: held.compiled_at,
+                model: held.model.clone(),
+            });
+        }
+        copy
+    }
+
+    /// The policy id as the policy in force holds it (shared), or a new
+    /// one for a policy not (yet) in force.
+    fn shared_policy_id(&self, id: &str) -> Arc<str> {
+        self.policy_at
+            .get_key_value(id)
+            .map_or_else(|| Arc::from(id), |(k, _)| k.clone())
+    }
+
     /// Indexes a deployment about to be in force: its names, its policies.
     fn remember(&mut self, d: &DeploymentStub) {
         for name in std::iter::once(&d.id).chain(d.alias.as_ref()) {
             self.names.insert(name.clone(), d.id.clone());
         }
-        for p in &d.policies {
-            self.users
-                .entry(p.clone())
-                .or_default()
-                .insert(d.id.clone());
+        for p in d.policies.iter() {
+            let users = self.users.entry(p.clone()).or_default();
+            if let Err(at) = users.binary_search(&d.id) {
+                users.insert(at, d.id.clone());
+            }
         }
     }
 
@@ -428,7 +498,7 @@ impl Entries {
         let Some(old) = self.deployment(id) else {
             return;
         };
-        let names: Vec<String> = std::iter::once(&old.id)
+        let names: Vec<Arc<str>> = std::iter::once(&old.id)
             .chain(&old.alias)
             .cloned()
             .collect();
@@ -436,11 +506,13 @@ impl Entries {
         for n in names {
             self.names.remove(&n);
         }
-        for p in policies {
-            if let Some(users) = self.users.get_mut(&p) {
-                users.remove(id);
+        for p in policies.iter() {
+            if let Some(users) = self.users.get_mut(p) {
+                if let Ok(at) = users.binary_search_by(|u| (**u).cmp(id)) {
+                    users.remove(at);
+                }
                 if users.is_empty() {
-                    self.users.remove(&p);
+                    self.users.remove(p);
                 }
             }
         }
@@ -452,8 +524,8 @@ impl Entries {
             .get(policy)
             .into_iter()
             .flatten()
-            .filter(|d| !except.contains(&d.as_str()))
-            .cloned()
+            .filter(|d| !except.contains(&&***d))
+            .map(|d| d.to_string())
             .collect()
     }
 
@@ -482,8 +554,8 @@ impl Entries {
             .map_err(|e| entry_errors(&e))?;
         same_id(id, &d.id)?;
         for name in std::iter::once(&d.id).chain(d.alias.as_ref()) {
-            if let Some(holder) = self.names.get(name)
-                && holder != id
+            if let Some(holder) = self.names.get(name.as_str())
+                && &**holder != id
             {
                 return Err(format!(
                     "name \"{name}\" is already used by deployment {holder}"
@@ -518,8 +590,8 @@ fn join<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = &'a Bytes>) {
 /// or at the end.
 fn upsert<S, M>(
     items: &mut Vec<Held<S, M>>,
-    at: &mut HashMap<String, usize>,
-    id: String,
+    at: &mut HashMap<Arc<str>, usize>,
+    id: Arc<str>,
     stub: S,
     model: M,
 ) {
@@ -544,9 +616,9 @@ fn upsert<S, M>(
 /// place in the compiled set, so the compile still finds it).
 fn remove<S, M>(
     items: &mut Vec<Held<S, M>>,
-    at: &mut HashMap<String, usize>,
+    at: &mut HashMap<Arc<str>, usize>,
     id: &str,
-    id_of: fn(&S) -> &String,
+    id_of: fn(&S) -> &Arc<str>,
 ) -> bool {
     let Some(i) = at.remove(id) else {
         return false;

@@ -327,7 +327,7 @@ impl Follower {
                     shared
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .clone()
+                        .compacted()
                 });
                 entries = copy;
                 crate::memory::release_free_memory();

@@ -134,7 +134,7 @@ pub(crate) struct NameEntry {
 }
 
 /// What a decision reads about a deployment, in one small record.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Hot {
     /// The deployment's IP matcher (its set's).
     pub(crate) ip: Matcher,
@@ -170,7 +170,7 @@ impl CompiledDeployment {
 }
 
 /// One policy, compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CompiledPolicy {
     pub id: Arc<str>,
     pub kind: PolicyType,
@@ -307,7 +307,6 @@ impl PolicySet {
                 Arc::new(c)
             })
             .collect::<Box<[_]>>();
-        let empty = Matcher::default();
 
         let mut set_index: FastMap<Box<[u32]>, u32> = FastMap::default();
         let mut sets: Vec<Arc<AssociatedSet>> = Vec::new();
@@ -324,7 +323,7 @@ impl PolicySet {
                     Some(&s) => s,
                     None => {
                         let s = index_u32(sets.len());
-                        sets.push(Arc::new(associated_set(&members, &policies, &empty)));
+                        sets.push(Arc::new(associated_set(&members, &policies)));
                         set_index.insert(members, s);
                         s
                     }
@@ -418,13 +417,8 @@ impl PolicySet {
 }
 
 /// The set of the policies at `members` (ascending indices into
-/// `policies`). `empty` is the matcher of a set with no `ip` policy,
-/// shared by all of them.
-pub(crate) fn associated_set(
-    members: &[u32],
-    policies: &[Arc<CompiledPolicy>],
-    empty: &Matcher,
-) -> AssociatedSet {
+/// `policies`).
+pub(crate) fn associated_set(members: &[u32], policies: &[Arc<CompiledPolicy>]) -> AssociatedSet {
     let policy = |p: &u32| policies.get(*p as usize);
     let mut ip_policies = Vec::new();
     let mut parts: Vec<(&Matcher, u32)> = Vec::new();
@@ -438,11 +432,9 @@ pub(crate) fn associated_set(
             next = next.saturating_add(c.rule_count);
         }
     }
-    let ip = match ip_policies.as_slice() {
-        [] => empty.clone(),
-        [(only, _)] => policy(only)
-            .and_then(|c| c.ip.clone())
-            .unwrap_or_else(|| empty.clone()),
+    let ip = match parts.as_slice() {
+        [] => Matcher::default(),
+        [(only, _)] => (*only).clone(),
         // Several `ip` policies: one merged matcher, so a decision is one
         // search whatever the number of policies. Labels count the earlier
         // policies' rules first, so "first policy, first rule" is the
@@ -510,13 +502,26 @@ pub(crate) fn members_of(d: &Deployment, index: impl Fn(&str) -> Option<u32>) ->
 }
 
 pub(crate) fn hot_record(d: &Deployment, assoc: &AssociatedSet, set: u32) -> Hot {
-    Hot {
-        ip: assoc.ip.clone(),
-        ip_policy: assoc.single_ip_policy(),
+    Hot::in_set(
+        assoc,
         set,
-        filters: assoc.filters,
-        dry_run: d.enforcement == Enforcement::DryRun,
-        products: d.resources.keys().fold(0, |bits, p| bits | 1 << p.index()),
+        d.enforcement == Enforcement::DryRun,
+        d.resources.keys().fold(0, |bits, p| bits | 1 << p.index()),
+    )
+}
+
+impl Hot {
+    /// The record of a deployment in `assoc` (at index `set`), with its
+    /// own flags.
+    pub(crate) fn in_set(assoc: &AssociatedSet, set: u32, dry_run: bool, products: u8) -> Self {
+        Self {
+            ip: assoc.ip.clone(),
+            ip_policy: assoc.single_ip_policy(),
+            set,
+            filters: assoc.filters,
+            dry_run,
+            products,
+        }
     }
 }
 

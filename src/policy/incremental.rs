@@ -34,7 +34,6 @@ use super::compile::{
     Hot, Members, NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment,
     compile_policy, hot_record, index_u32, members_of, name,
 };
-use super::ipset::Matcher;
 use super::model::Snapshot;
 
 /// A previous set that cannot be carried over: its users look theirs up.
@@ -252,7 +251,6 @@ impl<'a> Reuse<'a> {
         if pending.is_empty() {
             return;
         }
-        let empty = Matcher::default();
         let mut by_members: FastMap<&[u32], u32> = lists.iter().map(|m| (&**m, NONE)).collect();
         // Only a carried set of the same size and first member can equal a
         // pending list: checked with no hashing of the other sets.
@@ -277,7 +275,7 @@ impl<'a> Reuse<'a> {
                 continue;
             };
             if *known == NONE {
-                sets.push(Arc::new(associated_set(members, policies, &empty)));
+                sets.push(Arc::new(associated_set(members, policies)));
                 *known = index_u32(sets.len() - 1);
             }
             if let Some(slot) = set_of.get_mut(di) {
@@ -377,14 +375,7 @@ impl<'a> Reuse<'a> {
                 (Some((prev, prev_hot)), _) => {
                     // Its own flags are as they were: read them from the
                     // previous (dense) records, not the document.
-                    hot.push(Hot {
-                        ip: assoc.ip.clone(),
-                        ip_policy: assoc.single_ip_policy(),
-                        set,
-                        filters: assoc.filters,
-                        dry_run: prev_hot.dry_run,
-                        products: prev_hot.products,
-                    });
+                    hot.push(Hot::in_set(assoc, set, prev_hot.dry_run, prev_hot.products));
                     if !shared {
                         deployments.push(prev.clone());
                     }

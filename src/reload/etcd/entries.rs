@@ -32,6 +32,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::keys::{self, Kind};
+use crate::policy::compile::index_u32;
 use crate::policy::validate::{deployment_entry, policy_entry};
 use crate::policy::{
     Delta, Deployment, Policy, PolicyOptions, PolicySet, Region, Slot, Snapshot, SnapshotErrors,
@@ -81,6 +82,28 @@ impl<S, M> Held<S, M> {
         match &self.model {
             Some(m) => Slot::Changed(m, was),
             None => Slot::Kept(self.compiled_at),
+        }
+    }
+
+    /// Whether every item still has its model.
+    fn all_modelled(items: &[Self]) -> bool {
+        items.iter().all(|h| h.model.is_some())
+    }
+
+    /// The items' models, moved out.
+    fn take_models(items: &mut [Self]) -> Vec<M> {
+        items
+            .iter_mut()
+            .filter_map(|h| h.model.take().map(|m| *m))
+            .collect()
+    }
+
+    /// After a compile: each item is where the set holds it, its model
+    /// taken in.
+    fn compiled(items: &mut [Self]) {
+        for (i, held) in items.iter_mut().enumerate() {
+            held.compiled_at = index_u32(i);
+            held.model = None;
         }
     }
 }
@@ -232,16 +255,12 @@ impl Entries {
             match self.check_deployment(&id, &value) {
                 Ok(d) => {
                     self.forget(&id);
-                    let stub = DeploymentStub {
-                        id: Arc::from(id.as_str()),
-                        alias: d.alias.as_deref().map(Arc::from),
-                        region: d.region.clone(),
-                        policies: d
-                            .policies
-                            .iter()
-                            .map(|p| self.shared_policy_id(p))
-                            .collect(),
-                    };
+                    let stub = self.deployment_stub(
+                        &id,
+                        d.alias.as_deref(),
+                        &d.region,
+                        d.policies.iter().map(String::as_str),
+                    );
                     let id = stub.id.clone();
                     self.remember(&stub);
                     self.keep_value(Kind::Deployment, &id, value);
@@ -309,42 +328,20 @@ impl Entries {
                 PolicySet::compile_delta(delta, options, base)?
             }
             None => {
-                let document = self.take_document(version)?;
+                if !(Held::all_modelled(&self.policies) && Held::all_modelled(&self.deployments)) {
+                    return None;
+                }
+                let document = Snapshot {
+                    version,
+                    policies: Held::take_models(&mut self.policies),
+                    deployments: Held::take_models(&mut self.deployments),
+                };
                 PolicySet::compile(&document, options)
             }
         };
-        for (i, held) in self.policies.iter_mut().enumerate() {
-            held.compiled_at = index_u32(i);
-            held.model = None;
-        }
-        for (i, held) in self.deployments.iter_mut().enumerate() {
-            held.compiled_at = index_u32(i);
-            held.model = None;
-        }
+        Held::compiled(&mut self.policies);
+        Held::compiled(&mut self.deployments);
         Some(set)
-    }
-
-    /// Every entry's model, moved out into one document, when every entry
-    /// still has its own.
-    fn take_document(&mut self, version: u64) -> Option<Snapshot> {
-        let complete = self.policies.iter().all(|h| h.model.is_some())
-            && self.deployments.iter().all(|h| h.model.is_some());
-        if !complete {
-            return None;
-        }
-        Some(Snapshot {
-            version,
-            policies: self
-                .policies
-                .iter_mut()
-                .filter_map(|h| h.model.take().map(|m| *m))
-                .collect(),
-            deployments: self
-                .deployments
-                .iter_mut()
-                .filter_map(|h| h.model.take().map(|m| *m))
-                .collect(),
-        })
     }
 
     /// The entries in force as a snapshot document at `version`, entries in
@@ -451,16 +448,12 @@ impl Entries {
         }
         for (i, held) in self.deployments.iter().enumerate() {
             let d = &held.stub;
-            let stub = DeploymentStub {
-                id: Arc::from(&*d.id),
-                alias: d.alias.as_deref().map(Arc::from),
-                region: d.region.clone(),
-                policies: d
-                    .policies
-                    .iter()
-                    .map(|p| copy.shared_policy_id(p))
-                    .collect(),
-            };
+            let stub = copy.deployment_stub(
+                &d.id,
+                d.alias.as_deref(),
+                &d.region,
+                d.policies.iter().map(|p| &**p),
+            );
             copy.deployment_at.insert(stub.id.clone(), i);
             copy.remember(&stub);
             copy.deployments.push(Held {
@@ -470,6 +463,23 @@ impl Entries {
             });
         }
         copy
+    }
+
+    /// A deployment's stub, its ids newly allocated but its policy ids
+    /// those of the policies in force.
+    fn deployment_stub<'a>(
+        &self,
+        id: &str,
+        alias: Option<&str>,
+        region: &Region,
+        policies: impl Iterator<Item = &'a str>,
+    ) -> DeploymentStub {
+        DeploymentStub {
+            id: Arc::from(id),
+            alias: alias.map(Arc::from),
+            region: region.clone(),
+            policies: policies.map(|p| self.shared_policy_id(p)).collect(),
+        }
     }
 
     /// The policy id as the policy in force holds it (shared), or a new
@@ -631,10 +641,6 @@ fn remove<S, M>(
         at.insert(id_of(&moved.stub).clone(), i);
     }
     true
-}
-
-fn index_u32(i: usize) -> u32 {
-    u32::try_from(i).unwrap_or(NOWHERE)
 }
 
 fn same_id(key_id: &str, object_id: &str) -> Result<(), String> {

@@ -323,13 +323,11 @@ impl Follower {
                     let mut e = shared.lock().unwrap_or_else(PoisonError::into_inner);
                     e.compile(version, options, None)
                 });
-                let copy = on_own_thread(|| {
-                    shared
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .compacted()
-                });
-                entries = copy;
+                let indexed: &Entries = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
+                if set.is_some() {
+                    let copy = on_own_thread(|| indexed.compacted());
+                    entries = copy;
+                }
                 crate::memory::release_free_memory();
                 set
             } else {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use tracing::Instrument as _;
 
 use super::Proxy;
@@ -50,7 +49,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, shutdown
     proxy.metrics.connection_ended(result);
 }
 
-type Stream = TlsStream<Prefixed<TcpStream>>;
+type Stream = tls::TlsStream<Prefixed<TcpStream>>;
 
 /// PROXY header, then TLS: the client and its stream, or the
 /// `connections_total{result}` label of a connection refused on the way.

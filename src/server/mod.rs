@@ -32,7 +32,6 @@ use std::time::Duration;
 use prometheus::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 pub use metrics::{ConnectionEnd, ServerMetrics};
@@ -63,7 +62,7 @@ pub struct Proxy {
     pub(crate) router: Router,
     pub(crate) forwarder: Forwarder,
     pub(crate) proxy_protocol: proxy_protocol::Settings,
-    pub(crate) tls: TlsAcceptor,
+    pub(crate) tls: tls::Acceptor,
     pub(crate) tls_handshake_timeout: Duration,
     pub(crate) http: HttpSettings,
     pub(crate) metrics: ServerMetrics,
@@ -142,7 +141,7 @@ impl Server {
             router: Router::new(&s.zones),
             forwarder: Forwarder::new(upstream.pool, upstream.response_timeout),
             proxy_protocol: settings.proxy_protocol.clone(),
-            tls: TlsAcceptor::from(tls),
+            tls: tls::Acceptor::from(tls),
             tls_handshake_timeout: settings.tls.handshake_timeout,
             http: s.http,
             metrics: ServerMetrics::register(registry)?,

@@ -5,11 +5,26 @@
 //! metrics have bounded cardinality no matter what a peer sends.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ServerConfig;
+use rustls::server::UnbufferedServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+
+use super::stream::TlsStream;
+
+/// Accepts TLS connections with one server configuration.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    config: Arc<ServerConfig>,
+}
+
+impl From<Arc<ServerConfig>> for Acceptor {
+    fn from(config: Arc<ServerConfig>) -> Self {
+        Self { config }
+    }
+}
 
 /// Why a TLS handshake did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +63,7 @@ impl HandshakeError {
         }
     }
 
-    /// Sorts an error from tokio-rustls, which reports rustls' own verdicts
+    /// Sorts an error from the stream, which reports rustls' own verdicts
     /// as an [`io::Error`] wrapping a [`rustls::Error`].
     fn from_io(err: io::Error) -> Self {
         let tls = err
@@ -77,27 +92,37 @@ impl HandshakeError {
 /// A [`HandshakeError`] when the deadline passes or the handshake fails. On
 /// error `io` has been dropped, which closes the connection.
 pub async fn handshake<IO>(
-    acceptor: &TlsAcceptor,
+    acceptor: &Acceptor,
     io: IO,
     timeout: Duration,
 ) -> Result<TlsStream<IO>, HandshakeError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(timeout, acceptor.accept(io)).await {
-        Ok(Ok(stream)) => Ok(stream),
+    let conn = UnbufferedServerConnection::new(Arc::clone(&acceptor.config))
+        .map_err(HandshakeError::Protocol)?;
+    let mut stream = TlsStream::new(io, conn);
+    let handshake = std::future::poll_fn(|cx| stream.poll_handshake(cx));
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(())) => Ok(stream),
         Ok(Err(err)) => Err(HandshakeError::from_io(err)),
         Err(_elapsed) => Err(HandshakeError::Timeout(timeout)),
     }
 }
 
 /// The SNI the client sent, lowercased by rustls; `None` without SNI.
-pub fn sni_of<IO>(stream: &TlsStream<IO>) -> Option<&str> {
-    stream.get_ref().1.server_name()
+pub fn sni_of<IO>(stream: &TlsStream<IO>) -> Option<&str>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.sni()
 }
 
 /// Whether ALPN settled on HTTP/2; `false` means HTTP/1.1, either
 /// negotiated or assumed for clients that offered no ALPN.
-pub fn alpn_is_h2<IO>(stream: &TlsStream<IO>) -> bool {
-    stream.get_ref().1.alpn_protocol() == Some(b"h2")
+pub fn alpn_is_h2<IO>(stream: &TlsStream<IO>) -> bool
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.alpn_protocol() == Some(b"h2")
 }

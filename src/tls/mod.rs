@@ -37,6 +37,7 @@
 mod certs;
 mod handshake;
 mod resolver;
+mod stream;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
@@ -55,8 +56,9 @@ use rustls::server::{NoServerSessionStorage, ServerSessionMemoryCache};
 pub use certs::{
     LoadedCertificate, MAX_OCSP_RESPONSE_BYTES, SelfSigned, load_certified_key, self_signed,
 };
-pub use handshake::{HandshakeError, alpn_is_h2, handshake, sni_of};
+pub use handshake::{Acceptor, HandshakeError, alpn_is_h2, handshake, sni_of};
 pub use resolver::SniResolver;
+pub use stream::TlsStream;
 
 /// How long a client may take to complete the handshake. Long enough for a
 /// slow mobile link, short enough that idle sockets do not pile up.

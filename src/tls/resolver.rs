@@ -11,7 +11,16 @@
 //!   a handshake never fails for want of a certificate.
 //! - A lookup is at most two hash probes on a stack copy of the name: no
 //!   allocation, no scan over certificates.
+//!
+//! The resolver is also where a connection learns its SNI. rustls 0.23's
+//! unbuffered server connection (see `stream.rs`) has no `server_name()`,
+//! but rustls hands every ClientHello to the resolver, with the name as it
+//! normalised it, from inside the connection's own `process_tls_records`
+//! call on the connection's own thread. So the resolver leaves the name in
+//! a thread-local slot, and the connection takes it as that call returns:
+//! no other handshake can run on the thread in between.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
@@ -147,8 +156,27 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(self.resolve_name(client_hello.server_name())))
+        let name = client_hello.server_name();
+        SEEN_NAME.with(|seen| *seen.borrow_mut() = name.map(Box::from));
+        Some(Arc::clone(self.resolve_name(name)))
     }
+}
+
+thread_local! {
+    /// The SNI of the ClientHello this thread's resolver saw last; see the
+    /// module documentation.
+    static SEEN_NAME: RefCell<Option<Box<str>>> = const { RefCell::new(None) };
+}
+
+/// Clears the slot before a connection hands rustls its input, so a name
+/// left by another configuration's handshake is never taken for its own.
+pub(super) fn forget_seen_name() {
+    SEEN_NAME.with(|seen| seen.borrow_mut().take());
+}
+
+/// The SNI the resolver saw since [`forget_seen_name`], if any.
+pub(super) fn take_seen_name() -> Option<Box<str>> {
+    SEEN_NAME.with(|seen| seen.borrow_mut().take())
 }
 
 impl fmt::Debug for SniResolver {

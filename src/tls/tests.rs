@@ -9,7 +9,7 @@ use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, SupportedProtocolVers
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 use super::testing::{CheckingVerifier, Leaf, TempDir, TestCa, der_sequence};
 use super::*;
@@ -33,7 +33,7 @@ impl Server {
 
     /// Runs [`handshake()`] with `config` on a loopback listener.
     async fn serve(config: Arc<ServerConfig>, timeout: Duration) -> Self {
-        let acceptor = TlsAcceptor::from(config);
+        let acceptor = Acceptor::from(config);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, outcomes) = mpsc::unbounded_channel();

@@ -154,34 +154,36 @@ impl Session {
                 }
             };
             let stop = match state {
-                ConnectionState::ReadTraffic(mut traffic) => match intent {
-                    // Left in rustls: the next pass hands it over first.
-                    Intent::Handshake => Some(Stop::Readable),
-                    Intent::Read(buf) => {
-                        while let Some(record) = traffic.next_record() {
-                            let record = match record {
-                                Ok(record) => record,
-                                Err(e) => return (done + discard, Err(e)),
-                            };
-                            discard += record.discard;
-                            let take = record.payload.len().min(buf.remaining());
-                            buf.put_slice(&record.payload[..take]);
-                            self.plain.extend_from_slice(&record.payload[take..]);
+                // Left in rustls while handshaking: the next pass hands it
+                // over first.
+                ConnectionState::ReadTraffic(_) if matches!(intent, Intent::Handshake) => {
+                    Some(Stop::Readable)
+                }
+                // A reader takes what fits; the rest, and all of it when
+                // the pass is for a write, waits in `plain`.
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    let mut reader = match intent {
+                        Intent::Read(buf) => Some(buf),
+                        _ => None,
+                    };
+                    while let Some(record) = traffic.next_record() {
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(e) => return (done + discard, Err(e)),
+                        };
+                        discard += record.discard;
+                        let mut rest = record.payload;
+                        if let Some(buf) = reader.as_deref_mut() {
+                            let take = rest.len().min(buf.remaining());
+                            buf.put_slice(&rest[..take]);
+                            rest = &rest[take..];
                         }
-                        (buf.remaining() == 0).then_some(Stop::Readable)
+                        self.plain.extend_from_slice(rest);
                     }
-                    Intent::Write { .. } | Intent::Close { .. } => {
-                        while let Some(record) = traffic.next_record() {
-                            let record = match record {
-                                Ok(record) => record,
-                                Err(e) => return (done + discard, Err(e)),
-                            };
-                            discard += record.discard;
-                            self.plain.extend_from_slice(record.payload);
-                        }
-                        None
-                    }
-                },
+                    reader
+                        .is_some_and(|buf| buf.remaining() == 0)
+                        .then_some(Stop::Readable)
+                }
                 ConnectionState::EncodeTlsData(mut encode) => {
                     encode_into(&mut self.outgoing, &mut encode);
                     None

@@ -180,7 +180,7 @@ pub fn decide(set: &PolicySet, facts: &RequestFacts) -> Decision {
 }
 
 fn ip_match(set: &PolicySet, hot: &Hot, source: std::net::IpAddr) -> Option<RuleRef> {
-    let label = hot.ip.lookup(source)?;
+    let label = hot.ip.lookup(hot.ip_v4_words, source)?;
     let (policy, rule) = match hot.ip_policy {
         SEVERAL => set.sets.get(hot.set as usize)?.rule_of(label)?,
         only => (only, label),

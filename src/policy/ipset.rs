@@ -12,6 +12,12 @@
 //! copies no ranges. "The lowest label" is "the first rule, in the order
 //! written, of the first policy": what an operator reading the policies
 //! expects to be reported.
+//!
+//! Both address families of a matcher live in one allocation (see
+//! [`Matcher`]): a decision over many deployments is bound by cache misses,
+//! and one pointer in the deployment's hot record, to one block whose
+//! ranges start right after a one-word header, is the fewest lines a lookup
+//! can touch.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,149 +27,74 @@ use ipnet::IpNet;
 /// Label of a range no rule covers.
 const NO_RULE: u32 = u32::MAX;
 
-/// Sorted, disjoint ranges, each a start and a label: range `i` runs
-/// from its start to the next one's, and addresses below the first start
-/// are uncovered. Start and label side by side, so the label a search
-/// ends on is in the cache line it read last; shared by reference, and
-/// `None` when there are none (most policies have rules of one family
-/// only), so copying a matcher touches no count for the other.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ranges<K>(Option<Arc<[(K, u32)]>>);
+/// An IPv6 range as stored: the start's high and low halves, then the
+/// label. Three words rather than a `u128` and a `u32`, which would round
+/// up to 32 bytes; compared as the `u128` it is (two loads and a wide
+/// compare, no branch on the high half).
+type V6Entry = [u64; 3];
 
-impl<K> Default for Ranges<K> {
-    fn default() -> Self {
-        Self(None)
+/// The ranges of `(first, last, rule)` blocks that form a laminar family
+/// (any two nested or disjoint, as CIDR blocks are): sorted, disjoint
+/// range starts, each with the label in force from there to the next
+/// start; addresses below the first start are uncovered.
+fn ranges<A: Copy + Ord>(
+    mut items: Vec<(A, A, u32)>,
+    successor: fn(A) -> Option<A>,
+) -> Vec<(A, u32)> {
+    // Outer blocks before the blocks they contain; equal blocks by rule.
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+    let mut out: Vec<(A, u32)> = Vec::with_capacity(items.len() * 2);
+    // Open blocks, outermost first: (last address, label in force).
+    let mut open: Vec<(A, u32)> = Vec::new();
+    for (first, last, rule) in items {
+        close(&mut open, &mut out, Some(first), successor);
+        let label = open.last().map_or(NO_RULE, |o| o.1).min(rule);
+        emit(&mut out, first, label);
+        open.push((last, label));
     }
+    close(&mut open, &mut out, None, successor);
+    out
 }
 
-/// An IPv6 range start as two halves: 8-byte aligned, so a start and its
-/// label take 24 bytes, not the 32 a `u128` would round them up to.
-/// Compared as the `u128` it is (two loads and a wide compare, no branch
-/// on the high half), which keeps the search's comparisons cheap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct V6Key {
-    hi: u64,
-    lo: u64,
-}
-
-impl V6Key {
-    #[inline]
-    fn get(self) -> u128 {
-        u128::from(self.hi) << 64 | u128::from(self.lo)
+/// The pointwise lowest label of several parts' ranges, each part's labels
+/// first raised by its offset. Needs only compiled ranges, never the rules
+/// they came from.
+fn merge<E, K: Copy + Ord>(parts: &[(&[E], u32)], decode: fn(&E) -> (K, u32)) -> Vec<(K, u32)> {
+    // Every range start of every part, in address order.
+    let mut starts: Vec<(K, usize, u32)> =
+        Vec::with_capacity(parts.iter().map(|(r, _)| r.len()).sum());
+    for (part, &(r, offset)) in parts.iter().enumerate() {
+        starts.extend(r.iter().map(|e| {
+            let (k, l) = decode(e);
+            let label = if l == NO_RULE {
+                l
+            } else {
+                l.saturating_add(offset)
+            };
+            (k, part, label)
+        }));
     }
-}
-
-impl Ord for V6Key {
-    #[inline]
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.get().cmp(&other.get())
-    }
-}
-
-impl PartialOrd for V6Key {
-    #[inline]
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-fn v6_key(a: u128) -> V6Key {
-    // Truncations on purpose: the high and the low 64 bits.
-    V6Key {
-        hi: (a >> 64) as u64,
-        lo: a as u64,
-    }
-}
-
-impl<K: Copy + Ord> Ranges<K> {
-    fn new(ranges: Vec<(K, u32)>) -> Self {
-        Self((!ranges.is_empty()).then(|| ranges.into()))
-    }
-
-    fn as_slice(&self) -> &[(K, u32)] {
-        self.0.as_deref().unwrap_or_default()
-    }
-
-    #[inline]
-    fn lookup(&self, addr: K) -> Option<u32> {
-        let ranges = self.0.as_deref()?;
-        let i = ranges.partition_point(|&(k, _)| k <= addr);
-        let (_, label) = *ranges.get(i.checked_sub(1)?)?;
-        (label != NO_RULE).then_some(label)
-    }
-
-    /// The ranges of `(first, last, rule)` blocks that form a laminar
-    /// family (any two nested or disjoint, as CIDR blocks are), their
-    /// starts stored as `key` makes them.
-    fn build<A: Copy + Ord>(
-        mut items: Vec<(A, A, u32)>,
-        successor: fn(A) -> Option<A>,
-        key: fn(A) -> K,
-    ) -> Self {
-        // Outer blocks before the blocks they contain; equal blocks by rule.
-        items.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
-        let mut out: Vec<(A, u32)> = Vec::with_capacity(items.len() * 2);
-        // Open blocks, outermost first: (last address, label in force).
-        let mut open: Vec<(A, u32)> = Vec::new();
-        for (first, last, rule) in items {
-            close(&mut open, &mut out, Some(first), successor);
-            let label = open.last().map_or(NO_RULE, |o| o.1).min(rule);
-            emit(&mut out, first, label);
-            open.push((last, label));
-        }
-        close(&mut open, &mut out, None, successor);
-        // Straight into the shared slice: an exact-size iterator, so no
-        // intermediate vector.
-        Self((!out.is_empty()).then(|| out.into_iter().map(|(a, l)| (key(a), l)).collect()))
-    }
-
-    /// The pointwise lowest label of several matchers' ranges, each part's
-    /// labels first raised by its offset. Needs only the compiled ranges,
-    /// never the rules they came from.
-    fn merge(parts: &[(&Self, u32)]) -> Self {
-        // Every range start of every part, in address order.
-        let mut starts: Vec<(K, usize, u32)> =
-            Vec::with_capacity(parts.iter().map(|(r, _)| r.as_slice().len()).sum());
-        for (part, &(r, offset)) in parts.iter().enumerate() {
-            starts.extend(r.as_slice().iter().map(|&(k, l)| {
-                let label = if l == NO_RULE {
-                    l
-                } else {
-                    l.saturating_add(offset)
-                };
-                (k, part, label)
-            }));
-        }
-        starts.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-        // The label each part has in force at the current address.
-        let mut current = vec![NO_RULE; parts.len()];
-        let mut out: Vec<(K, u32)> = Vec::with_capacity(starts.len());
-        let mut i = 0;
-        while let Some(&(at, _, _)) = starts.get(i) {
-            while let Some(&(k, part, label)) = starts.get(i)
-                && k == at
-            {
-                if let Some(slot) = current.get_mut(part) {
-                    *slot = label;
-                }
-                i += 1;
+    starts.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    // The label each part has in force at the current address.
+    let mut current = vec![NO_RULE; parts.len()];
+    let mut out: Vec<(K, u32)> = Vec::with_capacity(starts.len());
+    let mut i = 0;
+    while let Some(&(at, _, _)) = starts.get(i) {
+        while let Some(&(k, part, label)) = starts.get(i)
+            && k == at
+        {
+            if let Some(slot) = current.get_mut(part) {
+                *slot = label;
             }
-            emit(
-                &mut out,
-                at,
-                current.iter().copied().min().unwrap_or(NO_RULE),
-            );
+            i += 1;
         }
-        Self::new(out)
+        emit(
+            &mut out,
+            at,
+            current.iter().copied().min().unwrap_or(NO_RULE),
+        );
     }
-
-    /// Ranges some rule covers (gaps not counted).
-    fn covered(&self) -> usize {
-        self.as_slice()
-            .iter()
-            .filter(|&&(_, r)| r != NO_RULE)
-            .count()
-    }
+    out
 }
 
 /// Pops the open blocks that end before `before` (all of them for `None`);
@@ -206,12 +137,79 @@ fn emit<A: Copy + Ord>(out: &mut Vec<(A, u32)>, at: A, label: u32) {
     }
 }
 
+/// The ranges of a matcher, both families in one allocation: first the
+/// IPv4 ranges, one word each (start in the high half, label in the low),
+/// then the IPv6 ranges, three words each ([`V6Entry`]). Where one family
+/// ends is kept beside the pointer (in [`Matcher`], and in the
+/// deployment's hot record), not in the block: a header there would be one
+/// more dependent load before the search could start. `None` when both
+/// families are empty. Cloned by reference (one count).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Block(Option<Arc<[u64]>>);
+
+impl Block {
+    /// The lowest label of a rule whose network contains `addr`, the first
+    /// `v4_words` words being the IPv4 ranges. IPv4-mapped IPv6 addresses
+    /// are looked up as IPv4 (SPEC §1.4).
+    #[inline]
+    pub(crate) fn lookup(&self, v4_words: u32, addr: IpAddr) -> Option<u32> {
+        let (v4, v6) = self.0.as_deref()?.split_at_checked(v4_words as usize)?;
+        match addr {
+            IpAddr::V4(a) => lookup_v4(v4, u32::from(a)),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(a) => lookup_v4(v4, u32::from(a)),
+                None => lookup_v6(v6.as_chunks::<3>().0, u128::from(a)),
+            },
+        }
+    }
+}
+
+#[inline]
+fn lookup_v4(ranges: &[u64], addr: u32) -> Option<u32> {
+    let i = ranges.partition_point(|&w| v4_start(w) <= addr);
+    label(v4_label(*ranges.get(i.checked_sub(1)?)?))
+}
+
+#[inline]
+fn lookup_v6(ranges: &[V6Entry], addr: u128) -> Option<u32> {
+    let i = ranges.partition_point(|e| v6_start(e) <= addr);
+    label(v6_label(ranges.get(i.checked_sub(1)?)?))
+}
+
+#[inline]
+fn label(l: u32) -> Option<u32> {
+    (l != NO_RULE).then_some(l)
+}
+
+// The word layouts of `Block`; the truncating casts take the halves on
+// purpose.
+#[inline]
+fn v4_start(w: u64) -> u32 {
+    (w >> 32) as u32
+}
+
+#[inline]
+fn v4_label(w: u64) -> u32 {
+    w as u32
+}
+
+#[inline]
+fn v6_start(e: &V6Entry) -> u128 {
+    u128::from(e[0]) << 64 | u128::from(e[1])
+}
+
+#[inline]
+fn v6_label(e: &V6Entry) -> u32 {
+    e[2] as u32
+}
+
 /// One IP matcher: the ranges of a policy's rules, or the merge of an
-/// associated set's `ip` policies. Cloned by reference (two counts).
+/// associated set's `ip` policies.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Matcher {
-    v4: Ranges<u32>,
-    v6: Ranges<V6Key>,
+    block: Block,
+    /// Words of IPv4 ranges at the start of `block`.
+    v4_words: u32,
 }
 
 impl Matcher {
@@ -225,41 +223,79 @@ impl Matcher {
                 IpNet::V6(n) => v6.push((u128::from(n.network()), u128::from(n.broadcast()), rule)),
             }
         }
-        Self {
-            v4: Ranges::build(v4, |a| a.checked_add(1), |a| a),
-            v6: Ranges::build(v6, |a| a.checked_add(1), v6_key),
-        }
+        Self::pack(
+            &ranges(v4, |a| a.checked_add(1)),
+            &ranges(v6, |a| a.checked_add(1)),
+        )
     }
 
     /// The matcher of several matchers' rules together, each part's labels
     /// raised by its offset: what [`Matcher::build`] gives for all their
     /// rules, labelled that way.
     pub(crate) fn merge(parts: &[(&Matcher, u32)]) -> Self {
-        let v4: Vec<_> = parts.iter().map(|(m, o)| (&m.v4, *o)).collect();
-        let v6: Vec<_> = parts.iter().map(|(m, o)| (&m.v6, *o)).collect();
+        let v4: Vec<_> = parts.iter().map(|(m, o)| (m.v4(), *o)).collect();
+        let v6: Vec<_> = parts.iter().map(|(m, o)| (m.v6(), *o)).collect();
+        Self::pack(
+            &merge(&v4, |&w| (v4_start(w), v4_label(w))),
+            &merge(&v6, |e| (v6_start(e), v6_label(e))),
+        )
+    }
+
+    fn pack(v4: &[(u32, u32)], v6: &[(u128, u32)]) -> Self {
+        if v4.is_empty() && v6.is_empty() {
+            return Self::default();
+        }
+        let mut words = Vec::with_capacity(v4.len() + 3 * v6.len());
+        words.extend(v4.iter().map(|&(a, l)| u64::from(a) << 32 | u64::from(l)));
+        for &(a, l) in v6 {
+            // The high and the low half of the start.
+            words.extend([(a >> 64) as u64, a as u64, u64::from(l)]);
+        }
         Self {
-            v4: Ranges::merge(&v4),
-            v6: Ranges::merge(&v6),
+            block: Block(Some(words.into())),
+            // At most one range per rule boundary; snapshots are far below
+            // 2^32 rules.
+            v4_words: u32::try_from(v4.len()).unwrap_or(u32::MAX),
         }
     }
 
-    /// The lowest label of a rule whose network contains `addr`.
-    /// IPv4-mapped IPv6 addresses are looked up as IPv4 (SPEC §1.4).
-    #[inline]
-    pub(crate) fn lookup(&self, addr: IpAddr) -> Option<u32> {
-        match addr {
-            IpAddr::V4(a) => self.v4.lookup(u32::from(a)),
-            IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) => self.v4.lookup(u32::from(v4)),
-                None => self.v6.lookup(v6_key(u128::from(a))),
-            },
-        }
+    fn words(&self) -> &[u64] {
+        self.block.0.as_deref().unwrap_or_default()
+    }
+
+    fn v4(&self) -> &[u64] {
+        self.words()
+            .get(..self.v4_words as usize)
+            .unwrap_or_default()
+    }
+
+    fn v6(&self) -> &[V6Entry] {
+        self.words()
+            .get(self.v4_words as usize..)
+            .unwrap_or_default()
+            .as_chunks::<3>()
+            .0
+    }
+
+    /// The block and where its IPv6 ranges start, for a record that lays
+    /// them out itself.
+    pub(crate) fn parts(&self) -> (Block, u32) {
+        (self.block.clone(), self.v4_words)
+    }
+
+    /// The lowest label of a rule whose network contains `addr`
+    /// (decisions read the block from the hot record instead).
+    #[cfg(test)]
+    fn lookup(&self, addr: IpAddr) -> Option<u32> {
+        self.block.lookup(self.v4_words, addr)
     }
 
     /// Address ranges some rule covers, for statistics: what the rules
     /// became after merging adjacent and nested blocks.
     pub(crate) fn covered(&self) -> usize {
-        self.v4.covered() + self.v6.covered()
+        let v4 = self.v4().iter().filter(|&&w| v4_label(w) != NO_RULE);
+        let v6 = self.v6().iter().filter(|e| v6_label(e) != NO_RULE);
+        v4.count() + v6.count()
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
@@ -135,8 +136,10 @@ impl Provider {
 }
 
 /// A region name such as `aws-us-east-1`; the prefix names the provider.
+/// Shared text: a handful of regions are named by every entry, and holders
+/// of many entries (the etcd follower) keep one copy of each.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Region(String);
+pub struct Region(Arc<str>);
 
 impl Region {
     /// Accepts `{aws|azure|gcp}-{lowercase letters, digits, '-'}`.
@@ -147,7 +150,7 @@ impl Region {
             && rest
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        (matches!(prefix, "aws" | "azure" | "gcp") && valid_rest).then(|| Self(s.to_owned()))
+        (matches!(prefix, "aws" | "azure" | "gcp") && valid_rest).then(|| Self(s.into()))
     }
 
     pub fn provider(&self) -> Provider {

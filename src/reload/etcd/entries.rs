@@ -25,7 +25,7 @@
 //! entry's value is kept as etcd sent it, so the state is saved
 //! ([`Entries::state_document`]) without a model either.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,7 +35,8 @@ use super::keys::{self, Kind};
 use crate::policy::compile::index_u32;
 use crate::policy::validate::{deployment_entry, policy_entry};
 use crate::policy::{
-    Delta, Deployment, Policy, PolicyOptions, PolicySet, Region, Slot, Snapshot, SnapshotErrors,
+    Delta, Deployment, DeploymentIndex, Policy, PolicyIndex, PolicyOptions, PolicySet, Region,
+    Slot, Snapshot, SnapshotErrors,
 };
 
 /// One key's new state, from etcd.
@@ -109,7 +110,9 @@ impl<S, M> Held<S, M> {
 }
 
 // Ids are shared (`Arc<str>`) between a stub and the indexes that name
-// it: at the large scale they are most of what a follower holds.
+// it, and after a whole read with the compiled set ([`Entries::compacted`]):
+// at the large scale they are most of what a follower holds. Regions are
+// interned ([`Entries::region`]): a few names for every entry.
 
 #[derive(Debug, Clone)]
 struct PolicyStub {
@@ -135,10 +138,14 @@ pub struct Entries {
     /// Position in `policies` / `deployments`, by id.
     policy_at: HashMap<Arc<str>, usize>,
     deployment_at: HashMap<Arc<str>, usize>,
-    /// Deployment id or alias → deployment id, for uniqueness.
-    names: HashMap<Arc<str>, Arc<str>>,
+    /// Alias → deployment id. With `deployment_at`, the holder of every
+    /// name (ids and aliases are unique together); ids are not repeated
+    /// here, most deployments having no alias.
+    aliases: HashMap<Arc<str>, Arc<str>>,
     /// Policy id → the deployments in force that associate it, sorted.
     users: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// The regions the stubs name, one copy each.
+    regions: HashSet<Region>,
     /// Key → (the refused change, why).
     refused: BTreeMap<String, (Change, String)>,
     /// Each entry's value as etcd sent it, by id, when the state is saved.
@@ -165,8 +172,9 @@ impl Entries {
             deployments: Vec::new(),
             policy_at: HashMap::new(),
             deployment_at: HashMap::new(),
-            names: HashMap::new(),
+            aliases: HashMap::new(),
             users: HashMap::new(),
+            regions: HashSet::new(),
             refused: BTreeMap::new(),
             values: None,
         }
@@ -242,7 +250,7 @@ impl Entries {
                     let id = self.shared_policy_id(&id);
                     let stub = PolicyStub {
                         id: id.clone(),
-                        region: p.region.clone(),
+                        region: self.region(&p.region),
                     };
                     self.keep_value(Kind::Policy, &id, value);
                     upsert(&mut self.policies, &mut self.policy_at, id, stub, p);
@@ -255,12 +263,12 @@ impl Entries {
             match self.check_deployment(&id, &value) {
                 Ok(d) => {
                     self.forget(&id);
-                    let stub = self.deployment_stub(
-                        &id,
-                        d.alias.as_deref(),
-                        &d.region,
-                        d.policies.iter().map(String::as_str),
-                    );
+                    let stub = DeploymentStub {
+                        id: Arc::from(id.as_str()),
+                        alias: d.alias.as_deref().map(Arc::from),
+                        region: self.region(&d.region),
+                        policies: self.shared_policy_ids(d.policies.iter().map(String::as_str)),
+                    };
                     let id = stub.id.clone();
                     self.remember(&stub);
                     self.keep_value(Kind::Deployment, &id, value);
@@ -418,24 +426,32 @@ impl Entries {
             .map(|h| &h.stub)
     }
 
-    /// A copy made of new allocations (ids included, which a `clone` would
-    /// share): made on a thread of its own, it sits in an arena apart
-    /// from what the read and the first compile freed, so their pages can
-    /// go back to the OS whole (see `memory`).
-    pub fn compacted(&self) -> Self {
+    /// A copy made of new allocations, made on a thread of its own after a
+    /// whole read: it sits in an arena apart from what the read and the
+    /// first compile freed, so their pages can go back to the OS whole (see
+    /// `memory`). Ids are not copied but taken from `set`, the set these
+    /// entries were just compiled into, which holds each of them anyway
+    /// (an entry the set does not hold as expected gets a new one).
+    pub fn compacted(&self, set: &PolicySet) -> Self {
         let mut copy = Self {
             prefix: self.prefix.clone(),
             policies: Vec::with_capacity(self.policies.len()),
             deployments: Vec::with_capacity(self.deployments.len()),
             policy_at: HashMap::with_capacity(self.policy_at.len()),
             deployment_at: HashMap::with_capacity(self.deployment_at.len()),
-            names: HashMap::with_capacity(self.names.len()),
+            aliases: HashMap::with_capacity(self.aliases.len()),
             users: HashMap::with_capacity(self.users.len()),
+            regions: self.regions.clone(),
             refused: self.refused.clone(),
             values: self.values.clone(),
         };
+        let shared = |id: &str, held: Option<&Arc<str>>| match held {
+            Some(h) if **h == *id => h.clone(),
+            _ => Arc::from(id),
+        };
         for (i, held) in self.policies.iter().enumerate() {
-            let id: Arc<str> = Arc::from(&*held.stub.id);
+            let compiled = set.policy(PolicyIndex(held.compiled_at));
+            let id = shared(&held.stub.id, compiled.map(|p| &p.id));
             copy.policy_at.insert(id.clone(), i);
             copy.policies.push(Held {
                 stub: PolicyStub {
@@ -448,12 +464,16 @@ impl Entries {
         }
         for (i, held) in self.deployments.iter().enumerate() {
             let d = &held.stub;
-            let stub = copy.deployment_stub(
-                &d.id,
-                d.alias.as_deref(),
-                &d.region,
-                d.policies.iter().map(|p| &**p),
-            );
+            let compiled = set.deployment(DeploymentIndex(held.compiled_at));
+            let stub = DeploymentStub {
+                id: shared(&d.id, compiled.map(|c| &c.id)),
+                alias: d
+                    .alias
+                    .as_deref()
+                    .map(|a| shared(a, compiled.and_then(|c| c.alias.as_ref()))),
+                region: d.region.clone(),
+                policies: copy.shared_policy_ids(d.policies.iter().map(|p| &**p)),
+            };
             copy.deployment_at.insert(stub.id.clone(), i);
             copy.remember(&stub);
             copy.deployments.push(Held {
@@ -465,21 +485,18 @@ impl Entries {
         copy
     }
 
-    /// A deployment's stub, its ids newly allocated but its policy ids
-    /// those of the policies in force.
-    fn deployment_stub<'a>(
-        &self,
-        id: &str,
-        alias: Option<&str>,
-        region: &Region,
-        policies: impl Iterator<Item = &'a str>,
-    ) -> DeploymentStub {
-        DeploymentStub {
-            id: Arc::from(id),
-            alias: alias.map(Arc::from),
-            region: region.clone(),
-            policies: policies.map(|p| self.shared_policy_id(p)).collect(),
+    /// `region` as the stubs hold it: one copy of each name.
+    fn region(&mut self, region: &Region) -> Region {
+        if let Some(held) = self.regions.get(region) {
+            return held.clone();
         }
+        self.regions.insert(region.clone());
+        region.clone()
+    }
+
+    /// Policy ids as the policies in force hold them.
+    fn shared_policy_ids<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Box<[Arc<str>]> {
+        ids.map(|p| self.shared_policy_id(p)).collect()
     }
 
     /// The policy id as the policy in force holds it (shared), or a new
@@ -490,10 +507,11 @@ impl Entries {
             .map_or_else(|| Arc::from(id), |(k, _)| k.clone())
     }
 
-    /// Indexes a deployment about to be in force: its names, its policies.
+    /// Indexes a deployment about to be in force: its alias, its
+    /// policies (its id is indexed as it is put in force).
     fn remember(&mut self, d: &DeploymentStub) {
-        for name in std::iter::once(&d.id).chain(d.alias.as_ref()) {
-            self.names.insert(name.clone(), d.id.clone());
+        if let Some(alias) = &d.alias {
+            self.aliases.insert(alias.clone(), d.id.clone());
         }
         for p in d.policies.iter() {
             let users = self.users.entry(p.clone()).or_default();
@@ -508,13 +526,10 @@ impl Entries {
         let Some(old) = self.deployment(id) else {
             return;
         };
-        let names: Vec<Arc<str>> = std::iter::once(&old.id)
-            .chain(&old.alias)
-            .cloned()
-            .collect();
+        let alias = old.alias.clone();
         let policies = old.policies.clone();
-        for n in names {
-            self.names.remove(&n);
+        if let Some(alias) = alias {
+            self.aliases.remove(&alias);
         }
         for p in policies.iter() {
             if let Some(users) = self.users.get_mut(p) {
@@ -559,12 +574,20 @@ impl Entries {
         Ok(p)
     }
 
+    /// The deployment in force whose id or alias `name` is.
+    fn holder(&self, name: &str) -> Option<&Arc<str>> {
+        match self.deployment_at.get_key_value(name) {
+            Some((id, _)) => Some(id),
+            None => self.aliases.get(name),
+        }
+    }
+
     fn check_deployment(&self, id: &str, value: &[u8]) -> Result<Deployment, String> {
         let d = deployment_entry(value, |p| self.policy(p).map(|p| &p.region))
             .map_err(|e| entry_errors(&e))?;
         same_id(id, &d.id)?;
         for name in std::iter::once(&d.id).chain(d.alias.as_ref()) {
-            if let Some(holder) = self.names.get(name.as_str())
+            if let Some(holder) = self.holder(name)
                 && &**holder != id
             {
                 return Err(format!(

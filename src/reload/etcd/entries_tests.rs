@@ -139,6 +139,16 @@ fn cross_entry_rules_are_checked() {
             "name \"shop\" is already used by deployment abc",
         ),
         (
+            "alias that is another deployment's id",
+            deployment("def", Some("abc"), "aws-us-east-1", &[]),
+            "name \"abc\" is already used by deployment abc",
+        ),
+        (
+            "id that is another deployment's alias",
+            deployment("shop", None, "aws-us-east-1", &[]),
+            "name \"shop\" is already used by deployment abc",
+        ),
+        (
             "policy moved to a region its deployment is not in",
             policy("office", "aws-eu-west-1", "10.0.0.0/8"),
             "differs from that of deployment(s) that associate it: abc",
@@ -204,6 +214,22 @@ fn deleting_a_deployment_frees_its_names() {
         &["office"],
     )]);
     assert_eq!(state(&e).0, ["def"]);
+}
+
+#[test]
+fn a_deployment_keeps_or_changes_its_own_alias() {
+    let mut e = world();
+    // Put again with its alias: its own names are no clash.
+    let again = deployment("abc", Some("shop"), "aws-us-east-1", &["office"]);
+    assert_eq!(e.apply([again]), applied(1, 0));
+    // A new alias frees the old one for others.
+    let renamed = deployment("abc", Some("store"), "aws-us-east-1", &["office"]);
+    assert_eq!(e.apply([renamed]), applied(1, 0));
+    let takes_old = deployment("def", Some("shop"), "aws-us-east-1", &[]);
+    assert_eq!(e.apply([takes_old]), applied(1, 0));
+    let takes_new = deployment("ghi", Some("store"), "aws-us-east-1", &[]);
+    assert_eq!(e.apply([takes_new]), applied(0, 1));
+    assert_eq!(state(&e).0, ["abc", "def"]);
 }
 
 /// Whether `set` routes `name` (a cluster id or an alias).
@@ -286,4 +312,61 @@ fn a_value_naming_a_field_twice_is_refused() {
     );
     let d = saved(&e).deployments.into_iter().find(|d| d.id == "abc");
     assert_eq!(d.map(|d| d.policies), Some(vec!["office".to_owned()]));
+}
+
+#[test]
+fn the_compacted_copy_holds_the_sets_ids_and_one_copy_of_each_region() {
+    let opts = PolicyOptions::default();
+    let mut e = world();
+    e.apply([
+        policy("lab", "aws-us-east-1", "198.51.100.0/24"),
+        deployment("xyz", None, "aws-us-east-1", &["office", "lab"]),
+    ]);
+    let set = e.compile(1, opts, None).expect("every model is there");
+    let copy = e.compacted(&set);
+    let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b);
+    for (i, held) in copy.deployments.iter().enumerate() {
+        let compiled = set
+            .deployment(DeploymentIndex(index_u32(i)))
+            .expect("in the set");
+        assert!(same(&held.stub.id, &compiled.id), "{}", held.stub.id);
+        assert_eq!(held.stub.alias.is_some(), compiled.alias.is_some());
+        if let (Some(a), Some(b)) = (&held.stub.alias, &compiled.alias) {
+            assert!(same(a, b));
+        }
+        // A deployment's policy ids are the policies' own.
+        for p in held.stub.policies.iter() {
+            let (held_id, _) = copy.policy_at.get_key_value(p).expect("in force");
+            assert!(same(p, held_id));
+        }
+        if let Some(alias) = &held.stub.alias {
+            let (a, id) = copy.aliases.get_key_value(alias).expect("indexed");
+            assert!(same(a, alias) && same(id, &held.stub.id));
+        }
+    }
+    for (i, held) in copy.policies.iter().enumerate() {
+        let compiled = set.policy(PolicyIndex(index_u32(i))).expect("in the set");
+        assert!(same(&held.stub.id, &compiled.id));
+    }
+    let regions: Vec<&str> = copy
+        .policies
+        .iter()
+        .map(|h| &h.stub.region)
+        .chain(copy.deployments.iter().map(|h| &h.stub.region))
+        .map(|r| r.as_str())
+        .collect();
+    assert_eq!(regions.len(), 4);
+    assert!(
+        regions.windows(2).all(|w| std::ptr::eq(w[0], w[1])),
+        "one copy of the region"
+    );
+    // The copy goes on as the original would.
+    let mut copy = copy;
+    copy.apply([deployment("abc", Some("store"), "aws-us-east-1", &["lab"])]);
+    let next = copy.compile(2, opts, Some(&set)).expect("from the set");
+    assert!(routes(&next, "store") && routes(&next, "xyz"));
+    assert_eq!(
+        state(&copy).1,
+        vec!["lab".to_string(), "office".to_string()]
+    );
 }

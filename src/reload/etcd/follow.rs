@@ -324,8 +324,8 @@ impl Follower {
                     e.compile(version, options, None)
                 });
                 let indexed: &Entries = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
-                if set.is_some() {
-                    let copy = on_own_thread(|| indexed.compacted());
+                if let Some(set) = &set {
+                    let copy = on_own_thread(|| indexed.compacted(set));
                     entries = copy;
                 }
                 crate::memory::release_free_memory();

@@ -9,13 +9,15 @@
 //! listener: TLS not terminated, routed by SNI, spliced. [`reload`] keeps the policy snapshot
 //! current, [`metrics`] and [`explain`] make it observable.
 
-// One audited exception, `memory::release_free_memory` (an FFI call into
-// the C allocator); everything else is safe Rust.
+// Two audited exceptions, `memory::release_free_memory` (an FFI call into
+// the C allocator) and `background::set_idle_policy` (one system call);
+// everything else is safe Rust.
 #![deny(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
 pub mod backends;
+pub mod background;
 pub mod config;
 pub mod demo;
 pub mod endpoint;

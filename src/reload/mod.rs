@@ -154,7 +154,8 @@ impl Reloader {
         let keep = self.keeps_state();
         // The set in force: a document that changes little compiles little.
         let previous = self.store.current();
-        let prepared = tokio::task::spawn_blocking(move || {
+        // At idle priority (see `background`): requests come first.
+        let prepared = crate::background::run(move || {
             let previous = previous.as_ref().map(|l| &l.set);
             prepare_over(bytes, keep, &src, options, previous)
         })
@@ -167,9 +168,7 @@ impl Reloader {
                 self.metrics.refused(e.result());
                 log_refused(&source, &e);
                 // Gives the refused document's pages back.
-                drop(tokio::task::spawn_blocking(
-                    crate::memory::release_free_memory,
-                ));
+                crate::background::spawn(crate::memory::release_free_memory);
                 return Err(e);
             }
         };
@@ -391,18 +390,19 @@ fn log_refused(source: &str, e: &ApplyError) {
     }
 }
 
-/// Frees a replaced snapshot on a blocking thread once no request uses it.
+/// Frees a replaced snapshot on a background thread once no request uses
+/// it (a few milliseconds for a large set, which a request worker must
+/// not spend).
 fn retire(old: Arc<Loaded>) {
     tokio::spawn(async move {
         let mut old = old;
         loop {
             match Arc::try_unwrap(old) {
                 Ok(loaded) => {
-                    let _ = tokio::task::spawn_blocking(move || {
+                    crate::background::spawn(move || {
                         drop(loaded);
                         crate::memory::release_free_memory();
-                    })
-                    .await;
+                    });
                     return;
                 }
                 Err(shared) => {

@@ -73,7 +73,7 @@ impl ApplyError {
 }
 
 /// Parses, validates and compiles snapshot bytes. CPU-heavy for large
-/// snapshots: call it off the async workers (`spawn_blocking`).
+/// snapshots: call it off the async workers (`background::run`).
 pub fn prepare(
     bytes: &[u8],
     source: &str,
@@ -129,21 +129,17 @@ pub fn prepare_over(
 
 /// What a reload leaves to free once its set is in force: the model it was
 /// compiled from (freeing the large one takes about 150 ms). Dropping it
-/// frees it and returns free memory to the OS (see `memory`) on a blocking
-/// thread, so neither delays the swap.
+/// frees it and returns free memory to the OS (see `memory`) on a
+/// background thread, so neither delays the swap nor a request.
 pub struct Leftovers(Option<Snapshot>);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
         let model = self.0.take();
-        let dispose = move || {
+        crate::background::spawn(move || {
             drop(model);
             crate::memory::release_free_memory();
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(dispose)),
-            Err(_) => dispose(),
-        }
+        });
     }
 }
 

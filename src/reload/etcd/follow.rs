@@ -307,7 +307,8 @@ impl Follower {
         let keep_unchanged = !whole && self.reloader.store().is_loaded();
         // A whole read starts the entries over: nothing to reuse.
         let base = if whole { None } else { self.base.take() };
-        let worked = tokio::task::spawn_blocking(move || {
+        // At idle priority (see `background`): requests come first.
+        let worked = crate::background::run(move || {
             let applied = entries.apply(batch);
             if keep_unchanged && applied.changed == 0 {
                 return (entries, applied, base, Ok(None));
@@ -402,7 +403,7 @@ impl Follower {
         let version = u64::try_from(revision).unwrap_or(0);
         // The values as etcd sent them, joined: a few tens of milliseconds
         // at the large scale, off the async workers.
-        let (entries, document) = tokio::task::spawn_blocking(move || {
+        let (entries, document) = crate::background::run(move || {
             let document = entries.state_document(version);
             (entries, document)
         })

@@ -16,7 +16,8 @@
 //! idle time, so a change takes longer to be in force on a saturated proxy.
 //! Threads inherit the policy of the thread that starts them, so the
 //! threads `memory::on_own_thread` starts for a compile are background
-//! threads too. An unprivileged thread cannot undo `SCHED_IDLE`, which is
+//! threads too. Heap trims are the exception ([`trim`]): they take locks
+//! the request workers need. An unprivileged thread cannot undo `SCHED_IDLE`, which is
 //! why the work gets threads of its own rather than tokio's blocking pool.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,13 +50,28 @@ pub async fn run<T: Send + 'static>(
     }
 }
 
-/// Runs `f` on a background thread of its own without waiting for it
-/// (dropping large values, trimming the heap). Inline if no thread can
-/// be started.
-pub fn spawn(f: impl FnOnce() + Send + 'static) {
-    if let Err(f) = spawn_thread(f) {
-        f();
+/// Drops `value` (a replaced set, a parsed model) on a background thread,
+/// then returns free heap pages to the OS ([`trim`]).
+pub fn dispose<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn(async move {
+            let _ = run(move || drop(value)).await;
+            trim().await;
+        })),
+        Err(_) => {
+            drop(value);
+            crate::memory::release_free_memory();
+        }
     }
+}
+
+/// Returns free heap pages to the OS, at normal priority on tokio's
+/// blocking pool rather than here: `malloc_trim` holds each arena's lock in
+/// turn, the request workers' arenas included, and an idle-priority thread
+/// preempted while holding one would keep a worker waiting for as long as
+/// any other thread wants the core.
+pub async fn trim() {
+    let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
 }
 
 /// Starts a background thread for `job`, or gives the job back.
@@ -145,15 +161,25 @@ mod tests {
         assert!(matches!(r, Err(BackgroundError::Panicked)));
     }
 
-    #[test]
-    fn spawned_work_runs() {
+    /// Sends the policy of the thread that drops it.
+    struct Probe(std::sync::mpsc::Sender<Option<u32>>);
+
+    impl Drop for Probe {
+        fn drop(&mut self) {
+            let _ = self.0.send(policy());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_disposed_value_is_dropped_on_a_background_thread() {
         let (tx, rx) = std::sync::mpsc::channel();
-        spawn(move || {
-            let _ = tx.send(policy());
-        });
-        let during = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("ran");
+        dispose(Probe(tx));
+        let during = tokio::task::spawn_blocking(move || {
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+        })
+        .await
+        .expect("joined")
+        .expect("dropped");
         if cfg!(target_os = "linux") && during.is_some() {
             assert_eq!(during, Some(5));
         }

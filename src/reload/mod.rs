@@ -168,7 +168,7 @@ impl Reloader {
                 self.metrics.refused(e.result());
                 log_refused(&source, &e);
                 // Gives the refused document's pages back.
-                crate::background::spawn(crate::memory::release_free_memory);
+                tokio::spawn(crate::background::trim());
                 return Err(e);
             }
         };
@@ -399,10 +399,7 @@ fn retire(old: Arc<Loaded>) {
         loop {
             match Arc::try_unwrap(old) {
                 Ok(loaded) => {
-                    crate::background::spawn(move || {
-                        drop(loaded);
-                        crate::memory::release_free_memory();
-                    });
+                    crate::background::dispose(loaded);
                     return;
                 }
                 Err(shared) => {

@@ -135,11 +135,7 @@ pub struct Leftovers(Option<Snapshot>);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        let model = self.0.take();
-        crate::background::spawn(move || {
-            drop(model);
-            crate::memory::release_free_memory();
-        });
+        crate::background::dispose(self.0.take());
     }
 }
 

@@ -329,7 +329,6 @@ impl Follower {
                     let copy = on_own_thread(|| indexed.compacted(set));
                     entries = copy;
                 }
-                crate::memory::release_free_memory();
                 set
             } else {
                 // From the set compiled before, with the models of the
@@ -347,6 +346,11 @@ impl Follower {
         .await
         .map_err(|e| SessionError::Internal(e.to_string()))?;
         let (entries, applied, base, compiled) = worked;
+        if whole {
+            // The read's values and models, and the entries before their
+            // compacting copy, were freed: give their pages back.
+            crate::background::trim().await;
+        }
         self.entries = entries;
         self.base = base;
         let compiled = compiled.map_err(|()| {

@@ -329,6 +329,11 @@ impl Follower {
                     let copy = on_own_thread(|| indexed.compacted(set));
                     entries = copy;
                 }
+                // The read's values and models, and the entries before
+                // their copy, were freed: their pages go back now, from
+                // this thread (measured: trimming after this thread had
+                // ended left 188 MiB resident instead of 158).
+                crate::memory::release_free_memory();
                 set
             } else {
                 // From the set compiled before, with the models of the
@@ -346,11 +351,6 @@ impl Follower {
         .await
         .map_err(|e| SessionError::Internal(e.to_string()))?;
         let (entries, applied, base, compiled) = worked;
-        if whole {
-            // The read's values and models, and the entries before their
-            // compacting copy, were freed: give their pages back.
-            crate::background::trim().await;
-        }
         self.entries = entries;
         self.base = base;
         let compiled = compiled.map_err(|()| {

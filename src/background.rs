@@ -10,15 +10,18 @@
 //! worker woken by a request gets the core back: open-loop p99 rose by
 //! 2.4–2.8 ms while ten changes a second arrived (`benches/etcd.sh`). A
 //! worker that wakes preempts an idle-priority thread at once; measured
-//! the same way, the rise was 0.16 ms.
+//! the same way, the rise was 0.4–0.8 ms.
 //!
 //! The price: while every core is busy with requests, reload work waits for
 //! idle time, so a change takes longer to be in force on a saturated proxy.
 //! Threads inherit the policy of the thread that starts them, so the
 //! threads `memory::on_own_thread` starts for a compile are background
 //! threads too. Heap trims are the exception ([`trim`]): they take locks
-//! the request workers need. An unprivileged thread cannot undo `SCHED_IDLE`, which is
-//! why the work gets threads of its own rather than tokio's blocking pool.
+//! the request workers need. (The one trim left on a background thread
+//! follows a whole etcd read, at start-up or after a compaction: only the
+//! thread that freed the read gets its pages back; see `reload::etcd`.)
+//! An unprivileged thread cannot undo `SCHED_IDLE`, which is why the work
+//! gets threads of its own rather than tokio's blocking pool.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -18,10 +18,12 @@
 //! threads `memory::on_own_thread` starts for a compile are background
 //! threads too. Heap trims are the exception ([`trim`]): they take locks
 //! the request workers need. (The one trim left on a background thread
-//! follows a whole etcd read, at start-up or after a compaction: only the
-//! thread that freed the read gets its pages back; see `reload::etcd`.)
-//! An unprivileged thread cannot undo `SCHED_IDLE`, which is why the work
-//! gets threads of its own rather than tokio's blocking pool.
+//! follows a whole etcd read: at start-up, after a compaction, or after an
+//! internal error made the follower read again. Only the thread that
+//! freed the read gets its pages back; see `reload::etcd`.)
+//! The work gets threads of its own rather than tokio's blocking pool,
+//! whose threads are reused for other work: leaving `SCHED_IDLE` again is
+//! allowed only within `RLIMIT_NICE`, which is 0 by default.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -39,9 +41,15 @@ pub async fn run<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, BackgroundError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    // The caller's runtime, entered on the thread: what the work drops can
+    // still hand its disposal to the runtime ([`dispose`]).
+    let runtime = tokio::runtime::Handle::try_current().ok();
     let job = move || {
-        // The receiver may be gone (its request was cancelled): the work
-        // was done and is dropped here, off the workers, all the same.
+        let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+        // When the receiver is already gone (its request was cancelled),
+        // the result is dropped here, off the workers. (One that arrives
+        // just before the receiver is dropped is dropped by the receiver's
+        // owner.)
         let _ = tx.send(f());
     };
     match spawn_thread(job) {
@@ -156,6 +164,13 @@ mod tests {
             // The caller is untouched.
             assert_eq!(policy(), before);
         }
+    }
+
+    /// What the work drops can hand its disposal to the runtime.
+    #[tokio::test]
+    async fn the_work_runs_inside_the_callers_runtime() {
+        let inside = run(|| tokio::runtime::Handle::try_current().is_ok()).await;
+        assert!(inside.expect("ran"));
     }
 
     #[tokio::test]

@@ -14,10 +14,9 @@
 //! expects to be reported.
 //!
 //! Both address families of a matcher live in one allocation (see
-//! [`Matcher`]): a decision over many deployments is bound by cache misses,
-//! and one pointer in the deployment's hot record, to one block whose
-//! ranges start right after a one-word header, is the fewest lines a lookup
-//! can touch.
+//! [`Block`]): a decision over many deployments is bound by cache misses,
+//! and one pointer in the deployment's hot record, with where the IPv6
+//! ranges start kept beside it, is the fewest lines a lookup can touch.
 
 use std::net::IpAddr;
 use std::sync::Arc;

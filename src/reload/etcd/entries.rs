@@ -441,7 +441,9 @@ impl Entries {
             deployment_at: HashMap::with_capacity(self.deployment_at.len()),
             aliases: HashMap::with_capacity(self.aliases.len()),
             users: HashMap::with_capacity(self.users.len()),
-            regions: self.regions.clone(),
+            // Rebuilt from the stubs below: names no entry uses any more
+            // are not carried.
+            regions: HashSet::new(),
             refused: self.refused.clone(),
             values: self.values.clone(),
         };
@@ -453,11 +455,9 @@ impl Entries {
             let compiled = set.policy(PolicyIndex(held.compiled_at));
             let id = shared(&held.stub.id, compiled.map(|p| &p.id));
             copy.policy_at.insert(id.clone(), i);
+            let region = copy.region(&held.stub.region);
             copy.policies.push(Held {
-                stub: PolicyStub {
-                    id,
-                    region: held.stub.region.clone(),
-                },
+                stub: PolicyStub { id, region },
                 compiled_at: held.compiled_at,
                 model: held.model.clone(),
             });
@@ -471,7 +471,7 @@ impl Entries {
                     .alias
                     .as_deref()
                     .map(|a| shared(a, compiled.and_then(|c| c.alias.as_ref()))),
-                region: d.region.clone(),
+                region: copy.region(&d.region),
                 policies: copy.shared_policy_ids(d.policies.iter().map(|p| &**p)),
             };
             copy.deployment_at.insert(stub.id.clone(), i);

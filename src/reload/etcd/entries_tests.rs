@@ -321,9 +321,14 @@ fn the_compacted_copy_holds_the_sets_ids_and_one_copy_of_each_region() {
     e.apply([
         policy("lab", "aws-us-east-1", "198.51.100.0/24"),
         deployment("xyz", None, "aws-us-east-1", &["office", "lab"]),
+        policy("gone", "aws-eu-west-1", "192.0.2.0/24"),
     ]);
+    e.apply([delete(Kind::Policy, "gone")]);
+    assert_eq!(e.regions.len(), 2);
     let set = e.compile(1, opts, None).expect("every model is there");
     let copy = e.compacted(&set);
+    // A region no entry names any more is not carried.
+    assert_eq!(copy.regions.len(), 1);
     let same = |a: &Arc<str>, b: &Arc<str>| Arc::ptr_eq(a, b);
     for (i, held) in copy.deployments.iter().enumerate() {
         let compiled = set

@@ -180,6 +180,11 @@ impl Entries {
         }
     }
 
+    /// No entry in force and none refused.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty() && self.deployments.is_empty() && self.refused.is_empty()
+    }
+
     /// Also keeps each entry's value, for [`Entries::state_document`].
     pub fn keeping_values(mut self) -> Self {
         self.values = Some(Values::default());

@@ -215,7 +215,10 @@ impl Follower {
             &mut self.entries,
             new_entries(&self.settings.prefix, &self.reloader),
         );
-        crate::background::dispose(stale);
+        // Nothing to free at start-up: no trim beside the first compile.
+        if !stale.is_empty() {
+            crate::background::dispose(stale);
+        }
         self.apply(batch, revision, true).await?;
         Ok(revision)
     }

@@ -269,7 +269,7 @@ impl Entries {
                 Ok(d) => {
                     self.forget(&id);
                     let stub = DeploymentStub {
-                        id: Arc::from(id.as_str()),
+                        id: shared_id(&self.deployment_at, &id),
                         alias: d.alias.as_deref().map(Arc::from),
                         region: self.region(&d.region),
                         policies: self.shared_policy_ids(d.policies.iter().map(String::as_str)),
@@ -507,9 +507,7 @@ impl Entries {
     /// The policy id as the policy in force holds it (shared), or a new
     /// one for a policy not (yet) in force.
     fn shared_policy_id(&self, id: &str) -> Arc<str> {
-        self.policy_at
-            .get_key_value(id)
-            .map_or_else(|| Arc::from(id), |(k, _)| k.clone())
+        shared_id(&self.policy_at, id)
     }
 
     /// Indexes a deployment about to be in force: its alias, its
@@ -648,6 +646,14 @@ fn upsert<S, M>(
             });
         }
     }
+}
+
+/// `id` as the position index `at` holds it (shared), or a new one for an
+/// entry not (yet) in force: a new version of an entry keeps the id its
+/// indexes already name.
+fn shared_id(at: &HashMap<Arc<str>, usize>, id: &str) -> Arc<str> {
+    at.get_key_value(id)
+        .map_or_else(|| Arc::from(id), |(k, _)| k.clone())
 }
 
 /// Takes `id` out of force; the last item moves into its place (with its

@@ -147,6 +147,7 @@ impl<'o> Fields<'o> {
         }
     }
 
+    #[inline(always)]
     fn key(&mut self, key: &str) {
         match self.format {
             Format::Json => {
@@ -163,12 +164,14 @@ impl<'o> Fields<'o> {
     }
 
     /// A string from the request or the snapshot: quoted and escaped.
+    #[inline(always)]
     pub fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         json_str(value, self.out);
     }
 
     /// Several strings in a row.
+    #[inline(always)]
     pub fn strs(&mut self, fields: &[(&str, &str)]) {
         for &(key, value) in fields {
             self.str(key, value);
@@ -186,6 +189,7 @@ impl<'o> Fields<'o> {
 
     /// A value made of characters that need no escaping (an address, an
     /// id): quoted in JSON, bare in text.
+    #[inline(always)]
     pub fn token(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
         self.key(key);
         match self.format {
@@ -195,22 +199,26 @@ impl<'o> Fields<'o> {
     }
 
     /// Like [`Fields::token`], but quoted in text too (it may be empty).
+    #[inline(always)]
     pub fn quoted(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
         self.key(key);
         self.quoted_value(write);
     }
 
+    #[inline(always)]
     fn quoted_value(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         self.out.push(b'"');
         write(self.out);
         self.out.push(b'"');
     }
 
+    #[inline(always)]
     pub fn num(&mut self, key: &str, n: impl itoa::Integer) {
         self.key(key);
         int(n, self.out);
     }
 
+    #[inline(always)]
     pub fn millis(&mut self, key: &str, d: Duration) {
         self.key(key);
         millis(d, self.out);
@@ -259,13 +267,9 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    // Most values need no escaping: find the next byte that does with one
-    // table lookup per byte, and copy the runs in between whole.
-    while let Some(i) = bytes[start..]
-        .iter()
-        .position(|&b| ESCAPE[usize::from(b)])
-        .map(|i| start + i)
-    {
+    // Most values need no escaping: find the next byte that does, eight
+    // bytes at a time, and copy the runs in between whole.
+    while let Some(i) = next_escape(bytes, start) {
         out.extend_from_slice(&bytes[start..i]);
         let b = bytes[i];
         match b {
@@ -284,6 +288,48 @@ fn json_str(s: &str, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// The first byte at or after `from` that [`ESCAPE`] marks.
+///
+/// A byte-at-a-time search with an early exit does not vectorise, and the
+/// strings of a line (host, path, ids) are a few hundred bytes: words of
+/// eight bytes are tested at once, and only a word that may hold such a
+/// byte is searched byte by byte.
+fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = bytes.get(from..)?;
+    let mut words = rest.chunks_exact(8);
+    let mut at = from;
+    for word in words.by_ref() {
+        let mut w = [0; 8];
+        w.copy_from_slice(word);
+        if may_escape(u64::from_le_bytes(w))
+            && let Some(i) = word.iter().position(|&b| ESCAPE[usize::from(b)])
+        {
+            return Some(at + i);
+        }
+        at += 8;
+    }
+    let tail = words.remainder();
+    tail.iter()
+        .position(|&b| ESCAPE[usize::from(b)])
+        .map(|i| at + i)
+}
+
+/// Whether any byte of `w` may be one [`ESCAPE`] marks (no false
+/// negatives; a borrow can flag a word that holds none, which the byte
+/// search then clears).
+fn may_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte below 0x20 (ASCII bytes only: `!w & HIGH`).
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    // A byte equal to `b`: it is zero in `w ^ b`.
+    let equal = |b: u8| {
+        let x = w ^ (ONES * u64::from(b));
+        x.wrapping_sub(ONES) & !x & HIGH
+    };
+    control | equal(b'"') | equal(b'\\') | equal(0x7f) != 0
 }
 
 /// Bytes `json_str` escapes: `"`, `\`, control characters and DEL.
@@ -353,18 +399,60 @@ pub fn endpoint(e: Option<PrivateEndpoint>, out: &mut Vec<u8>) {
 }
 
 /// RFC 3339 UTC with `frac` fractional digits (3 or 6):
-/// `2026-11-18T11:06:40.123Z`, by `humantime` (as fast as a hand-written
-/// formatter here, `core::fmt` and all: `benches/access_log.rs`
-/// `timestamp/*`). A clock before 1970 (which humantime would not format)
-/// reads as the epoch; one past 9999 leaves the field empty.
+/// `2026-11-18T11:06:40.123Z`. A clock before 1970 reads as the epoch; one
+/// past 9999 leaves the field empty.
+///
+/// Every line has two timestamps, and a busy proxy writes thousands of
+/// lines within the same second: the date and time to the second come from
+/// a per-thread copy of the last second formatted (by `humantime`), so a
+/// line costs only its fractional digits.
 pub fn rfc3339(t: SystemTime, frac: usize, out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    let t = t.max(SystemTime::UNIX_EPOCH);
-    let _ = if frac == 3 {
-        write!(out, "{}", humantime::format_rfc3339_millis(t))
-    } else {
-        write!(out, "{}", humantime::format_rfc3339_micros(t))
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let Some(second) = SECOND.with(|cached| {
+        let (at, text) = cached.get();
+        if at == Some(since.as_secs()) {
+            return Some(text);
+        }
+        let text = to_the_second(since.as_secs())?;
+        cached.set((Some(since.as_secs()), text));
+        Some(text)
+    }) else {
+        return;
     };
+    out.extend_from_slice(&second);
+    out.push(b'.');
+    let micros = since.subsec_micros();
+    if frac == 3 {
+        pad(micros / 1000, 3, out);
+    } else {
+        pad(micros, 6, out);
+    }
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS`.
+type Second = [u8; 19];
+
+thread_local! {
+    /// The second [`rfc3339`] formatted last on this thread.
+    static SECOND: std::cell::Cell<(Option<u64>, Second)> =
+        const { std::cell::Cell::new((None, [0; 19])) };
+}
+
+/// The date and time of `secs` after the epoch, or `None` past 9999.
+fn to_the_second(secs: u64) -> Option<Second> {
+    let t = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))?;
+    // humantime writes `YYYY-MM-DDTHH:MM:SSZ` for years up to 9999 and
+    // refuses later ones (a `Display` error, not a panic).
+    // (Through `fmt::Write`: `io::Write::write_fmt` panics on a `Display`
+    // error.)
+    let mut text = String::with_capacity(20);
+    std::fmt::Write::write_fmt(
+        &mut text,
+        format_args!("{}", humantime::format_rfc3339_seconds(t)),
+    )
+    .ok()?;
+    text.as_bytes().get(..19)?.try_into().ok()
 }
 
 #[cfg(test)]
@@ -531,6 +619,50 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "1970-01-01T00:00:00.000Z 2000-02-29T00:00:00.000Z 9999-12-31T23:59:59.999000Z"
         );
+    }
+
+    #[test]
+    fn times_past_9999_leave_the_field_empty_and_times_before_1970_read_as_the_epoch() {
+        let mut out = Vec::new();
+        rfc3339(at(253_402_300_800_000), 3, &mut out);
+        assert_eq!(out, b"");
+        rfc3339(SystemTime::UNIX_EPOCH - Duration::from_secs(5), 6, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn the_cached_second_follows_the_clock_both_ways() {
+        let mut out = Vec::new();
+        for millis in [1_795_000_000_999, 1_795_000_001_000, 1_795_000_000_001] {
+            rfc3339(at(millis), 3, &mut out);
+            out.push(b' ');
+        }
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-18T11:06:40.999Z 2026-11-18T11:06:41.000Z 2026-11-18T11:06:40.001Z "
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_word_search_finds_what_a_byte_search_finds(
+            s in "[\\x00-\\x7f\\u{80}-\\u{10ffff}]{0,40}",
+            from in 0usize..48,
+        ) {
+            let bytes = s.as_bytes();
+            let by_byte = bytes
+                .get(from..)
+                .and_then(|rest| rest.iter().position(|&b| ESCAPE[usize::from(b)]))
+                .map(|i| from + i);
+            proptest::prop_assert_eq!(next_escape(bytes, from), by_byte);
+            let mut out = Vec::new();
+            json_str(&s, &mut out);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            proptest::prop_assert_eq!(back, s);
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub use body::ResponseBody;
 pub use headers::Forwarded;
 pub use health::{ActiveChecks, Ejection};
 pub use pool::{Pool, PoolSettings};
-pub use upload::{Progress, UpstreamBody};
+pub use upload::{Progress, UpstreamBody, Watch};
 
 use crate::backends::Backends;
 
@@ -145,7 +145,7 @@ impl Forwarder {
     async fn await_response(
         &self,
         mut response: pool::ResponseFuture,
-        progress: &Progress,
+        progress: &Watch,
     ) -> Result<Response<Incoming>, ForwardError> {
         let timeout = self.response_timeout;
         loop {

@@ -68,21 +68,61 @@ impl Progress {
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    progress: Arc<Progress>,
+    /// `None` for a request with no body (most of them): nothing to
+    /// watch, and nothing allocated to watch it.
+    progress: Option<Arc<Progress>>,
+}
+
+/// What the forwarder watches of a request body while it waits for the
+/// response.
+#[derive(Debug)]
+pub enum Watch {
+    /// The request had no body: it was whole when it was sent.
+    Empty {
+        sent: Instant,
+    },
+    Streaming(Arc<Progress>),
+}
+
+impl Watch {
+    /// When the body last moved.
+    pub fn last(&self) -> Instant {
+        match self {
+            Self::Empty { sent } => *sent,
+            Self::Streaming(p) => p.last(),
+        }
+    }
+
+    /// See [`Progress::waiting_on_client`].
+    pub fn waiting_on_client(&self) -> bool {
+        match self {
+            Self::Empty { .. } => false,
+            Self::Streaming(p) => p.waiting_on_client(),
+        }
+    }
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming) -> (Self, Arc<Progress>) {
-        let progress = Arc::new(Progress::new());
+    pub fn new(inner: Incoming) -> (Self, Watch) {
         if inner.is_end_stream() {
-            progress.ended.store(true, Ordering::Release);
+            let watch = Watch::Empty {
+                sent: Instant::now(),
+            };
+            return (
+                Self {
+                    inner,
+                    progress: None,
+                },
+                watch,
+            );
         }
+        let progress = Arc::new(Progress::new());
         (
             Self {
                 inner,
-                progress: progress.clone(),
+                progress: Some(progress.clone()),
             },
-            progress,
+            Watch::Streaming(progress),
         )
     }
 }
@@ -93,7 +133,9 @@ impl Body for UpstreamBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let p = &self.progress;
+        let Some(p) = &self.progress else {
+            return polled;
+        };
         p.waiting_on_client
             .store(polled.is_pending(), Ordering::Release);
         let frame = ready!(polled);

@@ -27,7 +27,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::settings::Timeouts;
@@ -74,7 +73,6 @@ pub struct Activity {
     /// Milliseconds since `epoch` of the first byte of the request being
     /// read, or `UNSET`.
     header_since: AtomicU64,
-    changed: Notify,
 }
 
 impl Activity {
@@ -85,7 +83,6 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             header_since: AtomicU64::new(UNSET),
-            changed: Notify::new(),
         }
     }
 
@@ -103,9 +100,9 @@ impl Activity {
             && self.in_flight.load(Ordering::Acquire) == 0
             && self.header_since.load(Ordering::Acquire) == UNSET
         {
+            // The watchdog reads the deadline again after each poll of the
+            // connection, which is where this runs.
             self.header_since.store(self.now_ms(), Ordering::Release);
-            // The watchdog may be sleeping on the (later) idle deadline.
-            self.changed.notify_one();
         }
     }
 
@@ -159,11 +156,6 @@ impl Activity {
             (deadline, Some(what)) if deadline <= now => Some(what),
             _ => None,
         }
-    }
-
-    /// Resolves when a request header started arriving.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
     }
 }
 

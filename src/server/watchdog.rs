@@ -49,10 +49,10 @@ where
     } = watched;
     let mut drain_shutdown = shutdown.clone();
     let mut abort_shutdown = shutdown;
-    // Created once and polled across iterations: every request wakes this
-    // loop (`activity.changed()`), and re-creating a timer and two watch
-    // futures per request showed up in profiles. A completed `drain` is
-    // never polled again (`closing` guards it), `abort` only once closing.
+    // Created once and polled across iterations: re-creating a timer and
+    // two watch futures per request showed up in profiles. A completed
+    // `drain` is never polled again (`closing` guards it), `abort` only
+    // once closing.
     let mut drain = std::pin::pin!(drain_shutdown.reached(Phase::Draining));
     let mut abort = std::pin::pin!(abort_shutdown.reached(Phase::Abort));
     let timeouts = proxy.http.timeouts;
@@ -66,12 +66,15 @@ where
     let mut timer = std::pin::pin!(tokio::time::sleep_until(armed));
     loop {
         let t = watching(closing || releasing);
-        let (deadline, _) = activity.next_deadline(t);
-        if deadline != armed {
-            armed = deadline;
-            timer.as_mut().reset(deadline);
-        }
+        // `biased`: the connection is polled first, then the deadline is
+        // read again before the timer is. Everything that moves the
+        // deadline (a request header's first byte, a request starting or
+        // ending) happens while the connection is polled, so the timer is
+        // re-armed in the same poll of this task. (It used to be woken
+        // through a `Notify`, which cost each keep-alive request a second
+        // poll of the whole connection.)
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 return r.map_err(|e| if e.is_timeout() {
                     ConnectionEnd::Timeout
@@ -80,7 +83,14 @@ where
                     ConnectionEnd::HttpError
                 });
             }
-            () = timer.as_mut() => {
+            () = std::future::poll_fn(|cx| {
+                let (deadline, _) = activity.next_deadline(t);
+                if deadline != armed {
+                    armed = deadline;
+                    timer.as_mut().reset(deadline);
+                }
+                timer.as_mut().poll(cx)
+            }) => {
                 match activity.expired(t, tokio::time::Instant::now()) {
                     Some(Expired::RequestHeader) => {
                         tracing::debug!("request header timeout");
@@ -102,7 +112,6 @@ where
                     None => {}
                 }
             }
-            () = activity.changed() => {}
             () = drain.as_mut(), if !closing => {
                 closing = true;
                 close(conn.as_mut());

@@ -57,6 +57,43 @@ async fn a_trickled_request_head_is_cut_at_the_header_timeout() {
     assert_eq!(f.backend_requests(), 0);
 }
 
+/// The header clock starts while the connection's watchdog sleeps on a
+/// far deadline (a 60 s idle timeout, no release before it): the first
+/// byte of the head must bring the cut forward to the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_begun_on_a_connection_idle_under_a_long_timeout_is_still_cut() {
+    let f = Fixture::with(ProxyOptions {
+        request_header_timeout: "1s",
+        idle_timeout: "60s",
+        extra_toml: "[server]\nidle_release_after = \"120s\"\n".to_owned(),
+        ..ProxyOptions::default()
+    })
+    .await;
+    let mut tls = tls_h1(f.proxy.addr, &v1_from(ALLOWED_V4), &host(OPEN)).await;
+    // Idle first, so the watchdog is asleep until the idle deadline.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    tls.write_all(b"GET / HTTP/1.1\r\nX-Slow: ")
+        .await
+        .expect("write");
+    tls.flush().await.expect("flush");
+    let mut buf = [0u8; 1];
+    // Bounded: a proxy that missed the header clock would hold the
+    // connection for the idle timeout's 60 s.
+    let read = tokio::time::timeout(HEADER_TIMEOUT * 5, tls.read(&mut buf)).await;
+    let cut = started.elapsed();
+    assert!(
+        !matches!(read, Err(_) | Ok(Ok(1..))),
+        "not cut within {:?}: {read:?}",
+        HEADER_TIMEOUT * 5
+    );
+    assert!(
+        cut >= HEADER_TIMEOUT - Duration::from_millis(100),
+        "closed after {cut:?}, before the header timeout"
+    );
+    assert_eq!(f.backend_requests(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let f = fixture().await;

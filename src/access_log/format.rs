@@ -266,6 +266,14 @@ fn pad(n: impl Into<u64>, width: usize, out: &mut Vec<u8>) {
 fn json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Almost every value needs no escaping at all: say so with one pass
+    // over words of eight bytes, without an early exit, then copy the
+    // value whole.
+    if !any_escaped(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     // Most values need no escaping: find the next byte that does, eight
     // bytes at a time, and copy the runs in between whole.
@@ -316,10 +324,15 @@ fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
         .map(|i| at + i)
 }
 
-/// Whether any byte of `w` may be one [`ESCAPE`] marks (no false
-/// negatives; a borrow can flag a word that holds none, which the byte
-/// search then clears).
+/// Whether any byte of `w` may be one [`ESCAPE`] marks.
 fn may_escape(w: u64) -> bool {
+    escape_bits(w) != 0
+}
+
+/// Non-zero exactly when a byte of `w` is one [`ESCAPE`] marks. (Which
+/// bits are set can be off, since a borrow runs into the bytes above a
+/// match; whether any is set is exact.)
+fn escape_bits(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // A byte below 0x20 (ASCII bytes only: `!w & HIGH`).
@@ -329,7 +342,25 @@ fn may_escape(w: u64) -> bool {
         let x = w ^ (ONES * u64::from(b));
         x.wrapping_sub(ONES) & !x & HIGH
     };
-    control | equal(b'"') | equal(b'\\') | equal(0x7f) != 0
+    control | equal(b'"') | equal(b'\\') | equal(0x7f)
+}
+
+/// Whether any byte of `bytes` is one [`ESCAPE`] marks. The last word is
+/// padded with a byte that needs no escaping; the strings of a line are
+/// short, so a byte-at-a-time tail would cost more than the words.
+fn any_escaped(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut found = 0;
+    for word in words.by_ref() {
+        let mut w = [0; 8];
+        w.copy_from_slice(word);
+        found |= escape_bits(u64::from_le_bytes(w));
+    }
+    let tail = words.remainder();
+    let mut last = [b'a'; 8];
+    last[..tail.len()].copy_from_slice(tail);
+    found |= escape_bits(u64::from_le_bytes(last));
+    found != 0
 }
 
 /// Bytes `json_str` escapes: `"`, `\`, control characters and DEL.
@@ -350,13 +381,21 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 pub fn ip(ip: IpAddr, out: &mut Vec<u8>) {
     match ip {
+        // Written digit by digit into one stack buffer and copied once: an
+        // address is on every line, twice.
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
+            let mut text = [0u8; 16];
+            let mut len = 0;
+            for octet in v4.octets() {
+                let [a, b, c, n] = OCTETS[usize::from(octet)];
+                // Four bytes written, `n` digits and a dot kept.
+                if let Some(at) = text.get_mut(len..len + 4) {
+                    at.copy_from_slice(&[a, b, c, b'.']);
+                    at.copy_within(3.., usize::from(n));
                 }
-                int(octet, out);
+                len += usize::from(n) + 1;
             }
+            out.extend_from_slice(&text[..len - 1]);
         }
         // IPv6's canonical form (RFC 5952 zero compression) is what
         // `Display` gets right; rare enough on this path to use it.
@@ -365,6 +404,22 @@ pub fn ip(ip: IpAddr, out: &mut Vec<u8>) {
         }
     }
 }
+
+/// Every octet's decimal digits, left-aligned, and their count.
+static OCTETS: [[u8; 4]; 256] = {
+    let mut t = [[0; 4]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let n = i as u8;
+        t[i] = match n {
+            0..=9 => [b'0' + n, 0, 0, 1],
+            10..=99 => [b'0' + n / 10, b'0' + n % 10, 0, 2],
+            _ => [b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10, 3],
+        };
+        i += 1;
+    }
+    t
+};
 
 pub fn socket_addr(addr: SocketAddr, out: &mut Vec<u8>) {
     match addr {
@@ -662,6 +717,39 @@ mod tests {
             json_str(&s, &mut out);
             let back: String = serde_json::from_slice(&out).unwrap();
             proptest::prop_assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn the_word_test_and_the_table_agree_on_every_byte_at_every_place() {
+        for b in 0..=u8::MAX {
+            for len in 1..=17 {
+                for at in 0..len {
+                    let mut bytes = vec![b'x'; len];
+                    bytes[at] = b;
+                    assert_eq!(
+                        any_escaped(&bytes),
+                        ESCAPE[usize::from(b)],
+                        "{b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!any_escaped(b""));
+    }
+
+    #[test]
+    fn ipv4_addresses_of_every_octet_width() {
+        for text in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "203.0.113.9",
+            "10.200.3.47",
+        ] {
+            let mut out = Vec::new();
+            ip(text.parse().unwrap(), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
         }
     }
 

@@ -32,47 +32,51 @@ pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static FORWARDED: HeaderName = header::FORWARDED;
 
 /// RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies
-/// still see in the wild (lowercase, as `HeaderName::as_str` gives them).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// still see in the wild. `name` is lowercase, as `HeaderName::as_str`
+/// gives it. (A `match` on strings is a switch on the length and one
+/// comparison: this runs for every header of every request and response.)
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// What the client may not tell the backend itself: our routing hint and
 /// forwarding claims (the module docs say why).
-const CLIENT_CLAIMS: [&str; 4] = [
-    "x-found-cluster",
-    "x-forwarded-for",
-    "x-real-ip",
-    "forwarded",
-];
+fn client_claim(name: &str) -> bool {
+    matches!(
+        name,
+        "x-found-cluster" | "x-forwarded-for" | "x-real-ip" | "forwarded"
+    )
+}
 
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Removes hop-by-hop headers, including those listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    strip(headers, &[&HOP_BY_HOP]);
+    strip(headers, hop_by_hop);
 }
 
-/// Removes the headers `doomed`'s lists name, and those listed in
-/// `Connection`.
+/// Removes the headers `doomed` names (given lowercase names), and those
+/// listed in `Connection`.
 ///
 /// The headers are scanned once and a name removed only when present: a
 /// request or response carries a handful of headers, and removing each of
 /// thirteen names whether there or not (a hash and a probe each) was the
 /// largest share of the proxy's own instructions per request.
-fn strip(headers: &mut HeaderMap, doomed: &[&[&str]]) {
-    let names = || doomed.iter().flat_map(|list| list.iter());
+fn strip(headers: &mut HeaderMap, doomed: fn(&str) -> bool) {
     // Names listed in Connection go first, while Connection is still there.
-    // Collected only when one is not removed anyway: the common value is
-    // `keep-alive` or `close`, which allocates nothing.
+    // Collected only when one is not removed anyway and is present: the
+    // common values are `keep-alive` and `close`, which allocate nothing.
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -80,8 +84,7 @@ fn strip(headers: &mut HeaderMap, doomed: &[&[&str]]) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|token| !names().any(|n| n.eq_ignore_ascii_case(token)))
-            // (`close` names no header: parsing it would allocate.)
+            .filter(|token| !lowercase(token).is_some_and(|t| doomed(t.as_str())))
             .filter(|token| headers.contains_key(*token))
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
@@ -90,12 +93,28 @@ fn strip(headers: &mut HeaderMap, doomed: &[&[&str]]) {
         }
     }
     // Each removal rescans: there are rarely more than one or two.
-    while let Some(name) = headers
-        .keys()
-        .find(|k| names().any(|n| *n == k.as_str()))
-        .cloned()
-    {
+    while let Some(name) = headers.keys().find(|k| doomed(k.as_str())).cloned() {
         headers.remove(name);
+    }
+}
+
+/// `token` in lowercase, on the stack; `None` if longer than any name
+/// `strip` is given.
+fn lowercase(token: &str) -> Option<Lowercase> {
+    let mut out = Lowercase([0; 24], 0);
+    let dst = out.0.get_mut(..token.len())?;
+    dst.copy_from_slice(token.as_bytes());
+    dst.make_ascii_lowercase();
+    out.1 = token.len();
+    Some(out)
+}
+
+struct Lowercase([u8; 24], usize);
+
+impl Lowercase {
+    fn as_str(&self) -> &str {
+        // ASCII lowercasing of a `&str` keeps it UTF-8.
+        std::str::from_utf8(&self.0[..self.1]).unwrap_or_default()
     }
 }
 
@@ -116,7 +135,9 @@ pub fn rewrite_request(
     fwd: Forwarded<'_>,
     fallback_host: impl FnOnce() -> Option<HeaderValue>,
 ) {
-    strip(&mut parts.headers, &[&HOP_BY_HOP, &CLIENT_CLAIMS]);
+    strip(&mut parts.headers, |name| {
+        hop_by_hop(name) || client_claim(name)
+    });
     parts
         .headers
         .insert(X_FORWARDED_FOR.clone(), fwd.client.clone());
@@ -330,7 +351,7 @@ mod tests {
 
     /// What `strip` replaced: every listed name removed whether present
     /// or not, after the names `Connection` lists.
-    fn strip_by_removing_each(headers: &mut HeaderMap, doomed: &[&[&str]]) {
+    fn strip_by_removing_each(headers: &mut HeaderMap, doomed: &[&str]) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -341,7 +362,7 @@ mod tests {
         for name in named {
             headers.remove(name);
         }
-        for name in doomed.iter().flat_map(|list| list.iter()) {
+        for name in doomed {
             headers.remove(*name);
         }
     }
@@ -349,26 +370,38 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn one_scan_strips_what_removing_each_name_stripped(
-            fields in proptest::collection::vec((0usize..14, 0usize..6), 0..12),
+            fields in proptest::collection::vec((0usize..15, 0usize..7), 0..12),
         ) {
-            const NAMES: [&str; 14] = [
+            const NAMES: [&str; 15] = [
                 "connection", "keep-alive", "te", "upgrade", "transfer-encoding",
+                "x-a-name-longer-than-any-hop-by-hop-one",
                 "x-forwarded-for", "forwarded", "x-found-cluster", "x-secret",
                 "host", "authorization", "content-type", "x-opaque-id", "accept",
             ];
-            const CONNECTION: [&str; 6] = [
+            const CONNECTION: [&str; 7] = [
                 "keep-alive", "close", "X-Secret", "Keep-Alive, x-secret", "te, ,upgrade",
-                "x-opaque-id",
+                "x-opaque-id", "X-A-Name-Longer-Than-Any-Hop-By-Hop-One",
             ];
             let mut headers = HeaderMap::new();
             for (name, value) in fields {
                 let value = if NAMES[name] == "connection" { CONNECTION[value] } else { "v" };
                 headers.append(NAMES[name], HeaderValue::from_static(value));
             }
-            for doomed in [&[&HOP_BY_HOP[..]][..], &[&HOP_BY_HOP[..], &CLIENT_CLAIMS[..]]] {
+            const HOP_BY_HOP: [&str; 9] = [
+                "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+                "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+            ];
+            const CLAIMS: [&str; 4] = ["x-found-cluster", "x-forwarded-for", "x-real-ip", "forwarded"];
+            let both: Vec<&str> = HOP_BY_HOP.iter().chain(&CLAIMS).copied().collect();
+            type Case<'a> = (fn(&str) -> bool, &'a [&'a str]);
+            let cases: [Case<'_>; 2] = [
+                (hop_by_hop, &HOP_BY_HOP),
+                (|n| hop_by_hop(n) || client_claim(n), &both),
+            ];
+            for (doomed, names) in cases {
                 let (mut ours, mut theirs) = (headers.clone(), headers.clone());
                 strip(&mut ours, doomed);
-                strip_by_removing_each(&mut theirs, doomed);
+                strip_by_removing_each(&mut theirs, names);
                 proptest::prop_assert_eq!(ours, theirs);
             }
         }

@@ -111,7 +111,12 @@ impl Router {
             .and_then(|h| self.host_target(set, h))
             .or_else(|| input.found_cluster.and_then(|v| header_target(set, v)))
             .ok_or(RouteError::Unknown)?;
-        if let Some((sni_deployment, _)) = input.sni.and_then(|s| self.host_target(set, s))
+        // The usual client names the same host in SNI and `Host`: the same
+        // text routes the same way, so it is not routed twice.
+        let sni = input
+            .sni
+            .filter(|s| !input.host.is_some_and(|h| h.eq_ignore_ascii_case(s)));
+        if let Some((sni_deployment, _)) = sni.and_then(|s| self.host_target(set, s))
             && sni_deployment != deployment
         {
             return Err(RouteError::Misdirected);

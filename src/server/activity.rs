@@ -124,10 +124,13 @@ impl Activity {
         // Nothing wakes the watchdog when a request ends, so while one is
         // in flight (or its header on its way) it looks again after a
         // while: an idle period, or, with buffers to release, a release
-        // period, so that an idle connection releases them promptly.
+        // period, so that an idle connection releases them promptly. On
+        // the grid either way: the watchdog reads this after every poll
+        // of a busy connection, and a deadline that moved with the clock
+        // would re-arm its timer every time.
         let look_again = || match t.idle_release {
             Some(release) => on_release_grid(Instant::now() + release),
-            None => Instant::now() + t.idle,
+            None => on_release_grid(Instant::now() + t.idle),
         };
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return (look_again(), None);
@@ -331,6 +334,20 @@ mod tests {
         let (deadline, what) = a.next_deadline(T);
         assert_eq!(what, Some(Expired::Idle));
         assert_eq!(deadline, Instant::now() + T.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connections_look_again_holds_still_between_polls() {
+        let a = Arc::new(Activity::new(false));
+        let _busy = a.request_started();
+        let first = a.next_deadline(T).0;
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let second = a.next_deadline(T).0;
+        assert!(
+            first == second || second == first + RELEASE_GRID,
+            "{first:?} {second:?}"
+        );
+        assert!(first >= Instant::now() - Duration::from_millis(1) + T.idle);
     }
 
     #[tokio::test(start_paused = true)]

@@ -62,6 +62,9 @@ where
         Some(_) if !asked => timeouts,
         _ => timeouts.without_release(),
     };
+    // When an idle connection was asked to close: it gets another idle
+    // period to finish politely (send its GOAWAY or close_notify).
+    let mut closed_idle_at: Option<tokio::time::Instant> = None;
     let (mut armed, _) = activity.next_deadline(watching(closing));
     let mut timer = std::pin::pin!(tokio::time::sleep_until(armed));
     loop {
@@ -84,14 +87,18 @@ where
                 });
             }
             () = std::future::poll_fn(|cx| {
-                let (deadline, _) = activity.next_deadline(t);
+                let (mut deadline, _) = activity.next_deadline(t);
+                if let Some(at) = closed_idle_at {
+                    deadline = deadline.max(at + t.idle);
+                }
                 if deadline != armed {
                     armed = deadline;
                     timer.as_mut().reset(deadline);
                 }
                 timer.as_mut().poll(cx)
             }) => {
-                match activity.expired(t, tokio::time::Instant::now()) {
+                let now = tokio::time::Instant::now();
+                match activity.expired(t, now) {
                     Some(Expired::RequestHeader) => {
                         tracing::debug!("request header timeout");
                         return Err(ConnectionEnd::HeaderTimeout);
@@ -104,10 +111,15 @@ where
                     }
                     Some(Expired::Idle) if !closing => {
                         closing = true;
+                        closed_idle_at = Some(now);
                         close(conn.as_mut());
                     }
                     // Already closing politely; if it takes longer than
-                    // another idle period, stop waiting.
+                    // another idle period, stop waiting. (The idle deadline
+                    // itself has passed by then: without the second period
+                    // the next wake would cut the polite close short.)
+                    Some(Expired::Idle)
+                        if closed_idle_at.is_some_and(|at| now < at + t.idle) => {}
                     Some(Expired::Idle) => return Err(ConnectionEnd::IdleTimeout),
                     None => {}
                 }

@@ -52,13 +52,10 @@ pub async fn run<T: Send + 'static>(
         // owner.)
         let _ = tx.send(f());
     };
-    match spawn_thread(job) {
-        Ok(()) => rx.await.map_err(|_| BackgroundError::Panicked),
-        Err(job) => {
-            let _ = tokio::task::spawn_blocking(job).await;
-            rx.await.map_err(|_| BackgroundError::Panicked)
-        }
+    if let Err(job) = spawn_thread(job) {
+        let _ = tokio::task::spawn_blocking(job).await;
     }
+    rx.await.map_err(|_| BackgroundError::Panicked)
 }
 
 /// Drops `value` (a replaced set, a parsed model) on a background thread,

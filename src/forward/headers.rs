@@ -26,10 +26,6 @@ use crate::request_id;
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FOUND_CLUSTER: HeaderName = HeaderName::from_static("x-found-cluster");
-/// Client-supplied forwarding claims: never passed on (SPEC §6). The
-/// backend learns the client from `X-Forwarded-For`, which we set.
-pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub static FORWARDED: HeaderName = header::FORWARDED;
 
 /// RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies
 /// still see in the wild. `name` is lowercase, as `HeaderName::as_str`
@@ -51,7 +47,8 @@ fn hop_by_hop(name: &str) -> bool {
 }
 
 /// What the client may not tell the backend itself: our routing hint and
-/// forwarding claims (the module docs say why).
+/// forwarding claims, never passed on (SPEC §6; the backend learns the
+/// client from `X-Forwarded-For`, which we set).
 fn client_claim(name: &str) -> bool {
     matches!(
         name,
@@ -75,8 +72,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// largest share of the proxy's own instructions per request.
 fn strip(headers: &mut HeaderMap, doomed: fn(&str) -> bool) {
     // Names listed in Connection go first, while Connection is still there.
-    // Collected only when one is not removed anyway and is present: the
-    // common values are `keep-alive` and `close`, which allocate nothing.
+    // Collected only when present: the common values (`keep-alive`,
+    // `close`) name no header of the message, and parse nothing.
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -84,7 +81,6 @@ fn strip(headers: &mut HeaderMap, doomed: fn(&str) -> bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|token| !lowercase(token).is_some_and(|t| doomed(t.as_str())))
             .filter(|token| headers.contains_key(*token))
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
@@ -95,26 +91,6 @@ fn strip(headers: &mut HeaderMap, doomed: fn(&str) -> bool) {
     // Each removal rescans: there are rarely more than one or two.
     while let Some(name) = headers.keys().find(|k| doomed(k.as_str())).cloned() {
         headers.remove(name);
-    }
-}
-
-/// `token` in lowercase, on the stack; `None` if longer than any name
-/// `strip` is given.
-fn lowercase(token: &str) -> Option<Lowercase> {
-    let mut out = Lowercase([0; 24], 0);
-    let dst = out.0.get_mut(..token.len())?;
-    dst.copy_from_slice(token.as_bytes());
-    dst.make_ascii_lowercase();
-    out.1 = token.len();
-    Some(out)
-}
-
-struct Lowercase([u8; 24], usize);
-
-impl Lowercase {
-    fn as_str(&self) -> &str {
-        // ASCII lowercasing of a `&str` keeps it UTF-8.
-        std::str::from_utf8(&self.0[..self.1]).unwrap_or_default()
     }
 }
 

@@ -114,12 +114,9 @@ where
                         closed_idle_at = Some(now);
                         close(conn.as_mut());
                     }
-                    // Already closing politely; if it takes longer than
-                    // another idle period, stop waiting. (The idle deadline
-                    // itself has passed by then: without the second period
-                    // the next wake would cut the polite close short.)
-                    Some(Expired::Idle)
-                        if closed_idle_at.is_some_and(|at| now < at + t.idle) => {}
+                    // Already closing politely, and it took longer than
+                    // another idle period (the timer is not armed before
+                    // `closed_idle_at` + idle): stop waiting.
                     Some(Expired::Idle) => return Err(ConnectionEnd::IdleTimeout),
                     None => {}
                 }

@@ -19,8 +19,8 @@ use criterion::{Criterion, Throughput};
 use ipnet::IpNet;
 use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
 use portcullis::policy::{
-    Changed, PolicyOptions, PolicySet, RequestFacts, Rules, Snapshot, Target, decide,
-    parse_snapshot,
+    Counterparts, PolicyOptions, PolicySet, RequestFacts, Rules, Snapshot, Target, decide,
+    parse_snapshot, parse_snapshot_over,
 };
 use portcullis::route::{RouteInput, Router};
 use portcullis_test_kit::synth::{MISS_V4, MISS_V6, Rng, Scale, generate};
@@ -168,13 +168,27 @@ fn bench_scale(c: &mut Criterion, name: &str, scale: Scale) {
     g.bench_function("parse+validate", |b| {
         b.iter(|| parse_snapshot(black_box(&json)).map(|s| s.version))
     });
-    // A whole document applied over the set in force with nothing changed
-    // (a `PUT /snapshot` or file reload of the same entries): fingerprint
-    // every entry, compile reusing all of them.
-    g.bench_function("compile-over-previous", |b| {
+    // A whole document applied over the set in force (a `PUT /snapshot`
+    // or file reload), read and compiled as a reload does: with nothing
+    // changed every entry is kept; a document of another seed changes
+    // nearly all of them.
+    let options = PolicyOptions::default();
+    let other = serde_json::to_vec(&generate(scale, 2)).expect("serialisable");
+    for (case, document) in [("same", &json), ("other", &other)] {
+        g.bench_function(format!("parse+compile-over-previous/{case}"), |b| {
+            b.iter(|| {
+                let read =
+                    parse_snapshot_over(black_box(document), Counterparts::new(&set, options))
+                        .expect("generated snapshots are valid");
+                read.compile(options, &set).map(|s| s.version())
+            })
+        });
+    }
+    g.bench_function("parse+compile/other", |b| {
         b.iter(|| {
-            let changed = Changed::between(&set, black_box(&snapshot));
-            PolicySet::compile_reusing(&snapshot, PolicyOptions::default(), &set, &changed)
+            let snapshot =
+                parse_snapshot(black_box(&other)).expect("generated snapshots are valid");
+            PolicySet::compile(&snapshot, options).version()
         })
     });
     g.finish();

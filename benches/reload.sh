@@ -7,6 +7,8 @@
 #
 #   SCALE=small|medium|large (large)  RELOADS=N (10)  PORT_BASE=P (24600)
 #   BUILD=0 (use the release binaries as they are)
+#   PORTCULLIS_BIN=path (the portcullis binary to measure, for an A/B of
+#   two builds; default the release build's)
 #
 # Prints, for the first load (the file source, at start) and for each
 # reload: the time (start to ready; curl's total for a PUT, and the
@@ -24,6 +26,7 @@ settings_from_env "$@"
 DATA_PORT=$PORT_BASE
 ADMIN_PORT=$((PORT_BASE + 1))
 BIN="$ROOT/target/release"
+PORTCULLIS_BIN="${PORTCULLIS_BIN:-$BIN/portcullis}"
 WORK="$(mktemp -d)"
 PID=
 cleanup() {
@@ -60,7 +63,7 @@ mib() { echo "$(($1 / 1024)) MiB"; }
 echo "== scale $SCALE: $(stat -c %s "$WORK/snapshot.json") bytes, $RELOADS reloads"
 start=$(date +%s.%N)
 RUST_LOG="${RUST_LOG:-info,portcullis::reload::store=debug}" \
-    "$BIN/portcullis" run --config "$WORK/portcullis.toml" >"$WORK/portcullis.log" 2>&1 &
+    "$PORTCULLIS_BIN" run --config "$WORK/portcullis.toml" >"$WORK/portcullis.log" 2>&1 &
 PID=$!
 wait_until 120 curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" || { tail "$WORK/portcullis.log" >&2; exit 1; }
 ready=$(echo "$(date +%s.%N) - $start" | bc)

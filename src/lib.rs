@@ -9,9 +9,10 @@
 //! listener: TLS not terminated, routed by SNI, spliced. [`reload`] keeps the policy snapshot
 //! current, [`metrics`] and [`explain`] make it observable.
 
-// Two audited exceptions, `memory::release_free_memory` (an FFI call into
-// the C allocator) and `background::set_idle_policy` (one system call);
-// everything else is safe Rust.
+// Three audited exceptions, `memory::release_free_memory` and
+// `memory::fix_allocator_thresholds` (FFI calls into the C allocator) and
+// `background::set_idle_policy` (one system call); everything else is
+// safe Rust.
 #![deny(unsafe_code)]
 
 pub mod access_log;

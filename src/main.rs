@@ -194,6 +194,8 @@ fn parse_vpce(s: &str) -> Result<VpceId, String> {
 }
 
 fn main() -> ExitCode {
+    // Before anything allocates much: see its comment.
+    portcullis::memory::fix_allocator_thresholds();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -1,75 +1,20 @@
-//! Which entries of a snapshot differ from those a compiled set was
-//! compiled from: what [`PolicySet::compile_reusing`] must compile again.
+//! A document described against the set compiled before it: each entry
+//! either kept (its index in that set) or changed (its model), a
+//! [`Delta`], which [`PolicySet::compile_delta`] compiles.
 //!
-//! The etcd follower knows which keys a watch batch touched; a whole
-//! document (file, URL, `PUT /snapshot`) says nothing, so its entries are
-//! compared by fingerprint (`super::fingerprint`) with the set in force.
-//! Both find an entry's counterpart by id with the same [`Pairing`].
-//! A source that keeps no model of its unchanged entries (the etcd
-//! follower) describes its document as a [`Delta`] instead: each entry
-//! either kept (its index in the previous set) or changed (its model).
+//! The etcd follower knows which keys a watch batch touched. A whole
+//! document (file, URL, `PUT /snapshot`) says nothing, so it is read over
+//! the set in force ([`Counterparts`], [`ReadOver`]): each entry is
+//! compared by fingerprint (`super::fingerprint`) with the same id's as
+//! it is read, and an unchanged one is kept by index, its model dropped.
 
-use std::collections::HashSet;
+use std::cell::OnceCell;
 use std::hash::Hash;
+use std::sync::Arc;
 
-use super::compile::{FastMap, PolicySet, index_u32};
+use super::compile::{CompiledDeployment, CompiledPolicy, FastMap, PolicySet, index_u32};
 use super::fingerprint::Fingerprint;
-use super::model::{Deployment, Policy, Snapshot};
-
-/// The entries whose content changed (added, replaced or removed) since a
-/// set was compiled, by id.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changed {
-    pub policies: HashSet<String>,
-    pub deployments: HashSet<String>,
-}
-
-impl Changed {
-    pub fn is_empty(&self) -> bool {
-        self.policies.is_empty() && self.deployments.is_empty()
-    }
-
-    /// The entries of `snapshot` that differ from those `previous` was
-    /// compiled from: added, replaced or removed, by id.
-    pub fn between(previous: &PolicySet, snapshot: &Snapshot) -> Self {
-        let policies = differing(
-            previous.policies.iter().map(|p| (&*p.id, p.fingerprint)),
-            &snapshot.policies,
-            |p| &p.id,
-        );
-        let deployments = differing(
-            previous.deployments.iter().map(|d| (&*d.id, d.fingerprint)),
-            &snapshot.deployments,
-            |d| &d.id,
-        );
-        Self {
-            policies,
-            deployments,
-        }
-    }
-}
-
-/// Ids whose fingerprint differs between `old` and `new`, or that only one
-/// of them has.
-fn differing<'a, T: Hash>(
-    old: impl Iterator<Item = (&'a str, Fingerprint)>,
-    new: &'a [T],
-    id: impl Fn(&T) -> &str,
-) -> HashSet<String> {
-    let (old_ids, old_prints): (Vec<&str>, Vec<Fingerprint>) = old.unzip();
-    let pairing = Pairing::new(new.iter().map(&id), &old_ids, &HashSet::new());
-    let replaced = new
-        .iter()
-        .zip(&pairing.old)
-        .filter(|&(e, &o)| old_prints.get(o as usize) != Some(&Fingerprint::of(e)))
-        .map(|(e, _)| id(e));
-    let removed = old_ids
-        .iter()
-        .zip(&pairing.new)
-        .filter(|&(_, &n)| n == NONE)
-        .map(|(&id, _)| id);
-    replaced.chain(removed).map(str::to_owned).collect()
-}
+use super::model::{Deployment, Policy};
 
 /// One entry of a document described against the set compiled before it.
 #[derive(Debug, Clone, Copy)]
@@ -106,47 +51,6 @@ pub(super) struct Pairing {
 }
 
 impl Pairing {
-    /// Pairs items by id: the same position first (most items keep theirs),
-    /// then one pass over the previous items for those that moved.
-    pub(super) fn new<'a>(
-        new_ids: impl ExactSizeIterator<Item = &'a str>,
-        old_ids: &[&str],
-        changed: &HashSet<String>,
-    ) -> Self {
-        // A fast hash: every id is looked up (`changed` is small).
-        let changed: FastMap<&str, ()> = changed.iter().map(|id| (id.as_str(), ())).collect();
-        let mut old = vec![NONE; new_ids.len()];
-        let mut reuse = vec![false; new_ids.len()];
-        let mut moved: FastMap<&str, usize> = FastMap::default();
-        for (i, id) in new_ids.enumerate() {
-            if old_ids.get(i) == Some(&id) {
-                old[i] = index_u32(i);
-            } else {
-                moved.insert(id, i);
-            }
-            if let Some(r) = reuse.get_mut(i) {
-                *r = changed.is_empty() || !changed.contains_key(id);
-            }
-        }
-        if !moved.is_empty() {
-            for (o, id) in old_ids.iter().enumerate() {
-                if let Some(&i) = moved.get(id) {
-                    old[i] = index_u32(o);
-                }
-            }
-        }
-        let mut new = vec![NONE; old_ids.len()];
-        for (i, &o) in old.iter().enumerate() {
-            if let Some(slot) = new.get_mut(o as usize) {
-                *slot = index_u32(i);
-            }
-        }
-        for (r, &o) in reuse.iter_mut().zip(&old) {
-            *r &= o != NONE;
-        }
-        Self { old, new, reuse }
-    }
-
     /// Pairs the items of a [`super::Delta`] with those of a previous set
     /// of `old_len` items: a slot with the item it names (reused when
     /// kept). `None` when a slot names no item of that set, or one another
@@ -190,5 +94,199 @@ impl Pairing {
     /// at the same index: nothing keyed by its index needs touching.
     pub(super) fn same(&self, i: usize) -> bool {
         self.reused(i) == Some(i)
+    }
+}
+
+/// An entry of a document read over the set compiled before it
+/// ([`super::validate::parse_snapshot_over`]): that set's entry, unchanged,
+/// by its index; or the entry's model, with its previous version's index.
+///
+/// The model is boxed: a kept entry then takes 16 bytes in its list, not
+/// the size of a model (over 100 bytes), and most entries of a reload are
+/// kept.
+#[derive(Debug)]
+pub enum Entry<T> {
+    Kept(u32),
+    Changed(Box<T>, Option<u32>),
+}
+
+impl<T> Entry<T> {
+    pub fn slot(&self) -> Slot<'_, T> {
+        match self {
+            Self::Kept(o) => Slot::Kept(*o),
+            Self::Changed(m, was) => Slot::Changed(m, *was),
+        }
+    }
+
+    /// The model, unless the entry was kept.
+    pub fn model(self) -> Option<T> {
+        match self {
+            Self::Kept(_) => None,
+            Self::Changed(m, _) => Some(*m),
+        }
+    }
+}
+
+/// A document read over a compiled set: the model of each entry that set
+/// does not hold unchanged, the index there of each it does. An unchanged
+/// entry's model is dropped as soon as it is read, so reading a document
+/// that changes little over the set in force holds little besides the
+/// document.
+#[derive(Debug)]
+pub struct ReadOver {
+    pub version: u64,
+    pub policies: Vec<Entry<Policy>>,
+    pub deployments: Vec<Entry<Deployment>>,
+}
+
+impl ReadOver {
+    /// How many entries are new or changed (removed ones not counted).
+    pub fn changed(&self) -> usize {
+        fn changed<T>(entries: &[Entry<T>]) -> usize {
+            entries
+                .iter()
+                .filter(|e| matches!(e, Entry::Changed(..)))
+                .count()
+        }
+        changed(&self.policies) + changed(&self.deployments)
+    }
+
+    /// The document, when it was read over no set (every entry has its
+    /// model).
+    pub fn into_snapshot(self) -> super::model::Snapshot {
+        super::model::Snapshot {
+            version: self.version,
+            policies: self.policies.into_iter().filter_map(Entry::model).collect(),
+            deployments: self
+                .deployments
+                .into_iter()
+                .filter_map(Entry::model)
+                .collect(),
+        }
+    }
+
+    /// Compiles the document over `previous`, the set it was read over, as
+    /// [`PolicySet::compile`] would compile it whole. `None` when it was
+    /// read over another set (see [`PolicySet::compile_delta`]).
+    pub fn compile(
+        &self,
+        options: super::PolicyOptions,
+        previous: &PolicySet,
+    ) -> Option<PolicySet> {
+        let policies: Vec<Slot<'_, Policy>> = self.policies.iter().map(Entry::slot).collect();
+        let deployments: Vec<Slot<'_, Deployment>> =
+            self.deployments.iter().map(Entry::slot).collect();
+        let delta = Delta {
+            version: self.version,
+            policies: &policies,
+            deployments: &deployments,
+        };
+        PolicySet::compile_delta(delta, options, previous)
+    }
+}
+
+/// The entries of a compiled set, found by id, to read a document over:
+/// each entry read is compared, by fingerprint, with the same id's.
+pub struct Counterparts<'p> {
+    set: &'p PolicySet,
+    policies: Side<'p, CompiledPolicy>,
+    deployments: Side<'p, CompiledDeployment>,
+}
+
+impl<'p> Counterparts<'p> {
+    /// `None` when `set` was compiled with other options: none of it can
+    /// be reused.
+    pub fn new(set: &'p PolicySet, options: super::PolicyOptions) -> Option<Self> {
+        (set.options == options).then(|| Self {
+            set,
+            policies: Side::new(&set.policies),
+            deployments: Side::new(&set.deployments),
+        })
+    }
+
+    pub fn set(&self) -> &'p PolicySet {
+        self.set
+    }
+
+    /// `policy`, read at `position` in its document, against the set's.
+    pub fn policy(&self, position: usize, policy: Policy) -> Entry<Policy> {
+        let found = self.policies.find(position, &policy.id);
+        self.policies.entry(policy, found)
+    }
+
+    /// `deployment`, read at `position` in its document, against the set's.
+    pub fn deployment(&self, position: usize, deployment: Deployment) -> Entry<Deployment> {
+        let found = self.deployments.find(position, &deployment.id);
+        self.deployments.entry(deployment, found)
+    }
+}
+
+/// A compiled entry's id and the fingerprint of the model it came from.
+trait Compiled {
+    fn id(&self) -> &str;
+    fn fingerprint(&self) -> Fingerprint;
+}
+
+impl Compiled for CompiledPolicy {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+}
+
+impl Compiled for CompiledDeployment {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+}
+
+/// One list of a compiled set's entries, by position and by id.
+struct Side<'p, C> {
+    entries: &'p [Arc<C>],
+    /// Built at the first entry found away from its previous position.
+    by_id: OnceCell<FastMap<&'p str, u32>>,
+}
+
+impl<'p, C: Compiled> Side<'p, C> {
+    fn new(entries: &'p [Arc<C>]) -> Self {
+        Self {
+            entries,
+            by_id: OnceCell::new(),
+        }
+    }
+
+    /// The index of `id`: `position` when it has not moved (most entries
+    /// keep theirs), else through the map.
+    fn find(&self, position: usize, id: &str) -> Option<u32> {
+        if self.entries.get(position).map(|c| c.id()) == Some(id) {
+            return Some(index_u32(position));
+        }
+        let by_id = self.by_id.get_or_init(|| {
+            let mut map = FastMap::default();
+            map.reserve(self.entries.len());
+            for (i, c) in self.entries.iter().enumerate() {
+                map.entry(c.id()).or_insert(index_u32(i));
+            }
+            map
+        });
+        by_id.get(id).copied()
+    }
+
+    /// Kept when the entry `found` has the same fingerprint.
+    fn entry<T: Hash>(&self, model: T, found: Option<u32>) -> Entry<T> {
+        let print = found
+            .and_then(|o| self.entries.get(o as usize))
+            .map(|c| c.fingerprint());
+        match found {
+            Some(o) if print == Some(Fingerprint::of(&model)) => Entry::Kept(o),
+            was => Entry::Changed(Box::new(model), was),
+        }
     }
 }

@@ -2,9 +2,10 @@
 //! the set in force compiles only what it changed.
 //!
 //! Each compiled policy and deployment keeps the fingerprint of the model
-//! entry it was compiled from. `Changed::between` (`super::changed`)
-//! fingerprints a new document's entries and names those that differ (or
-//! are new, or gone); `PolicySet::compile_reusing` then reuses the rest.
+//! entry it was compiled from. A new document is read over the set in
+//! force (`super::changed::Counterparts`): each entry is fingerprinted as
+//! it is read and, when its id's fingerprint is the same, kept by index,
+//! its model dropped; `PolicySet::compile_delta` then reuses the rest.
 //! A document that changes one policy in a hundred thousand costs its
 //! parse and validation, the fingerprints, and a compile of that one
 //! policy, and the new set shares the unchanged deployments with the old

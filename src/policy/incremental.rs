@@ -2,7 +2,8 @@
 //!
 //! The etcd follower changes a few entries at a time in a world of
 //! hundreds of thousands; compiling it all again for each change costs
-//! hundreds of milliseconds at the large scale. [`PolicySet::compile_reusing`]
+//! hundreds of milliseconds at the large scale; a whole document reloaded
+//! over the set in force mostly repeats it. [`PolicySet::compile_delta`]
 //! builds the same set (the same answers, indices and statistics as
 //! [`PolicySet::compile`]) while reusing what the change did not touch:
 //! - an unchanged policy's compiled form, its IP matcher included, is
@@ -28,67 +29,23 @@ use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::changed::{Changed, Delta, NONE, Pairing, Slot};
+use super::changed::{Delta, NONE, Pairing, Slot};
 use super::compile::{
     AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, EndpointMaps, FastMap, Hits,
     Hot, Members, NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment,
     compile_policy, hot_record, index_u32, members_of, name,
 };
-use super::model::Snapshot;
 
 /// A previous set that cannot be carried over: its users look theirs up.
 const PENDING: u32 = u32::MAX - 1;
 
 impl PolicySet {
-    /// Compiles `snapshot` as [`PolicySet::compile`] would, reusing what
-    /// `previous` holds for the entries `changed` does not name.
-    ///
-    /// `previous` must have been compiled from the same entries before the
-    /// changes `changed` lists (ids are matched, positions may differ), and
-    /// `snapshot` be valid: a deployment that did not change is taken to
-    /// associate the same policies, which holds when every id it names
-    /// exists (as validation and the etcd entries ensure).
-    /// Falls back to a full compile when the options differ or most of the
-    /// world changed.
-    pub fn compile_reusing(
-        snapshot: &Snapshot,
-        options: PolicyOptions,
-        previous: &PolicySet,
-        changed: &Changed,
-    ) -> Self {
-        let size = snapshot.policies.len() + snapshot.deployments.len();
-        let most = changed.policies.len() + changed.deployments.len() > size / 4 + 16;
-        if options != previous.options || most {
-            return Self::compile(snapshot, options);
-        }
-        let policies = slots(
-            &snapshot.policies,
-            |p| &p.id,
-            previous.policies.iter().map(|p| &*p.id),
-            &changed.policies,
-        );
-        let deployments = slots(
-            &snapshot.deployments,
-            |d| &d.id,
-            previous.deployments.iter().map(|d| &*d.id),
-            &changed.deployments,
-        );
-        let delta = Delta {
-            version: snapshot.version,
-            policies: &policies,
-            deployments: &deployments,
-        };
-        match Reuse::new(delta, previous) {
-            Some(reuse) => reuse.build(options),
-            // Not reached: the slots come from a pairing with `previous`.
-            None => Self::compile(snapshot, options),
-        }
-    }
-
     /// Compiles the document `delta` describes against `previous`, as
     /// [`PolicySet::compile`] would compile it whole. `previous` must be
     /// the set the [`Slot::Kept`] indices point into, and the document
-    /// valid (as for [`PolicySet::compile_reusing`]). `None` when a kept
+    /// valid: a deployment kept is taken to associate the same policies,
+    /// which holds when every id it names exists (as validation and the
+    /// etcd entries ensure). `None` when a kept
     /// index is not one of `previous` or is kept twice: the delta was not
     /// made against that set.
     pub fn compile_delta(
@@ -101,26 +58,6 @@ impl PolicySet {
         }
         Some(Reuse::new(delta, previous)?.build(options))
     }
-}
-
-/// A document's entries as slots against a previous set's (ids
-/// `old_ids`): paired by id, those not `changed` kept.
-fn slots<'a, T>(
-    entries: &'a [T],
-    id: impl Fn(&T) -> &str,
-    old_ids: impl Iterator<Item = &'a str>,
-    changed: &HashSet<String>,
-) -> Vec<Slot<'a, T>> {
-    let old_ids: Vec<&str> = old_ids.collect();
-    let pairing = Pairing::new(entries.iter().map(&id), &old_ids, changed);
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| match pairing.reused(i) {
-            Some(o) => Slot::Kept(index_u32(o)),
-            None => Slot::Changed(e, pairing.old.get(i).copied().filter(|&o| o != NONE)),
-        })
-        .collect()
 }
 
 /// One incremental compile under way.

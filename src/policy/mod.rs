@@ -15,7 +15,7 @@ mod ipset;
 pub mod model;
 pub mod validate;
 
-pub use changed::{Changed, Delta, Slot};
+pub use changed::{Counterparts, Delta, Entry, ReadOver, Slot};
 pub use compile::{
     CompiledDeployment, CompiledPolicy, DeploymentIndex, PolicyIndex, PolicyOptions, PolicySet,
     Stats, UnassociatedPrivateTraffic,
@@ -26,4 +26,6 @@ pub use model::{
     AzureRule, Deployment, Enforcement, GcpRule, IpRule, Policy, PolicyType, Product, Provider,
     Region, Resource, Rules, Snapshot, VpceRule,
 };
-pub use validate::{SnapshotError, SnapshotErrors, parse_snapshot, validate_value};
+pub use validate::{
+    SnapshotError, SnapshotErrors, parse_snapshot, parse_snapshot_over, validate_value,
+};

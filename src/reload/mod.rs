@@ -161,7 +161,7 @@ impl Reloader {
         })
         .await
         .map_err(|e| ApplyError::Internal(e.to_string()))
-        .and_then(|r| r.map_err(ApplyError::Invalid));
+        .and_then(|r| r);
         let (loaded, bytes, leftovers) = match prepared {
             Ok(p) => p,
             Err(e) => {

@@ -8,8 +8,11 @@
 //! path whose error they expect ([`field_cases`], [`one_error_each`],
 //! [`missing_each`]); [`run_cases`] takes the rest as closures.
 
+use std::sync::OnceLock;
+
 use portcullis::policy::{
-    Enforcement, Product, Rules, Snapshot, SnapshotError, SnapshotErrors, parse_snapshot,
+    Counterparts, Enforcement, PolicyOptions, PolicySet, Product, Rules, Snapshot, SnapshotError,
+    SnapshotErrors, parse_snapshot, parse_snapshot_over,
 };
 use serde_json::{Value, json};
 
@@ -43,7 +46,33 @@ fn base() -> Value {
 }
 
 fn parse(v: &Value) -> Result<Snapshot, SnapshotErrors> {
-    parse_snapshot(&serde_json::to_vec(v).expect("serialise test JSON"))
+    parse_both(&serde_json::to_vec(v).expect("serialise test JSON"))
+}
+
+/// Parses `bytes` whole and again over the set compiled from [`base`], as
+/// a reload reads a document over the set in force: most entries of every
+/// case are then kept from that set (their models dropped as read), and
+/// the verdict and errors must be the same.
+fn parse_both(bytes: &[u8]) -> Result<Snapshot, SnapshotErrors> {
+    static BASE: OnceLock<PolicySet> = OnceLock::new();
+    let options = PolicyOptions::default();
+    let set = BASE.get_or_init(|| PolicySet::compile(&parse_ok_whole(&base()), options));
+    let whole = parse_snapshot(bytes);
+    let over = parse_snapshot_over(bytes, Counterparts::new(set, options));
+    match (&whole, &over) {
+        (Ok(_), Ok(_)) => {}
+        (Err(a), Err(b)) => assert_eq!(a, b, "the same errors read over a set"),
+        _ => panic!(
+            "read over a set: {:?}, whole: {:?}",
+            over.err(),
+            whole.as_ref().err()
+        ),
+    }
+    whole
+}
+
+fn parse_ok_whole(v: &Value) -> Snapshot {
+    parse_snapshot(&serde_json::to_vec(v).expect("serialise test JSON")).expect("a valid base")
 }
 
 fn parse_ok(v: &Value) -> Snapshot {
@@ -101,7 +130,7 @@ fn assert_refused(v: &Value, expected: &[(&str, &str)]) {
 }
 
 fn assert_errors(bytes: &[u8], expected: &[(&str, &str)]) {
-    if let Err(why) = compare(parse_snapshot(bytes), expected) {
+    if let Err(why) = compare(parse_both(bytes), expected) {
         panic!("{}: {why}", String::from_utf8_lossy(bytes));
     }
 }

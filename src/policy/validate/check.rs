@@ -452,6 +452,22 @@ pub(super) struct Unassociated<'de> {
     pub policies: Slot<Vec<Scalar<'de>>>,
 }
 
+impl Unassociated<'_> {
+    /// The policy ids it associates, as [`associations`] returns them when
+    /// every one exists in the right region; `None` when the list is not a
+    /// list of strings (an error [`associations`] reports).
+    pub(super) fn associated(&self) -> Option<Vec<String>> {
+        match &self.policies {
+            None => Some(Vec::new()),
+            Some(Err(_)) => None,
+            Some(Ok(list)) => {
+                let ids: Option<Vec<&str>> = list.iter().map(Scalar::as_str).collect();
+                Some(first_mentions(ids?.into_iter()))
+            }
+        }
+    }
+}
+
 pub(super) fn deployment<'de>(
     mut slot: Slot<Obj<'de, RawDeployment<'de>>>,
     path: Path<'_>,
@@ -659,12 +675,17 @@ pub(super) fn associations<'r>(
         }
         Some(id)
     })?;
-    // An association listed twice is harmless: keep the first.
+    Some(first_mentions(ids.into_iter()))
+}
+
+/// The ids in order, each kept at its first mention: an association listed
+/// twice is harmless.
+fn first_mentions<'a>(ids: impl ExactSizeIterator<Item = &'a str>) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(ids.len());
     for id in ids {
         if !out.iter().any(|o| o == id) {
             out.push(id.to_owned());
         }
     }
-    Some(out)
+    out
 }

@@ -49,6 +49,7 @@ use self::raw::{
     DOCUMENT_FIELDS, DocumentShape, EntrySink, Expect, Kind, Obj, RawDeployment, RawDocument,
     RawPolicy, Shaped, Slot,
 };
+use super::changed::{Counterparts, Entry, ReadOver};
 use super::compile::FastMap;
 use super::model::{Deployment, Policy, Region, Snapshot};
 
@@ -93,19 +94,32 @@ impl std::error::Error for SnapshotErrors {}
 
 /// Parses and validates snapshot JSON.
 pub fn parse_snapshot(json: &[u8]) -> Result<Snapshot, SnapshotErrors> {
+    parse_snapshot_over(json, None).map(ReadOver::into_snapshot)
+}
+
+/// Parses and validates snapshot JSON as [`parse_snapshot`] does, over
+/// the set `over` names when there is one: a valid entry that set holds
+/// unchanged (same id, same fingerprint) is kept as that set's index and
+/// its model dropped as soon as it is read. The checks and errors are the
+/// same either way.
+pub fn parse_snapshot_over(
+    json: &[u8],
+    over: Option<Counterparts<'_>>,
+) -> Result<ReadOver, SnapshotErrors> {
     // One pass over the whole document checks its UTF-8 faster than
     // serde_json checks each string; invalid UTF-8 is read byte by byte
     // for serde_json's error and position.
     match std::str::from_utf8(json) {
-        Ok(text) => read_document(serde_json::Deserializer::from_str(text)),
-        Err(_) => read_document(serde_json::Deserializer::from_slice(json)),
+        Ok(text) => read_document(serde_json::Deserializer::from_str(text), over),
+        Err(_) => read_document(serde_json::Deserializer::from_slice(json), over),
     }
 }
 
 fn read_document<'de, R: serde_json::de::Read<'de>>(
     mut de: serde_json::Deserializer<R>,
-) -> Result<Snapshot, SnapshotErrors> {
-    let mut doc = Document::default();
+    over: Option<Counterparts<'_>>,
+) -> Result<ReadOver, SnapshotErrors> {
+    let mut doc = Document::new(over);
     let raw = Expect(DocumentShape(&mut doc))
         .deserialize(&mut de)
         .and_then(|raw| de.end().map(|()| raw))
@@ -115,11 +129,11 @@ fn read_document<'de, R: serde_json::de::Read<'de>>(
 
 /// Validates an already-parsed JSON document.
 pub fn validate_value(root: &Value) -> Result<Snapshot, SnapshotErrors> {
-    let mut doc = Document::default();
+    let mut doc = Document::new(None);
     let raw = Expect(DocumentShape(&mut doc))
         .deserialize(root)
         .map_err(invalid_json)?;
-    doc.finish(raw)
+    doc.finish(raw).map(ReadOver::into_snapshot)
 }
 
 /// Parses and validates one policy on its own (an etcd key's value). Paths
@@ -244,13 +258,14 @@ impl Errors {
 // The document
 
 /// A document being read: each entry is checked as it arrives and only its
-/// model kept; deployments wait for the policies to have their
-/// associations checked.
-#[derive(Default)]
-struct Document<'de> {
+/// model kept (or, read over a set that holds it unchanged, that set's
+/// index); deployments wait for the policies to have their associations
+/// checked.
+struct Document<'de, 'p> {
+    over: Option<Counterparts<'p>>,
     /// The valid policies (an invalid one leaves an error, so the document
     /// is refused: the list is only used when complete).
-    policies: Vec<Policy>,
+    policies: Vec<Entry<Policy>>,
     /// Each policy's region by index (`None` when invalid), and the index
     /// that first used each id.
     regions: Vec<Option<Region>>,
@@ -265,11 +280,16 @@ struct Document<'de> {
 struct Pending<'de> {
     /// `None` when the entry was not an object.
     checked: Option<Unassociated<'de>>,
+    /// Read over a set that holds it unchanged: that set's index (its
+    /// model, in `checked`, is then dropped).
+    kept: Option<u32>,
+    /// Otherwise, where that set holds its previous version.
+    was: Option<u32>,
     /// Its errors end here in `deployment_errs`.
     errs_end: usize,
 }
 
-impl<'de> EntrySink<'de> for Document<'de> {
+impl<'de> EntrySink<'de> for Document<'de, '_> {
     fn policy(&mut self, entry: Slot<Obj<'de, RawPolicy<'de>>>) {
         let i = self.regions.len();
         let entries = Path::Root.key("policies");
@@ -288,7 +308,10 @@ impl<'de> EntrySink<'de> for Document<'de> {
             }
         }
         self.regions.push(region);
-        self.policies.extend(policy);
+        self.policies.extend(policy.map(|p| match &self.over {
+            Some(over) => over.policy(i, p),
+            None => Entry::Changed(Box::new(p), None),
+        }));
     }
 
     fn deployment(&mut self, entry: Slot<Obj<'de, RawDeployment<'de>>>) {
@@ -296,17 +319,48 @@ impl<'de> EntrySink<'de> for Document<'de> {
         let entries = Path::Root.key("deployments");
         let path = entries.index(i);
         let errs = &mut self.deployment_errs;
-        let checked = check::deployment(entry, path, i, &mut self.names, errs);
+        let mut checked = check::deployment(entry, path, i, &mut self.names, errs);
+        let (mut kept, mut was) = (None, None);
+        // Compared as it will be once its associations are checked (they
+        // need every policy, so that happens at the end).
+        if let (Some(over), Some(d)) = (&self.over, checked.as_mut())
+            && let Some(ids) = d.associated()
+            && let Some(mut model) = d.deployment.take()
+        {
+            model.policies = ids;
+            match over.deployment(i, model) {
+                Entry::Kept(o) => kept = Some(o),
+                Entry::Changed(model, o) => {
+                    was = o;
+                    d.deployment = Some(*model);
+                }
+            }
+        }
         self.deployments.push(Pending {
             checked,
+            kept,
+            was,
             errs_end: errs.0.len(),
         });
     }
 }
 
-impl<'de> Document<'de> {
+impl<'de, 'p> Document<'de, 'p> {
+    fn new(over: Option<Counterparts<'p>>) -> Self {
+        Self {
+            over,
+            policies: Vec::new(),
+            regions: Vec::new(),
+            by_id: FastMap::default(),
+            policy_errs: Errors::default(),
+            deployments: Vec::new(),
+            names: Names::default(),
+            deployment_errs: Errors::default(),
+        }
+    }
+
     /// Checks what needs the whole document and assembles the snapshot.
-    fn finish(mut self, raw: Slot<RawDocument<'de>>) -> Result<Snapshot, SnapshotErrors> {
+    fn finish(mut self, raw: Slot<RawDocument<'de>>) -> Result<ReadOver, SnapshotErrors> {
         let mut errs = Errors::default();
         let raw = match raw {
             Some(Ok(raw)) => raw,
@@ -355,13 +409,19 @@ impl<'de> Document<'de> {
             errs_at = pending.errs_end;
             // An invalid deployment leaves an error, so the document is
             // refused: the list is only used when complete.
-            out.extend(
-                pending
-                    .checked
-                    .and_then(|d| associate(d, entries.index(i), policy, &mut errs)),
-            );
+            let path = entries.index(i);
+            out.extend(match (pending.checked, pending.kept) {
+                (Some(d), Some(o)) => {
+                    let region = d.region.as_ref();
+                    check::associations(d.policies, path.key("policies"), region, policy, &mut errs)
+                        .map(|_| Entry::Kept(o))
+                }
+                (Some(d), None) => associate(d, path, policy, &mut errs)
+                    .map(|d| Entry::Changed(Box::new(d), pending.was)),
+                (None, _) => None,
+            });
         }
-        errs.result(version.map(|version| Snapshot {
+        errs.result(version.map(|version| ReadOver {
             version,
             deployments: out,
             policies,

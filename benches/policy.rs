@@ -168,26 +168,34 @@ fn bench_scale(c: &mut Criterion, name: &str, scale: Scale) {
     g.bench_function("parse+validate", |b| {
         b.iter(|| parse_snapshot(black_box(&json)).map(|s| s.version))
     });
-    // A whole document applied over the set in force (a `PUT /snapshot`
-    // or file reload), read and compiled as a reload does: with nothing
-    // changed every entry is kept; a document of another seed changes
-    // nearly all of them.
+    // A document applied as the proxy applies one: read over the set in
+    // force (a `PUT /snapshot` or file reload) or over none (a first
+    // load), each policy compiled as it is read, then compiled. Over the
+    // set, with nothing changed every entry is kept; a document of another
+    // seed changes nearly all of them. `parse+compile/whole-model` is the
+    // model-first path (`portcullis check`, `PolicySet::compile`).
     let options = PolicyOptions::default();
     let other = serde_json::to_vec(&generate(scale, 2)).expect("serialisable");
     for (case, document) in [("same", &json), ("other", &other)] {
         g.bench_function(format!("parse+compile-over-previous/{case}"), |b| {
             b.iter(|| {
-                let read =
-                    parse_snapshot_over(black_box(document), Counterparts::new(&set, options))
-                        .expect("generated snapshots are valid");
-                read.compile(options, &set).map(|s| s.version())
+                let over = Counterparts::new(&set, options).expect("the same options");
+                let read = parse_snapshot_over(black_box(document), over)
+                    .expect("generated snapshots are valid");
+                read.compile(options, Some(&set)).map(|s| s.version())
             })
         });
     }
-    g.bench_function("parse+compile/other", |b| {
+    g.bench_function("parse+compile/first-load", |b| {
         b.iter(|| {
-            let snapshot =
-                parse_snapshot(black_box(&other)).expect("generated snapshots are valid");
+            let read = parse_snapshot_over(black_box(&json), Counterparts::none())
+                .expect("generated snapshots are valid");
+            read.compile(options, None).map(|s| s.version())
+        })
+    });
+    g.bench_function("parse+compile/whole-model", |b| {
+        b.iter(|| {
+            let snapshot = parse_snapshot(black_box(&json)).expect("generated snapshots are valid");
             PolicySet::compile(&snapshot, options).version()
         })
     });

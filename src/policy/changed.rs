@@ -1,28 +1,35 @@
 //! A document described against the set compiled before it: each entry
-//! either kept (its index in that set) or changed (its model), a
-//! [`Delta`], which [`PolicySet::compile_delta`] compiles.
+//! either kept (its index in that set) or changed (a policy compiled, a
+//! deployment's model), a [`Delta`], which [`PolicySet::compile_delta`]
+//! compiles.
 //!
 //! The etcd follower knows which keys a watch batch touched. A whole
 //! document (file, URL, `PUT /snapshot`) says nothing, so it is read over
 //! the set in force ([`Counterparts`], [`ReadOver`]): each entry is
 //! compared by fingerprint (`super::fingerprint`) with the same id's as
 //! it is read, and an unchanged one is kept by index, its model dropped.
+//! A changed or new policy is compiled as it is read, so a document's
+//! rules are never all held as models; a first load is read the same way,
+//! over no set.
 
 use std::cell::OnceCell;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::compile::{CompiledDeployment, CompiledPolicy, FastMap, PolicySet, index_u32};
+use super::compile::{
+    CompiledDeployment, CompiledPolicy, FastMap, PolicySet, compile_policy, index_u32,
+};
 use super::fingerprint::Fingerprint;
-use super::model::{Deployment, Policy};
+use super::model::{Deployment, Policy, Snapshot};
 
 /// One entry of a document described against the set compiled before it.
 #[derive(Debug, Clone, Copy)]
 pub enum Slot<'a, T> {
     /// Unchanged: the entry at this index of the previous set.
     Kept(u32),
-    /// New or changed: its model, and for a changed entry the index of
-    /// its previous version in the previous set.
+    /// New or changed: what compiles it (a policy's compiled form, a
+    /// deployment's model), and for a changed entry the index of its
+    /// previous version in the previous set.
     Changed(&'a T, Option<u32>),
 }
 
@@ -33,7 +40,9 @@ pub enum Slot<'a, T> {
 #[derive(Debug, Clone, Copy)]
 pub struct Delta<'a> {
     pub version: u64,
-    pub policies: &'a [Slot<'a, Policy>],
+    /// New and changed policies come compiled: a reader compiles each as
+    /// it is read, so their rules are never all held at once.
+    pub policies: &'a [Slot<'a, Arc<CompiledPolicy>>],
     pub deployments: &'a [Slot<'a, Deployment>],
 }
 
@@ -99,83 +108,146 @@ impl Pairing {
 
 /// An entry of a document read over the set compiled before it
 /// ([`super::validate::parse_snapshot_over`]): that set's entry, unchanged,
-/// by its index; or the entry's model, with its previous version's index.
-///
-/// The model is boxed: a kept entry then takes 16 bytes in its list, not
-/// the size of a model (over 100 bytes), and most entries of a reload are
-/// kept.
+/// by its index; or what was kept of the entry (its model, or for a policy
+/// its compiled form), with its previous version's index.
 #[derive(Debug)]
 pub enum Entry<T> {
     Kept(u32),
-    Changed(Box<T>, Option<u32>),
+    Changed(T, Option<u32>),
 }
 
 impl<T> Entry<T> {
-    pub fn slot(&self) -> Slot<'_, T> {
-        match self {
-            Self::Kept(o) => Slot::Kept(*o),
-            Self::Changed(m, was) => Slot::Changed(m, *was),
-        }
-    }
-
-    /// The model, unless the entry was kept.
-    pub fn model(self) -> Option<T> {
+    /// What was kept of the entry, unless it is the previous set's.
+    pub fn changed(self) -> Option<T> {
         match self {
             Self::Kept(_) => None,
-            Self::Changed(m, _) => Some(*m),
+            Self::Changed(m, _) => Some(m),
         }
+    }
+
+    fn is_changed(&self) -> bool {
+        matches!(self, Self::Changed(..))
     }
 }
 
-/// A document read over a compiled set: the model of each entry that set
-/// does not hold unchanged, the index there of each it does. An unchanged
-/// entry's model is dropped as soon as it is read, so reading a document
-/// that changes little over the set in force holds little besides the
-/// document.
-#[derive(Debug)]
-pub struct ReadOver {
-    pub version: u64,
-    pub policies: Vec<Entry<Policy>>,
-    pub deployments: Vec<Entry<Deployment>>,
+/// What a document being read keeps of each valid entry
+/// (`super::validate`).
+pub trait Keep {
+    /// What is kept of a new or changed policy.
+    type Policy;
+
+    /// `policy`, the valid entry at `position` of its document's list.
+    fn policy(&self, position: usize, policy: Policy) -> Entry<Self::Policy>;
+
+    /// Whether deployments are compared with a set's as they are read
+    /// ([`Keep::deployment`]); if not, each is kept whole.
+    fn compares(&self) -> bool;
+
+    /// `deployment`, the valid entry at `position` of its list, with its
+    /// associations as they will be once checked.
+    fn deployment(&self, position: usize, deployment: Deployment) -> Entry<Box<Deployment>>;
 }
 
-impl ReadOver {
+/// Keeps every entry's model: the document whole, as a [`Snapshot`].
+pub struct Whole;
+
+impl Keep for Whole {
+    type Policy = Policy;
+
+    fn policy(&self, _: usize, policy: Policy) -> Entry<Policy> {
+        Entry::Changed(policy, None)
+    }
+
+    fn compares(&self) -> bool {
+        false
+    }
+
+    fn deployment(&self, _: usize, deployment: Deployment) -> Entry<Box<Deployment>> {
+        Entry::Changed(Box::new(deployment), None)
+    }
+}
+
+/// A document as read: each entry kept as a [`Keep`] keeps it (in order),
+/// its associations checked.
+#[derive(Debug)]
+pub struct ReadOver<P = Arc<CompiledPolicy>> {
+    pub version: u64,
+    pub policies: Vec<Entry<P>>,
+    pub deployments: Vec<Entry<Box<Deployment>>>,
+}
+
+impl<P> ReadOver<P> {
     /// How many entries are new or changed (removed ones not counted).
     pub fn changed(&self) -> usize {
-        fn changed<T>(entries: &[Entry<T>]) -> usize {
-            entries
-                .iter()
-                .filter(|e| matches!(e, Entry::Changed(..)))
-                .count()
-        }
-        changed(&self.policies) + changed(&self.deployments)
+        let policies = self.policies.iter().filter(|e| e.is_changed()).count();
+        policies + self.deployments.iter().filter(|e| e.is_changed()).count()
     }
+}
 
-    /// The document, when it was read over no set (every entry has its
-    /// model).
-    pub fn into_snapshot(self) -> super::model::Snapshot {
-        super::model::Snapshot {
+impl ReadOver<Policy> {
+    /// The document read whole ([`Whole`] keeps every model).
+    pub fn into_snapshot(self) -> Snapshot {
+        Snapshot {
             version: self.version,
-            policies: self.policies.into_iter().filter_map(Entry::model).collect(),
+            policies: self
+                .policies
+                .into_iter()
+                .filter_map(Entry::changed)
+                .collect(),
             deployments: self
                 .deployments
                 .into_iter()
-                .filter_map(Entry::model)
+                .filter_map(|e| e.changed().map(|d| *d))
                 .collect(),
         }
     }
+}
 
-    /// Compiles the document over `previous`, the set it was read over, as
-    /// [`PolicySet::compile`] would compile it whole. `None` when it was
-    /// read over another set (see [`PolicySet::compile_delta`]).
+impl ReadOver {
+    /// Compiles the document as [`PolicySet::compile`] would compile it
+    /// whole: over `previous`, the set it was read over, reusing what that
+    /// set holds unchanged; with none, from the policies compiled as they
+    /// were read. `None` when it was read over another set (see
+    /// [`PolicySet::compile_delta`]).
     pub fn compile(
         &self,
         options: super::PolicyOptions,
-        previous: &PolicySet,
+        previous: Option<&PolicySet>,
     ) -> Option<PolicySet> {
-        let policies: Vec<Slot<'_, Policy>> = self.policies.iter().map(Entry::slot).collect();
-        let deployments: Vec<Slot<'_, Deployment>> =
-            self.deployments.iter().map(Entry::slot).collect();
+        let Some(previous) = previous else {
+            let policies = self.policies.iter().map(|e| match e {
+                Entry::Changed(p, _) => Some(p.clone()),
+                Entry::Kept(_) => None,
+            });
+            let deployments = self.deployments.iter().map(|e| match e {
+                Entry::Changed(d, _) => Some(&**d),
+                Entry::Kept(_) => None,
+            });
+            let policies: Option<Box<[_]>> = policies.collect();
+            let deployments: Option<Vec<_>> = deployments.collect();
+            return Some(PolicySet::assemble(
+                self.version,
+                policies?,
+                &deployments?,
+                options,
+            ));
+        };
+        let policies: Vec<Slot<'_, Arc<CompiledPolicy>>> = self
+            .policies
+            .iter()
+            .map(|e| match e {
+                Entry::Kept(o) => Slot::Kept(*o),
+                Entry::Changed(p, was) => Slot::Changed(p, *was),
+            })
+            .collect();
+        let deployments: Vec<Slot<'_, Deployment>> = self
+            .deployments
+            .iter()
+            .map(|e| match e {
+                Entry::Kept(o) => Slot::Kept(*o),
+                Entry::Changed(d, was) => Slot::Changed(&**d, *was),
+            })
+            .collect();
         let delta = Delta {
             version: self.version,
             policies: &policies,
@@ -185,39 +257,56 @@ impl ReadOver {
     }
 }
 
-/// The entries of a compiled set, found by id, to read a document over:
-/// each entry read is compared, by fingerprint, with the same id's.
+/// Reads a document over a compiled set (or over none, for a first load):
+/// each entry is compared, by fingerprint, with the same id's in that set,
+/// and kept by index when they are the same; a new or changed policy is
+/// compiled as it is read, so that a document's rules are never all held
+/// as models.
 pub struct Counterparts<'p> {
-    set: &'p PolicySet,
     policies: Side<'p, CompiledPolicy>,
     deployments: Side<'p, CompiledDeployment>,
 }
 
 impl<'p> Counterparts<'p> {
-    /// `None` when `set` was compiled with other options: none of it can
-    /// be reused.
+    /// Over `set`; `None` when it was compiled with other options: none of
+    /// it can be reused.
     pub fn new(set: &'p PolicySet, options: super::PolicyOptions) -> Option<Self> {
         (set.options == options).then(|| Self {
-            set,
             policies: Side::new(&set.policies),
             deployments: Side::new(&set.deployments),
         })
     }
 
-    pub fn set(&self) -> &'p PolicySet {
-        self.set
+    /// Over no set: every entry is new.
+    pub fn none() -> Self {
+        Self {
+            policies: Side::new(&[]),
+            deployments: Side::new(&[]),
+        }
     }
+}
 
-    /// `policy`, read at `position` in its document, against the set's.
-    pub fn policy(&self, position: usize, policy: Policy) -> Entry<Policy> {
+impl Keep for Counterparts<'_> {
+    type Policy = Arc<CompiledPolicy>;
+
+    fn policy(&self, position: usize, policy: Policy) -> Entry<Arc<CompiledPolicy>> {
         let found = self.policies.find(position, &policy.id);
-        self.policies.entry(policy, found)
+        match self.policies.entry(&policy, found) {
+            Entry::Kept(o) => Entry::Kept(o),
+            Entry::Changed((), was) => Entry::Changed(Arc::new(compile_policy(&policy)), was),
+        }
     }
 
-    /// `deployment`, read at `position` in its document, against the set's.
-    pub fn deployment(&self, position: usize, deployment: Deployment) -> Entry<Deployment> {
+    fn compares(&self) -> bool {
+        !self.deployments.entries.is_empty()
+    }
+
+    fn deployment(&self, position: usize, deployment: Deployment) -> Entry<Box<Deployment>> {
         let found = self.deployments.find(position, &deployment.id);
-        self.deployments.entry(deployment, found)
+        match self.deployments.entry(&deployment, found) {
+            Entry::Kept(o) => Entry::Kept(o),
+            Entry::Changed((), was) => Entry::Changed(Box::new(deployment), was),
+        }
     }
 }
 
@@ -279,14 +368,15 @@ impl<'p, C: Compiled> Side<'p, C> {
         by_id.get(id).copied()
     }
 
-    /// Kept when the entry `found` has the same fingerprint.
-    fn entry<T: Hash>(&self, model: T, found: Option<u32>) -> Entry<T> {
+    /// Kept when the entry `found` has the same fingerprint as `model`;
+    /// else changed, with where its previous version is.
+    fn entry<T: Hash>(&self, model: &T, found: Option<u32>) -> Entry<()> {
         let print = found
             .and_then(|o| self.entries.get(o as usize))
             .map(|c| c.fingerprint());
         match found {
-            Some(o) if print == Some(Fingerprint::of(&model)) => Entry::Kept(o),
-            was => Entry::Changed(Box::new(model), was),
+            Some(o) if print == Some(Fingerprint::of(model)) => Entry::Kept(o),
+            was => Entry::Changed((), was),
         }
     }
 }

@@ -295,32 +295,40 @@ impl PolicySet {
     /// Compiles a validated snapshot. Infallible: validation has already
     /// checked every reference.
     pub fn compile(snapshot: &Snapshot, options: PolicyOptions) -> Self {
-        let policy_index: FastMap<&str, u32> = snapshot
-            .policies
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.as_str(), index_u32(i)))
-            .collect();
-
-        let mut endpoints = EndpointLists::default();
         let policies = snapshot
             .policies
             .iter()
+            .map(|p| Arc::new(compile_policy(p)))
+            .collect();
+        let deployments: Vec<&Deployment> = snapshot.deployments.iter().collect();
+        Self::assemble(snapshot.version, policies, &deployments, options)
+    }
+
+    /// Compiles a validated snapshot whose policies are already compiled
+    /// (each as its document was read, so that their rules were never held
+    /// all at once), as [`PolicySet::compile`] compiles it.
+    pub fn assemble(
+        version: u64,
+        policies: Box<[Arc<CompiledPolicy>]>,
+        deployments: &[&Deployment],
+        options: PolicyOptions,
+    ) -> Self {
+        let policy_index: FastMap<&str, u32> = policies
+            .iter()
             .enumerate()
-            .map(|(pi, p)| {
-                let c = compile_policy(p);
-                endpoints.add(index_u32(pi), &c.endpoints);
-                Arc::new(c)
-            })
-            .collect::<Box<[_]>>();
+            .map(|(i, p)| (&*p.id, index_u32(i)))
+            .collect();
+        let mut endpoints = EndpointLists::default();
+        for (pi, c) in policies.iter().enumerate() {
+            endpoints.add(index_u32(pi), &c.endpoints);
+        }
 
         let mut set_index: FastMap<Box<[u32]>, u32> = FastMap::default();
         let mut sets: Vec<Arc<AssociatedSet>> = Vec::new();
-        let mut hot = Vec::with_capacity(snapshot.deployments.len());
+        let mut hot = Vec::with_capacity(deployments.len());
         let mut names = FastMap::default();
-        names.reserve(snapshot.deployments.len() * 2);
-        let deployments = snapshot
-            .deployments
+        names.reserve(deployments.len() * 2);
+        let deployments = deployments
             .iter()
             .enumerate()
             .map(|(di, d)| {
@@ -345,7 +353,7 @@ impl PolicySet {
         let endpoints = Arc::new(endpoints.finish());
 
         Self {
-            version: snapshot.version,
+            version,
             options,
             hot: hot.into_boxed_slice(),
             deployments,
@@ -456,7 +464,7 @@ pub(crate) fn associated_set(members: &[u32], policies: &[Arc<CompiledPolicy>]) 
 }
 
 /// Compiles one policy: its ranges, its endpoint ids into a list.
-pub(crate) fn compile_policy(p: &Policy) -> CompiledPolicy {
+pub fn compile_policy(p: &Policy) -> CompiledPolicy {
     let mut ip = None;
     let endpoints: Arc<[(EndpointKey, u32)]> = match &p.rules {
         Rules::Ip(rules) => {

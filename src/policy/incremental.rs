@@ -33,7 +33,7 @@ use super::changed::{Delta, NONE, Pairing, Slot};
 use super::compile::{
     AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, EndpointMaps, FastMap, Hits,
     Hot, Members, NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment,
-    compile_policy, hot_record, index_u32, members_of, name,
+    hot_record, index_u32, members_of, name,
 };
 
 /// A previous set that cannot be carried over: its users look theirs up.
@@ -106,7 +106,7 @@ impl<'a> Reuse<'a> {
             .filter_map(|slot| match *slot {
                 // Always there: `Pairing::of_slots` checked it.
                 Slot::Kept(o) => old.get(o as usize).cloned(),
-                Slot::Changed(p, _) => Some(Arc::new(compile_policy(p))),
+                Slot::Changed(p, _) => Some(p.clone()),
             })
             .collect()
     }
@@ -271,7 +271,7 @@ impl<'a> Reuse<'a> {
             for (pi, slot) in self.delta.policies.iter().enumerate() {
                 let id = match *slot {
                     Slot::Kept(o) => old.get(o as usize).map(|p| &*p.id),
-                    Slot::Changed(p, _) => Some(p.id.as_str()),
+                    Slot::Changed(p, _) => Some(&*p.id),
                 };
                 if let Some(slot) = id.and_then(|id| wanted.get_mut(id)) {
                     *slot = index_u32(pi);

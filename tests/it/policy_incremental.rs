@@ -6,6 +6,8 @@
 //! - `PolicySet::compile_delta` from slots, as the etcd entries compile;
 //! - the document written as JSON and read over the set in force, then
 //!   compiled over it, as a reload of a whole document compiles;
+//! - the document read over no set, as a first load reads it (each policy
+//!   compiled as it is read);
 //! - a full compile;
 //!
 //! then the same probes on all: decisions for many requests, name
@@ -13,9 +15,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portcullis::endpoint::{ClientIdentity, PrivateEndpoint, VpceId};
+use portcullis::policy::compile::{CompiledPolicy, compile_policy};
 use portcullis::policy::validate::parse_ip_source;
 use portcullis::policy::{
     AzureRule, Counterparts, Decision, Delta, Deployment, DeploymentIndex, Enforcement, Entry,
@@ -397,7 +401,7 @@ fn run(seed: u64, options: PolicyOptions) {
     }
     std::mem::take(&mut world.changed);
     let mut delta_set = PolicySet::compile(&world.doc, options);
-    let mut read_set = PolicySet::compile(&world.doc, options);
+    let mut read_set = first_load(&world.doc, options);
     compiled(&mut world.policy_places);
     compiled(&mut world.deployment_places);
     for _ in 0..60 {
@@ -406,8 +410,15 @@ fn run(seed: u64, options: PolicyOptions) {
         }
         world.doc.version += 1;
         let changed = std::mem::take(&mut world.changed);
-        // As the etcd entries compile: slots against the set before.
-        let policies = slots(&world.doc.policies, &world.policy_places);
+        // As the etcd entries compile: slots against the set before, the
+        // changed policies compiled.
+        let policy_forms: Vec<Arc<CompiledPolicy>> = world
+            .doc
+            .policies
+            .iter()
+            .map(|p| Arc::new(compile_policy(p)))
+            .collect();
+        let policies = slots(&policy_forms, &world.policy_places);
         let deployments = slots(&world.doc.deployments, &world.deployment_places);
         let delta = Delta {
             version: world.doc.version,
@@ -424,6 +435,12 @@ fn run(seed: u64, options: PolicyOptions) {
         let full = PolicySet::compile(&world.doc, options);
         assert_same(&world.doc, &full, &delta_set, &clients);
         assert_same(&world.doc, &full, &read_set, &clients);
+        assert_same(
+            &world.doc,
+            &full,
+            &first_load(&world.doc, options),
+            &clients,
+        );
     }
 }
 
@@ -438,7 +455,7 @@ fn read_over(
 ) -> PolicySet {
     let json = serde_json::to_vec(doc).expect("serialisable");
     let counterparts = Counterparts::new(previous, options).expect("the same options");
-    let read = parse_snapshot_over(&json, Some(counterparts)).expect("a valid document");
+    let read = parse_snapshot_over(&json, counterparts).expect("a valid document");
     fn modelled<T>(entries: &[Entry<T>], id: impl Fn(&T) -> &str) -> HashSet<String> {
         entries
             .iter()
@@ -454,7 +471,17 @@ fn read_over(
         policies.is_subset(&changed.policies) && deployments.is_subset(&changed.deployments),
         "unchanged entries not kept: {policies:?} {deployments:?} vs {changed:?}"
     );
-    read.compile(options, previous).expect("read over this set")
+    read.compile(options, Some(previous))
+        .expect("read over this set")
+}
+
+/// `doc`, written as JSON and read as a first load reads it: each policy
+/// compiled as it is read, the set assembled from them.
+fn first_load(doc: &Snapshot, options: PolicyOptions) -> PolicySet {
+    let json = serde_json::to_vec(doc).expect("serialisable");
+    let read = parse_snapshot_over(&json, Counterparts::none()).expect("a valid document");
+    assert_eq!(read.changed(), doc.policies.len() + doc.deployments.len());
+    read.compile(options, None).expect("read over no set")
 }
 
 #[test]

@@ -49,24 +49,33 @@ fn parse(v: &Value) -> Result<Snapshot, SnapshotErrors> {
     parse_both(&serde_json::to_vec(v).expect("serialise test JSON"))
 }
 
-/// Parses `bytes` whole and again over the set compiled from [`base`], as
-/// a reload reads a document over the set in force: most entries of every
-/// case are then kept from that set (their models dropped as read), and
-/// the verdict and errors must be the same.
+/// Parses `bytes` whole, again over the set compiled from [`base`] (as a
+/// reload reads a document over the set in force: most entries of every
+/// case are then kept from that set, their models dropped as read) and
+/// over none (as a first load reads it, each policy compiled as read): the
+/// verdict and errors must be the same.
 fn parse_both(bytes: &[u8]) -> Result<Snapshot, SnapshotErrors> {
     static BASE: OnceLock<PolicySet> = OnceLock::new();
     let options = PolicyOptions::default();
     let set = BASE.get_or_init(|| PolicySet::compile(&parse_ok_whole(&base()), options));
     let whole = parse_snapshot(bytes);
-    let over = parse_snapshot_over(bytes, Counterparts::new(set, options));
-    match (&whole, &over) {
-        (Ok(_), Ok(_)) => {}
-        (Err(a), Err(b)) => assert_eq!(a, b, "the same errors read over a set"),
-        _ => panic!(
-            "read over a set: {:?}, whole: {:?}",
-            over.err(),
-            whole.as_ref().err()
+    let over = Counterparts::new(set, options).expect("the same options");
+    for (how, read) in [
+        ("over a set", parse_snapshot_over(bytes, over)),
+        (
+            "over none",
+            parse_snapshot_over(bytes, Counterparts::none()),
         ),
+    ] {
+        match (&whole, &read) {
+            (Ok(_), Ok(_)) => {}
+            (Err(a), Err(b)) => assert_eq!(a, b, "the same errors read {how}"),
+            _ => panic!(
+                "read {how}: {:?}, whole: {:?}",
+                read.err(),
+                whole.as_ref().err()
+            ),
+        }
     }
     whole
 }

@@ -49,7 +49,7 @@ use self::raw::{
     DOCUMENT_FIELDS, DocumentShape, EntrySink, Expect, Kind, Obj, RawDeployment, RawDocument,
     RawPolicy, Shaped, Slot,
 };
-use super::changed::{Counterparts, Entry, ReadOver};
+use super::changed::{Counterparts, Entry, Keep, ReadOver, Whole};
 use super::compile::FastMap;
 use super::model::{Deployment, Policy, Region, Snapshot};
 
@@ -94,32 +94,37 @@ impl std::error::Error for SnapshotErrors {}
 
 /// Parses and validates snapshot JSON.
 pub fn parse_snapshot(json: &[u8]) -> Result<Snapshot, SnapshotErrors> {
-    parse_snapshot_over(json, None).map(ReadOver::into_snapshot)
+    read(json, Whole).map(ReadOver::into_snapshot)
 }
 
 /// Parses and validates snapshot JSON as [`parse_snapshot`] does, over
-/// the set `over` names when there is one: a valid entry that set holds
-/// unchanged (same id, same fingerprint) is kept as that set's index and
-/// its model dropped as soon as it is read. The checks and errors are the
-/// same either way.
+/// the set `over` holds (see [`Counterparts`]): a valid entry that set
+/// holds unchanged (same id, same fingerprint) is kept as that set's index
+/// and its model dropped as soon as it is read; a new or changed policy is
+/// compiled as it is read and only its compiled form kept. The checks and
+/// errors are the same either way.
 pub fn parse_snapshot_over(
     json: &[u8],
-    over: Option<Counterparts<'_>>,
+    over: Counterparts<'_>,
 ) -> Result<ReadOver, SnapshotErrors> {
+    read(json, over)
+}
+
+fn read<K: Keep>(json: &[u8], keep: K) -> Result<ReadOver<K::Policy>, SnapshotErrors> {
     // One pass over the whole document checks its UTF-8 faster than
     // serde_json checks each string; invalid UTF-8 is read byte by byte
     // for serde_json's error and position.
     match std::str::from_utf8(json) {
-        Ok(text) => read_document(serde_json::Deserializer::from_str(text), over),
-        Err(_) => read_document(serde_json::Deserializer::from_slice(json), over),
+        Ok(text) => read_document(serde_json::Deserializer::from_str(text), keep),
+        Err(_) => read_document(serde_json::Deserializer::from_slice(json), keep),
     }
 }
 
-fn read_document<'de, R: serde_json::de::Read<'de>>(
+fn read_document<'de, R: serde_json::de::Read<'de>, K: Keep>(
     mut de: serde_json::Deserializer<R>,
-    over: Option<Counterparts<'_>>,
-) -> Result<ReadOver, SnapshotErrors> {
-    let mut doc = Document::new(over);
+    keep: K,
+) -> Result<ReadOver<K::Policy>, SnapshotErrors> {
+    let mut doc = Document::new(keep);
     let raw = Expect(DocumentShape(&mut doc))
         .deserialize(&mut de)
         .and_then(|raw| de.end().map(|()| raw))
@@ -129,7 +134,7 @@ fn read_document<'de, R: serde_json::de::Read<'de>>(
 
 /// Validates an already-parsed JSON document.
 pub fn validate_value(root: &Value) -> Result<Snapshot, SnapshotErrors> {
-    let mut doc = Document::new(None);
+    let mut doc = Document::new(Whole);
     let raw = Expect(DocumentShape(&mut doc))
         .deserialize(root)
         .map_err(invalid_json)?;
@@ -261,11 +266,11 @@ impl Errors {
 /// model kept (or, read over a set that holds it unchanged, that set's
 /// index); deployments wait for the policies to have their associations
 /// checked.
-struct Document<'de, 'p> {
-    over: Option<Counterparts<'p>>,
+struct Document<'de, K: Keep> {
+    keep: K,
     /// The valid policies (an invalid one leaves an error, so the document
     /// is refused: the list is only used when complete).
-    policies: Vec<Entry<Policy>>,
+    policies: Vec<Entry<K::Policy>>,
     /// Each policy's region by index (`None` when invalid), and the index
     /// that first used each id.
     regions: Vec<Option<Region>>,
@@ -289,7 +294,7 @@ struct Pending<'de> {
     errs_end: usize,
 }
 
-impl<'de> EntrySink<'de> for Document<'de, '_> {
+impl<'de, K: Keep> EntrySink<'de> for Document<'de, K> {
     fn policy(&mut self, entry: Slot<Obj<'de, RawPolicy<'de>>>) {
         let i = self.regions.len();
         let entries = Path::Root.key("policies");
@@ -308,10 +313,7 @@ impl<'de> EntrySink<'de> for Document<'de, '_> {
             }
         }
         self.regions.push(region);
-        self.policies.extend(policy.map(|p| match &self.over {
-            Some(over) => over.policy(i, p),
-            None => Entry::Changed(Box::new(p), None),
-        }));
+        self.policies.extend(policy.map(|p| self.keep.policy(i, p)));
     }
 
     fn deployment(&mut self, entry: Slot<Obj<'de, RawDeployment<'de>>>) {
@@ -323,12 +325,13 @@ impl<'de> EntrySink<'de> for Document<'de, '_> {
         let (mut kept, mut was) = (None, None);
         // Compared as it will be once its associations are checked (they
         // need every policy, so that happens at the end).
-        if let (Some(over), Some(d)) = (&self.over, checked.as_mut())
+        if let Some(d) = checked.as_mut()
+            && self.keep.compares()
             && let Some(ids) = d.associated()
             && let Some(mut model) = d.deployment.take()
         {
             model.policies = ids;
-            match over.deployment(i, model) {
+            match self.keep.deployment(i, model) {
                 Entry::Kept(o) => kept = Some(o),
                 Entry::Changed(model, o) => {
                     was = o;
@@ -345,10 +348,10 @@ impl<'de> EntrySink<'de> for Document<'de, '_> {
     }
 }
 
-impl<'de, 'p> Document<'de, 'p> {
-    fn new(over: Option<Counterparts<'p>>) -> Self {
+impl<'de, K: Keep> Document<'de, K> {
+    fn new(keep: K) -> Self {
         Self {
-            over,
+            keep,
             policies: Vec::new(),
             regions: Vec::new(),
             by_id: FastMap::default(),
@@ -360,7 +363,10 @@ impl<'de, 'p> Document<'de, 'p> {
     }
 
     /// Checks what needs the whole document and assembles the snapshot.
-    fn finish(mut self, raw: Slot<RawDocument<'de>>) -> Result<ReadOver, SnapshotErrors> {
+    fn finish(
+        mut self,
+        raw: Slot<RawDocument<'de>>,
+    ) -> Result<ReadOver<K::Policy>, SnapshotErrors> {
         let mut errs = Errors::default();
         let raw = match raw {
             Some(Ok(raw)) => raw,

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::keys::{self, Kind};
-use crate::policy::compile::index_u32;
+use crate::policy::compile::{CompiledPolicy, compile_policy, index_u32};
 use crate::policy::validate::{deployment_entry, policy_entry};
 use crate::policy::{
     Delta, Deployment, DeploymentIndex, Policy, PolicyIndex, PolicyOptions, PolicySet, Region,
@@ -79,11 +79,15 @@ struct Held<S, M> {
 
 impl<S, M> Held<S, M> {
     fn slot(&self) -> Slot<'_, M> {
-        let was = (self.compiled_at != NOWHERE).then_some(self.compiled_at);
         match &self.model {
-            Some(m) => Slot::Changed(m, was),
+            Some(m) => Slot::Changed(m, self.was()),
             None => Slot::Kept(self.compiled_at),
         }
+    }
+
+    /// Its index in the set last compiled, if it was there.
+    fn was(&self) -> Option<u32> {
+        (self.compiled_at != NOWHERE).then_some(self.compiled_at)
     }
 
     /// Whether every item still has its model.
@@ -329,8 +333,21 @@ impl Entries {
     ) -> Option<PolicySet> {
         let set = match base {
             Some(base) => {
-                let policies: Vec<Slot<'_, Policy>> =
-                    self.policies.iter().map(Held::slot).collect();
+                // A changed policy is compiled here; the rest is shared.
+                let compiled: Vec<Option<Arc<CompiledPolicy>>> = self
+                    .policies
+                    .iter()
+                    .map(|h| h.model.as_deref().map(|m| Arc::new(compile_policy(m))))
+                    .collect();
+                let policies: Vec<Slot<'_, Arc<CompiledPolicy>>> = self
+                    .policies
+                    .iter()
+                    .zip(&compiled)
+                    .map(|(held, c)| match c {
+                        Some(c) => Slot::Changed(c, held.was()),
+                        None => Slot::Kept(held.compiled_at),
+                    })
+                    .collect();
                 let deployments: Vec<Slot<'_, Deployment>> =
                     self.deployments.iter().map(Held::slot).collect();
                 let delta = Delta {

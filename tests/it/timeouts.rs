@@ -1,8 +1,9 @@
 //! Client-side timeouts over real sockets (issue 5 §1): a request head
 //! trickled in byte by byte (slowloris) is cut at
 //! `server.request_header_timeout` however steadily the bytes arrive; an
-//! idle keep-alive connection is closed after `server.idle_timeout`; and a
-//! connection that keeps sending requests is never closed as idle.
+//! idle keep-alive connection is closed after `server.idle_timeout`,
+//! politely (an HTTP/2 GOAWAY, then TLS close_notify); and a connection
+//! that keeps sending requests is never closed as idle.
 
 use std::time::{Duration, Instant};
 
@@ -136,4 +137,115 @@ async fn a_connection_in_use_is_not_closed_as_idle() {
     let reply = conn.get(&host(OPEN), "/slow?ms=1500").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(sent >= 8, "only {sent} requests");
+}
+
+/// HTTP/2 frame types this file reads or writes, and the ACK flag.
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+/// One HTTP/2 frame on stream 0.
+fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("a short payload");
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// One HTTP/2 frame read.
+struct Frame<'a> {
+    kind: u8,
+    flags: u8,
+    payload: &'a [u8],
+}
+
+/// The whole frames in `bytes` from `at` on, and where the next begins.
+fn frames(bytes: &[u8], mut at: usize) -> (Vec<Frame<'_>>, usize) {
+    let mut out = Vec::new();
+    while let Some(head) = bytes.get(at..at + 9) {
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let Some(payload) = bytes.get(at + 9..at + 9 + len) else {
+            break;
+        };
+        out.push(Frame {
+            kind: head[3],
+            flags: head[4],
+            payload,
+        });
+        at += 9 + len;
+    }
+    (out, at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_politely() {
+    let f = fixture().await;
+    for h2 in [false, true] {
+        let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+        let mut tls = tls_alpn(f.proxy.addr, &v1_from(ALLOWED_V4), &host(OPEN), alpn).await;
+        if h2 {
+            tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .expect("preface");
+            tls.write_all(&frame(SETTINGS, 0, &[]))
+                .await
+                .expect("SETTINGS");
+            tls.flush().await.expect("flush");
+        }
+        let opened = Instant::now();
+        let mut received = Vec::new();
+        let mut seen = Vec::new();
+        let mut parsed = 0;
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            match tokio::time::timeout(IDLE_TIMEOUT * 5, tls.read(&mut buf)).await {
+                Err(_) => panic!("h2={h2}: still open after {:?}", IDLE_TIMEOUT * 5),
+                Ok(Ok(0)) => break Ok(()),
+                Ok(Ok(n)) if h2 => {
+                    received.extend_from_slice(&buf[..n]);
+                    // As a client does: acknowledge the server's SETTINGS
+                    // and answer its PINGs (a graceful shutdown waits for
+                    // one to come back before its last GOAWAY).
+                    let (new, at) = frames(&received, parsed);
+                    let mut replies = Vec::new();
+                    for f in new {
+                        seen.push(f.kind);
+                        match (f.kind, f.flags & ACK) {
+                            (SETTINGS, 0) => replies.extend(frame(SETTINGS, ACK, &[])),
+                            (PING, 0) => replies.extend(frame(PING, ACK, f.payload)),
+                            _ => {}
+                        }
+                    }
+                    parsed = at;
+                    if !replies.is_empty() {
+                        let _ = tls.write_all(&replies).await;
+                        let _ = tls.flush().await;
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => break Err(e),
+            }
+        };
+        let closed_after = opened.elapsed();
+        // rustls reports a TCP close that no close_notify preceded as an
+        // error (UnexpectedEof): the connection was cut, not closed.
+        assert!(
+            end.is_ok(),
+            "h2={h2}: closed without close_notify after {closed_after:?}: {end:?}"
+        );
+        assert!(
+            closed_after >= IDLE_TIMEOUT - Duration::from_millis(100),
+            "h2={h2}: closed after {closed_after:?}, before the idle timeout"
+        );
+        if h2 {
+            assert_eq!(seen.first(), Some(&SETTINGS), "h2: frames {seen:?}");
+            assert_eq!(
+                seen.last(),
+                Some(&GOAWAY),
+                "h2: the last frame before the close: frames {seen:?}"
+            );
+        }
+    }
 }

@@ -68,10 +68,21 @@ pub async fn tls_h1(
     preamble: &[u8],
     sni: &str,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_alpn(addr, preamble, sni, b"http/1.1").await
+}
+
+/// [`tls_h1`] offering `alpn` (`h2` for tests that speak HTTP/2 frames
+/// themselves).
+pub async fn tls_alpn(
+    addr: SocketAddr,
+    preamble: &[u8],
+    sni: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(preamble).await.expect("PROXY header");
     let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("SNI");
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_tls(b"http/1.1")));
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_tls(alpn)));
     within("TLS handshake", connector.connect(name, tcp))
         .await
         .expect("TLS handshake")

@@ -143,9 +143,12 @@ pub trait Keep {
     /// ([`Keep::deployment`]); if not, each is kept whole.
     fn compares(&self) -> bool;
 
-    /// `deployment`, the valid entry at `position` of its list, with its
-    /// associations as they will be once checked.
-    fn deployment(&self, position: usize, deployment: Deployment) -> Entry<Box<Deployment>>;
+    /// Whether `deployment`, the valid entry at `position` of its list
+    /// with its associations as they will be once checked, is the compared
+    /// set's entry unchanged (kept, by index) or not (changed, with where
+    /// that set holds its previous version). Asked only when
+    /// [`Keep::compares`].
+    fn deployment(&self, position: usize, deployment: &Deployment) -> Entry<()>;
 }
 
 /// Keeps every entry's model: the document whole, as a [`Snapshot`].
@@ -162,8 +165,8 @@ impl Keep for Whole {
         false
     }
 
-    fn deployment(&self, _: usize, deployment: Deployment) -> Entry<Box<Deployment>> {
-        Entry::Changed(Box::new(deployment), None)
+    fn deployment(&self, _: usize, _: &Deployment) -> Entry<()> {
+        Entry::Changed((), None)
     }
 }
 
@@ -301,12 +304,9 @@ impl Keep for Counterparts<'_> {
         !self.deployments.entries.is_empty()
     }
 
-    fn deployment(&self, position: usize, deployment: Deployment) -> Entry<Box<Deployment>> {
+    fn deployment(&self, position: usize, deployment: &Deployment) -> Entry<()> {
         let found = self.deployments.find(position, &deployment.id);
-        match self.deployments.entry(&deployment, found) {
-            Entry::Kept(o) => Entry::Kept(o),
-            Entry::Changed((), was) => Entry::Changed(Box::new(deployment), was),
-        }
+        self.deployments.entry(deployment, found)
     }
 }
 
@@ -354,6 +354,10 @@ impl<'p, C: Compiled> Side<'p, C> {
     /// The index of `id`: `position` when it has not moved (most entries
     /// keep theirs), else through the map.
     fn find(&self, position: usize, id: &str) -> Option<u32> {
+        // Over no set (a first load): nothing to hash the id against.
+        if self.entries.is_empty() {
+            return None;
+        }
         if self.entries.get(position).map(|c| c.id()) == Some(id) {
             return Some(index_u32(position));
         }

@@ -328,15 +328,15 @@ impl<'de, K: Keep> EntrySink<'de> for Document<'de, K> {
         if let Some(d) = checked.as_mut()
             && self.keep.compares()
             && let Some(ids) = d.associated()
-            && let Some(mut model) = d.deployment.take()
+            && let Some(model) = d.deployment.as_mut()
         {
             model.policies = ids;
             match self.keep.deployment(i, model) {
-                Entry::Kept(o) => kept = Some(o),
-                Entry::Changed(model, o) => {
-                    was = o;
-                    d.deployment = Some(*model);
+                Entry::Kept(o) => {
+                    kept = Some(o);
+                    d.deployment = None;
                 }
+                Entry::Changed((), o) => was = o,
             }
         }
         self.deployments.push(Pending {

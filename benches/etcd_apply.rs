@@ -73,8 +73,8 @@ fn run(name: &str, scale: Scale) {
         .cloned()
         .expect("an ip policy");
     let key = keys::key(PREFIX, Kind::Policy, &policy.id);
-    let (mut validate, mut save, mut compile, mut incremental) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut validate, mut save, mut compile, mut incremental, mut stats) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..RUNS {
         if let portcullis::policy::Rules::Ip(rules) = &mut policy.rules
             && let Some(first) = rules.first().cloned()
@@ -93,6 +93,10 @@ fn run(name: &str, scale: Scale) {
             panic!("compiled from the set before");
         };
         incremental.push(t.elapsed());
+        // What the swap records of the set (`GET /snapshot`, the log line).
+        let t = Instant::now();
+        std::hint::black_box(next.stats());
+        stats.push(t.elapsed());
         previous = next;
         // Off the swap's path, at most every 5 s, with a state directory.
         let t = Instant::now();
@@ -115,6 +119,7 @@ fn run(name: &str, scale: Scale) {
         "one change: compile reusing (the swap)",
         &mut incremental,
     );
+    report(name, "one change: the set's stats (the swap)", &mut stats);
     report(name, "one change: compile whole (comparison)", &mut compile);
     report(name, "state save: the document", &mut save);
 }

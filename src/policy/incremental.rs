@@ -32,8 +32,8 @@ use std::sync::Arc;
 use super::changed::{Delta, NONE, Pairing, Slot};
 use super::compile::{
     AssociatedSet, CompiledDeployment, CompiledPolicy, EndpointKey, EndpointMaps, FastMap, Hits,
-    Hot, Members, NameEntry, PolicyOptions, PolicySet, associated_set, compile_deployment,
-    hot_record, index_u32, members_of, name,
+    Hot, IpTotals, Members, NameEntry, PolicyOptions, PolicySet, associated_set,
+    compile_deployment, hot_record, index_u32, members_of, name,
 };
 
 /// A previous set that cannot be carried over: its users look theirs up.
@@ -79,7 +79,7 @@ impl<'a> Reuse<'a> {
     }
 
     fn build(self, options: PolicyOptions) -> PolicySet {
-        let policies = self.policies();
+        let (policies, ip_totals) = self.policies();
         let (sets, set_of) = self.sets(&policies);
         let (hot, deployments) = self.deployments(&sets, &set_of);
         let names = self.names(&deployments);
@@ -93,14 +93,18 @@ impl<'a> Reuse<'a> {
             sets: sets.into_boxed_slice(),
             names,
             endpoints,
+            ip_totals,
         }
     }
 
     /// Every policy: unchanged ones shared from the previous set, others
-    /// compiled.
-    fn policies(&self) -> Box<[Arc<CompiledPolicy>]> {
+    /// compiled; and their `ip` totals, counted in the same pass (each
+    /// policy's reference count is touched anyway).
+    fn policies(&self) -> (Box<[Arc<CompiledPolicy>]>, IpTotals) {
         let old = &self.previous.policies;
-        self.delta
+        let mut totals = IpTotals::default();
+        let policies = self
+            .delta
             .policies
             .iter()
             .filter_map(|slot| match *slot {
@@ -108,7 +112,9 @@ impl<'a> Reuse<'a> {
                 Slot::Kept(o) => old.get(o as usize).cloned(),
                 Slot::Changed(p, _) => Some(p.clone()),
             })
-            .collect()
+            .inspect(|p| totals = totals.with(p))
+            .collect();
+        (policies, totals)
     }
 
     /// The associated sets the deployments use, and per deployment (new

@@ -369,9 +369,12 @@ impl<'a> Reuse<'a> {
         // Pairs to take out (previous policy indices) and to put in.
         let mut gone: HashSet<u32> = HashSet::new();
         let mut touched: FastMap<EndpointKey, Vec<(u32, u32)>> = FastMap::default();
+        // The pairing is asked first: it is dense, and only a policy that
+        // changed or moved is read (reading every policy's endpoint list
+        // was 2 ms at the large scale for a change to one `ip` policy).
         for (o, prev) in previous.policies.iter().enumerate() {
             let n = self.policies.new.get(o).copied().unwrap_or(NONE);
-            if !prev.endpoints.is_empty() && (n == NONE || !self.policies.same(n as usize)) {
+            if (n == NONE || !self.policies.same(n as usize)) && !prev.endpoints.is_empty() {
                 gone.insert(index_u32(o));
                 for (key, _) in prev.endpoints.iter() {
                     touched.entry(*key).or_default();
@@ -379,7 +382,7 @@ impl<'a> Reuse<'a> {
             }
         }
         for (pi, p) in policies.iter().enumerate() {
-            if !p.endpoints.is_empty() && !self.policies.same(pi) {
+            if !self.policies.same(pi) && !p.endpoints.is_empty() {
                 for &(key, ri) in p.endpoints.iter() {
                     touched.entry(key).or_default().push((index_u32(pi), ri));
                 }

@@ -381,6 +381,17 @@ fn gcp_rule(slot: &RuleSlot<'_>, path: Path<'_>, errs: &mut Errors) -> Option<Gc
 
 /// Parses an `ip` rule source: an address or a CIDR, canonicalised.
 pub fn parse_ip_source(s: &str) -> Result<IpNet, String> {
+    // Nearly every rule is a valid network written plainly: read on a fast
+    // path (see `ip_source`), which hands anything else to the general one.
+    match super::ip_source::canonical(s.as_bytes()) {
+        Some(net) => Ok(net),
+        None => parse_ip_source_general(s),
+    }
+}
+
+/// [`parse_ip_source`] through the standard parsers: any address family,
+/// and the error messages.
+pub(super) fn parse_ip_source_general(s: &str) -> Result<IpNet, String> {
     let net = match s.split_once('/') {
         None => match s.parse::<IpAddr>() {
             Ok(addr) => IpNet::from(addr),

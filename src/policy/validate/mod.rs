@@ -35,6 +35,7 @@
 //!   mention is dropped.
 
 mod check;
+mod ip_source;
 mod raw;
 
 use std::borrow::Cow;

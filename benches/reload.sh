@@ -59,6 +59,11 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/admin.token"
 
 kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$PID/status"; }
 mib() { echo "$(($1 / 1024)) MiB"; }
+# The proxy's own phases of the last document it prepared (hash, parse,
+# compile), from its debug line.
+last_phases() {
+    grep 'snapshot prepared' "$WORK/portcullis.log" | tail -1 | grep -o '[a-z_]*_ms=[0-9]*' | tr '\n' ' '
+}
 
 echo "== scale $SCALE: $(stat -c %s "$WORK/snapshot.json") bytes, $RELOADS reloads"
 start=$(date +%s.%N)
@@ -69,8 +74,7 @@ wait_until 120 curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" || { tail "$WORK/p
 ready=$(echo "$(date +%s.%N) - $start" | bc)
 sleep 2
 first=$(kib VmRSS)
-# The proxy's own figure for the first load, as for each reload below.
-phases=$(grep 'snapshot prepared' "$WORK/portcullis.log" | tail -1 | grep -o '[a-z_]*_ms=[0-9]*' | tr '\n' ' ')
+phases=$(last_phases)
 echo "start: ready in $ready s (${phases% }), peak $(mib "$(kib VmHWM)"), settled $(mib "$first")"
 
 for v in $(seq 2 $((RELOADS + 1))); do
@@ -88,7 +92,7 @@ for v in $(seq 2 $((RELOADS + 1))); do
     # The proxy's own figure: parse, validate, compile and swap, without
     # the upload.
     applied=$(grep -o 'took_ms=[0-9]*' "$WORK/portcullis.log" | tail -1)
-    phases=$(grep 'snapshot prepared' "$WORK/portcullis.log" | tail -1 | grep -o '[a-z_]*_ms=[0-9]*' | tr '\n' ' ')
+    phases=$(last_phases)
     echo "reload $((v - 1)): PUT $took s ($applied: ${phases% }), peak $(mib "$peak"), settled $(mib "$settled")"
 done
 last=$(kib VmRSS)

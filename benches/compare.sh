@@ -179,22 +179,17 @@ stop() {
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 install_tools() {
-    local need=()
-    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
-    command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
-    command -v openssl >/dev/null 2>&1 || need+=(openssl)
-    command -v curl >/dev/null 2>&1 || need+=(curl)
-    command -v taskset >/dev/null 2>&1 || need+=(util-linux)
+    local tools=(nginx=nginx haproxy=haproxy openssl=openssl curl=curl taskset=util-linux)
     # HAProxy's syslog sink, when its access log is on.
     if [ "$LOGS" != off ] && [[ " $PROXIES " == *" haproxy "* ]]; then
-        command -v socat >/dev/null 2>&1 || need+=(socat)
+        tools+=(socat=socat)
     fi
-    if ((${#need[@]})); then
-        ((INSTALL)) || die "missing ${need[*]} (and --no-install given)"
-        log "installing ${need[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        as_root apt-get update -qq
-        as_root apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    local missing
+    missing=$(missing_packages "${tools[@]}")
+    if [ -n "$missing" ]; then
+        ((INSTALL)) || die "missing $missing (and --no-install given)"
+        log "installing $missing"
+        install_missing "${tools[@]}"
     fi
     # The Debian packages start services; ours run on their own ports, but
     # keep the machine quiet.

@@ -19,8 +19,8 @@
 #      while 10 changes a second arrive.
 # Ports: etcd client P, peer P+1, portcullis P+2, admin P+3, the backend
 # (nginx) P+4 (default 24500).
-# Needs etcd (Debian's etcd-server; .ci/setup installs it), openssl, curl
-# and bc.
+# Installs what it needs and is missing: etcd (Debian's etcd-server),
+# nginx, openssl, curl and bc.
 set -euo pipefail
 # shellcheck source=benches/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -50,6 +50,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+install_missing etcd=etcd-server nginx=nginx openssl=openssl curl=curl bc=bc
+# Debian's nginx starts a service; ours runs on a port of its own.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl stop nginx 2>/dev/null || true
+fi
+PATH="$PATH:/usr/sbin:/sbin"
 if ((BUILD)); then
     cargo build --release --bin portcullis >&2
     cargo build --release -p portcullis-loadgen >&2

@@ -20,6 +20,32 @@ settings_from_env() {
     esac
 }
 
+# missing_packages COMMAND=PACKAGE...: the Debian packages of the commands
+# that are neither on PATH nor in /usr/sbin (where nginx and haproxy live),
+# space-separated; empty when all are there.
+missing_packages() {
+    local pair need=()
+    for pair in "$@"; do
+        command -v "${pair%%=*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%=*}" ] ||
+            need+=("${pair#*=}")
+    done
+    echo "${need[*]}"
+}
+
+# install_missing COMMAND=PACKAGE...: installs those packages with apt
+# (through sudo when not root); what is there is left alone. A bench needs
+# its peers installed the way .ci/setup installs the tests' own.
+install_missing() {
+    local -a need sudo=()
+    read -r -a need <<<"$(missing_packages "$@")"
+    ((${#need[@]})) || return 0
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    echo "installing ${need[*]}" >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
 # port_free PORT: nothing accepts TCP connections on 127.0.0.1:PORT.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

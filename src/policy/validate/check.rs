@@ -634,7 +634,13 @@ fn resource(
     let mut seen: Vec<SocketAddr> = Vec::with_capacity(list.len());
     let backends = each(list, list_path, errs, |v, path, errs| {
         let s = string(v, path, errs)?;
-        let refusal = match s.parse::<SocketAddr>() {
+        // Nearly every backend is `a.b.c.d:port`, read on a fast path
+        // (`ip_source`); the standard parser reads the rest.
+        let parsed = match super::ip_source::backend_v4(s.as_bytes()) {
+            Some(addr) => Ok(addr),
+            None => s.parse::<SocketAddr>(),
+        };
+        let refusal = match parsed {
             Ok(addr) if addr.port() == 0 => format!("\"{s}\": port 0 is not a backend port"),
             Ok(addr) if seen.contains(&addr) => format!("\"{s}\" is listed twice"),
             Ok(addr) => {

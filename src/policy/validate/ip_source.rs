@@ -11,8 +11,12 @@
 //! prefix length, host bits set, any error) goes to the general path,
 //! which also words the errors: what is accepted, and what is said about
 //! the rest, does not change.
+//!
+//! A backend's address (`10.1.2.3:9200`, 390 k of them at the large scale)
+//! takes the same kind of path: `SocketAddr`'s parser cost 144 M
+//! instructions of the first load.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -30,6 +34,30 @@ pub(super) fn canonical(s: &[u8]) -> Option<IpNet> {
 /// prefix length 0–32; `None` for anything else, and for a network with
 /// host bits set.
 fn canonical_v4(s: &[u8]) -> Option<Ipv4Net> {
+    let (addr, i) = ipv4(s)?;
+    let prefix = prefix_len(s, i, 32)?;
+    let net = Ipv4Net::new(addr, prefix).ok()?;
+    (net.trunc() == net).then_some(net)
+}
+
+/// A backend written `a.b.c.d:port` (octets as in [`canonical_v4`], the
+/// port in one to five digits without a leading zero, at most 65535), as
+/// `SocketAddr`'s parser reads it; `None` for anything else (IPv6, a
+/// leading zero, any error), which the caller hands to that parser.
+pub(super) fn backend_v4(s: &[u8]) -> Option<SocketAddr> {
+    let (addr, i) = ipv4(s)?;
+    if s.get(i) != Some(&b':') {
+        return None;
+    }
+    let (port, digits) = decimal(s, i + 1, 5)?;
+    let port = u16::try_from(port).ok()?;
+    (i + 1 + digits == s.len()).then_some(SocketAddr::V4(SocketAddrV4::new(addr, port)))
+}
+
+/// The IPv4 address at the start of `s`, four octets 0–255 in one to
+/// three digits without a leading zero (the standard parser refuses
+/// those), and where it ends.
+fn ipv4(s: &[u8]) -> Option<(Ipv4Addr, usize)> {
     let mut octets = [0u8; 4];
     let mut i = 0;
     for (n, octet) in octets.iter_mut().enumerate() {
@@ -43,9 +71,7 @@ fn canonical_v4(s: &[u8]) -> Option<Ipv4Net> {
         *octet = u8::try_from(value).ok()?;
         i += digits;
     }
-    let prefix = prefix_len(s, i, 32)?;
-    let net = Ipv4Net::new(Ipv4Addr::from(octets), prefix).ok()?;
-    (net.trunc() == net).then_some(net)
+    Some((Ipv4Addr::from(octets), i))
 }
 
 /// Hex groups of one to four digits separated by `:`, with at most one
@@ -170,7 +196,9 @@ mod tests {
     use ipnet::IpNet;
     use proptest::prelude::*;
 
-    use super::canonical;
+    use std::net::{SocketAddr, SocketAddrV4};
+
+    use super::{backend_v4, canonical};
     use crate::policy::validate::check::parse_ip_source_general;
 
     fn fast(s: &str) -> Option<IpNet> {
@@ -318,8 +346,61 @@ mod tests {
         prop_oneof![8 => Just(""), 1 => Just(" "), 1 => Just("x"), 1 => Just("/")]
     }
 
+    #[test]
+    fn backends_in_ipv4_take_their_fast_path() {
+        for (s, want) in [
+            ("10.1.2.3:9200", Some("10.1.2.3:9200")),
+            ("0.0.0.0:0", Some("0.0.0.0:0")),
+            ("255.255.255.255:65535", Some("255.255.255.255:65535")),
+            // To the standard parser: it words the refusal, or reads what
+            // this path does not.
+            ("10.1.2.3:65536", None),
+            ("10.1.2.3:09200", None),
+            ("10.1.2.3", None),
+            ("10.1.2.3:", None),
+            ("10.1.2.3:92 ", None),
+            ("010.1.2.3:9200", None),
+            ("10.1.2:9200", None),
+            ("[::1]:9200", None),
+            ("10.1.2.3/8:9200", None),
+        ] {
+            let want = want.map(|w| w.parse::<SocketAddr>().expect("a test address"));
+            assert_eq!(backend_v4(s.as_bytes()), want, "{s}");
+        }
+    }
+
+    /// Strings near `a.b.c.d:port`: the IPv4 grammar's strings, then a
+    /// port of zero to six digits (leading zeros and values past 65535
+    /// included), sometimes another separator or a stray character.
+    fn near_backend() -> impl Strategy<Value = String> {
+        let port = prop_oneof![
+            4 => (0u32..70_000).prop_map(|n| format!(":{n}")),
+            1 => ":[0-9]{0,6}",
+            1 => Just("::1".to_owned()),
+            1 => Just(String::new()),
+        ];
+        (near_ipv4(), port, tail()).prop_map(|(a, p, t)| format!("{a}{p}{t}"))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Whatever the backend fast path accepts, `SocketAddr`'s parser
+        /// accepts as the same address.
+        #[test]
+        fn the_backend_fast_path_agrees_with_the_standard_parser(s in near_backend()) {
+            if let Some(addr) = backend_v4(s.as_bytes()) {
+                prop_assert_eq!(s.parse::<SocketAddr>(), Ok(addr));
+            }
+        }
+
+        /// And every IPv4 backend, printed as the standard library prints
+        /// it, is read on the fast path.
+        #[test]
+        fn every_ipv4_backend_takes_the_fast_path(ip in any::<u32>(), port in any::<u16>()) {
+            let addr = SocketAddr::V4(SocketAddrV4::new(ip.into(), port));
+            prop_assert_eq!(backend_v4(addr.to_string().as_bytes()), Some(addr));
+        }
 
         /// Whatever the fast path accepts, the general one accepts as the
         /// same network.

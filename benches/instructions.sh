@@ -16,8 +16,9 @@
 # figure is the proxy's own code and its libraries.
 #
 # Uses the configuration, certificate, snapshot and backend of
-# benches/compare.sh (run it once first: `benches/compare.sh --smoke` is
-# enough) and the release binaries as they are. Settings from the
+# benches/compare.sh (run it once first: `benches/compare.sh --quick
+# --proxies portcullis --no-reload` is enough, 30 s) and the release
+# binaries as they are. Settings from the
 # environment: DURATION (6), PORT_BASE (compare.sh's, 24400).
 set -euo pipefail
 # shellcheck source=benches/lib.sh
@@ -32,7 +33,7 @@ BINS=("$@")
 ((${#BINS[@]})) || BINS=("$BIN/portcullis")
 
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
-[ -f "$WORK/portcullis-on.toml" ] || { echo "no $WORK: run benches/compare.sh --smoke first" >&2; exit 1; }
+[ -f "$WORK/portcullis-on.toml" ] || { echo "no $WORK: run benches/compare.sh --quick --proxies portcullis --no-reload first" >&2; exit 1; }
 [ -x "$BIN/portcullis-loadgen" ] || { echo "build the load generator: cargo build --release" >&2; exit 1; }
 
 BACKEND_PORT=$PORT_BASE

@@ -12,7 +12,8 @@ use portcullis::access_log::Format as LineFormat;
 use portcullis::endpoint::{PrivateEndpoint, VpceId};
 use portcullis::explain;
 use portcullis::policy::{
-    PolicyOptions, PolicySet, Snapshot, UnassociatedPrivateTraffic, parse_snapshot,
+    Counterparts, PolicyOptions, PolicySet, Snapshot, SnapshotErrors, UnassociatedPrivateTraffic,
+    parse_snapshot, parse_snapshot_over,
 };
 use portcullis::publish::{self, Counts};
 use portcullis::reload::etcd::{self, EtcdSettings};
@@ -307,28 +308,51 @@ async fn wait_for_signal() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads and validates a snapshot file; on failure prints why and returns
-/// exit code 1.
-fn load(path: &Path) -> Result<Snapshot, ExitCode> {
-    let bytes = match std::fs::read(path).with_context(|| format!("reading {}", path.display())) {
-        Ok(b) => b,
-        Err(e) => {
+/// Reads a snapshot file; on failure prints why and returns exit code 1.
+fn read_file(path: &Path) -> Result<Vec<u8>, ExitCode> {
+    std::fs::read(path)
+        .with_context(|| format!("reading {}", path.display()))
+        .map_err(|e| {
             eprintln!("error: {e:#}");
-            return Err(ExitCode::from(1));
-        }
-    };
-    parse_snapshot(&bytes).map_err(|errors| {
-        eprintln!("{}: {errors}", path.display());
-        ExitCode::from(1)
-    })
+            ExitCode::from(1)
+        })
 }
 
+/// Prints a snapshot's errors and returns exit code 1.
+fn invalid(path: &Path, errors: &SnapshotErrors) -> ExitCode {
+    eprintln!("{}: {errors}", path.display());
+    ExitCode::from(1)
+}
+
+/// Reads and validates a snapshot file into its model; on failure prints
+/// why and returns exit code 1.
+fn load(path: &Path) -> Result<Snapshot, ExitCode> {
+    let bytes = read_file(path)?;
+    parse_snapshot(&bytes).map_err(|errors| invalid(path, &errors))
+}
+
+/// Validates and compiles a snapshot file the way the proxy loads one
+/// (`reload::prepare_over` over no set): each policy compiled as it is
+/// read, the rules never all held as models. So the verdict is the
+/// proxy's, and the large snapshot is checked in the time and memory of
+/// a first load rather than those of a model read whole and then
+/// compiled.
 fn check(path: &Path) -> ExitCode {
-    let snapshot = match load(path) {
-        Ok(s) => s,
+    let bytes = match read_file(path) {
+        Ok(b) => b,
         Err(code) => return code,
     };
-    let set = PolicySet::compile(&snapshot, PolicyOptions::default());
+    let read = match parse_snapshot_over(&bytes, Counterparts::none()) {
+        Ok(read) => read,
+        Err(errors) => return invalid(path, &errors),
+    };
+    drop(bytes);
+    // Read over no set, so `compile` has nothing to be read over and
+    // always answers; `None` would be a bug, said as one.
+    let Some(set) = read.compile(PolicyOptions::default(), None) else {
+        eprintln!("error: internal: the snapshot was read over a set it was not compiled with");
+        return ExitCode::from(1);
+    };
     let s = set.stats();
     println!(
         "{}: valid snapshot version {}: {} deployments, {} policies ({} distinct policy sets), {} ip rules in {} ranges, {} private endpoint ids",

@@ -114,12 +114,13 @@ fn serving<'a>(
     let io = ActivityIo::new(stream, activity.clone());
     let svc = {
         let proxy = proxy.clone();
-        // Boxed: handing an HTTP/1.1 connection back from hyper (the idle
-        // release, `http1.rs`) needs an `Unpin` service future, and hyper
-        // keeps a slot the size of that future for as long as its
-        // connection lives (about 3 KiB unboxed). One allocation per
-        // request.
-        service_fn(move |req| Box::pin(service::handle(proxy.clone(), info.clone(), req)))
+        // `Handled` is `Unpin`, as handing an HTTP/1.1 connection back
+        // from hyper (the idle release, `http1.rs`) needs, and small: a
+        // forwarded request boxes its wait on the backend (hyper keeps a
+        // slot the size of the service future for as long as its
+        // connection lives, about 3 KiB were that unboxed); a request
+        // answered locally allocates nothing for it.
+        service_fn(move |req| service::handle(proxy.clone(), info.clone(), req))
     };
     if !h2 {
         return Box::pin(http1::serve(io, svc, activity, proxy.clone(), shutdown));

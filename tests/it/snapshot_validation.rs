@@ -289,6 +289,39 @@ fn malformed_json_reports_line_and_column() {
     }
 }
 
+/// A key named twice in one object is refused at its path, like any
+/// other error, and the read goes on: every other error is still listed.
+/// Either value could be the one meant (`"policies": ["office"],
+/// "policies": []` opens or closes a deployment), so neither is taken.
+#[test]
+fn duplicate_keys_are_refused_at_their_paths_among_the_other_errors() {
+    let doc = br#"{"version": 7, "version": 8,
+      "policies": [
+        {"id": "office", "type": "ip", "region": "aws-us-east-1",
+         "rules": [{"source": "203.0.113.0/24", "source": "0.0.0.0/0"}]},
+        {"id": "p2", "type": "ip", "region": "aws-us-east-1", "rules": [], "x": 1, "x": 2}
+      ],
+      "deployments": [
+        {"id": "abc123", "region": "aws-us-east-1",
+         "resources": {"es": {"backends": ["10.0.0.5:9200"]}, "es": {"backends": ["10.0.0.6:9200"]}},
+         "policies": ["office"], "policies": []},
+        {"id": "Bad", "region": "aws-us-east-1",
+         "resources": {"es": {"backends": ["10.0.0.7:9200"]}}, "policies": []}
+      ]}"#;
+    assert_errors(
+        doc,
+        &[
+            ("version", "duplicate key"),
+            ("policies[0].rules[0].source", "duplicate key"),
+            ("policies[1].x", "unknown field"),
+            ("policies[1].x", "duplicate key"),
+            ("deployments[0].policies", "duplicate key"),
+            ("deployments[0].resources.es", "duplicate key"),
+            ("deployments[1].id", "DNS label"),
+        ],
+    );
+}
+
 #[test]
 fn root_must_be_an_object() {
     assert_errors(b"[]", &[("", "expected an object, found an array")]);

@@ -71,6 +71,18 @@ pub(super) fn unknown_fields(
             format_args!("{} more unknown fields", keys.more_unknown()),
         );
     }
+    duplicate_keys(keys, path, errs);
+}
+
+/// Reports the keys an object names more than once: either value could
+/// be the one meant, so the object is refused rather than read one way.
+fn duplicate_keys(keys: &Keys<'_>, path: Path<'_>, errs: &mut Errors) {
+    for key in keys.duplicates() {
+        errs.add(
+            path.key(key),
+            "duplicate key: named more than once in this object",
+        );
+    }
 }
 
 /// Every field of `T` allowed.
@@ -613,6 +625,10 @@ fn resources(
             path,
             format_args!("{} more unknown products", raw.keys.more_unknown()),
         );
+    }
+    if raw.keys.duplicates().next().is_some() {
+        duplicate_keys(&raw.keys, path, errs);
+        ok = false;
     }
     ok.then_some(out)
 }

@@ -10,10 +10,9 @@
 //! skipped. The checks in `super::check` then judge a record as a whole and
 //! report every problem with its path.
 //!
-//! The one thing decided here is a duplicate key: an object naming a field
-//! twice is refused with serde_json's line and column, like malformed
-//! JSON, because either reading of it could open a deployment
-//! (`"policies": ["office"], "policies": []`).
+//! A key an object names twice is noted too (its second value skipped), and
+//! the checks refuse the object with the key's path: either reading of it
+//! could open a deployment (`"policies": ["office"], "policies": []`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -331,31 +330,38 @@ pub(super) struct Keys<'de> {
     /// every object has no unknown field.
     unknown: Option<Box<Unknown<'de>>>,
     more_unknown: u32,
+    /// Keys named again after their first mention, in the order read (at
+    /// most [`MAX_UNKNOWN`]); boxed like `unknown`.
+    duplicates: Option<Box<Duplicates<'de>>>,
 }
 
 /// Unknown keys with their positions.
 type Unknown<'de> = Vec<(u32, Cow<'de, str>)>;
 
+/// Keys named more than once.
+type Duplicates<'de> = Vec<Cow<'de, str>>;
+
 /// The most known fields any object has (a policy has 7).
 const MAX_KNOWN: usize = 8;
 
 impl<'de> Keys<'de> {
-    /// Notes known field `bit` (its index in the object's field list);
-    /// a second mention is a duplicate key.
-    fn known<E: de::Error>(&mut self, bit: usize, key: &str) -> Result<(), E> {
+    /// Notes known field `bit` (its index in the object's field list):
+    /// `false` when it was named before (a [`Keys::duplicate`]), and its
+    /// value is to be skipped.
+    fn known(&mut self, bit: usize) -> bool {
         let mask = 1 << bit;
         if self.seen & mask != 0 {
-            return Err(duplicate(key));
+            return false;
         }
         self.seen |= mask;
         if let Some(slot) = self.at.get_mut(bit) {
             *slot = u8::try_from(self.count).unwrap_or(u8::MAX);
         }
         self.count += 1;
-        Ok(())
+        true
     }
 
-    fn unknown<E: de::Error>(&mut self, key: Cow<'de, str>) -> Result<(), E> {
+    fn unknown(&mut self, key: Cow<'de, str>) {
         // Past the cap the object is refused anyway (it has unknown
         // fields), so duplicates among the rest no longer matter; the cap
         // keeps the duplicate check from going quadratic on a hostile
@@ -364,12 +370,27 @@ impl<'de> Keys<'de> {
         if unknown.len() >= MAX_UNKNOWN {
             self.more_unknown += 1;
         } else if unknown.iter().any(|(_, k)| *k == key) {
-            return Err(duplicate(&key));
+            self.duplicate(key);
         } else {
             unknown.push((self.count, key));
         }
         self.count += 1;
-        Ok(())
+    }
+
+    fn duplicate(&mut self, key: Cow<'de, str>) {
+        let duplicates = self.duplicates.get_or_insert_default();
+        if duplicates.len() < MAX_UNKNOWN && !duplicates.contains(&key) {
+            duplicates.push(key);
+        }
+    }
+
+    /// The keys named more than once, each once, in the order their
+    /// second mentions were read.
+    pub(super) fn duplicates(&self) -> impl Iterator<Item = &str> {
+        self.duplicates
+            .iter()
+            .flat_map(|d| d.iter())
+            .map(|k| k.as_ref())
     }
 
     /// Every key as written: `(Some(bit), name)` for known fields (named
@@ -417,10 +438,6 @@ impl<'de> Keys<'de> {
 /// Unknown fields of one object that are named in errors.
 const MAX_UNKNOWN: usize = 64;
 
-fn duplicate<E: de::Error>(key: &str) -> E {
-    E::custom(format_args!("duplicate key \"{key}\""))
-}
-
 /// An object with a fixed set of fields: each record lists its field
 /// names, and gives the slot of each scalar field by its index (`bit`);
 /// the others (arrays and objects) it reads itself.
@@ -467,12 +484,15 @@ fn read_object<'de, A: MapAccess<'de>>(
 ) -> Result<(), A::Error> {
     while let Some(Key(key)) = map.next_key()? {
         match field_bit(fields, &key) {
-            Some(bit) => {
-                keys.known(bit, &key)?;
-                value(bit, &mut map)?;
+            Some(bit) if keys.known(bit) => value(bit, &mut map)?,
+            // Named before: the object is refused for it (see `Keys`),
+            // whichever value would have been read.
+            Some(_) => {
+                keys.duplicate(key);
+                map.next_value::<IgnoredAny>()?;
             }
             None => {
-                keys.unknown(key)?;
+                keys.unknown(key);
                 map.next_value::<IgnoredAny>()?;
             }
         }
@@ -799,19 +819,19 @@ mod tests {
     }
 
     #[test]
-    fn a_duplicate_key_is_refused_with_its_position() {
-        for json in [
-            "{\"id\": \"a\",\n \"id\": \"b\"}",
-            "{\"x\": 1,\n \"x\": 2}",
-            "{\"rules\": [{\"source\": \"10.0.0.0/8\",\n \"source\": \"0.0.0.0/0\"}]}",
-        ] {
-            let e = policy(json)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            assert!(e.contains("duplicate key"), "{json}: {e}");
-            assert!(e.contains("line 2"), "{json}: {e}");
-        }
+    fn a_duplicate_key_is_noted_and_its_second_value_skipped() {
+        let Ok(Shaped(Some(Ok(p)))) = policy(
+            "{\"id\": \"a\", \"x\": 1, \"id\": \"b\", \"x\": 2, \"id\": \"c\", \"name\": \"n\"}",
+        ) else {
+            panic!("not read");
+        };
+        assert_eq!(p.keys.duplicates().collect::<Vec<_>>(), ["id", "x"]);
+        assert!(matches!(p.fields.id, Scalar::Str(ref s) if s == "a"));
+        assert!(matches!(p.fields.name, Scalar::Str(ref s) if s == "n"));
+        let Ok(Shaped(Some(Ok(p)))) = policy("{\"id\": \"a\", \"name\": \"n\"}") else {
+            panic!("not read");
+        };
+        assert_eq!(p.keys.duplicates().count(), 0);
     }
 
     #[test]

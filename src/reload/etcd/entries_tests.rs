@@ -306,7 +306,7 @@ fn a_value_naming_a_field_twice_is_refused() {
     let refused = e.refused();
     assert_eq!(refused[0].key, key);
     assert!(
-        refused[0].message.contains("duplicate key \"policies\""),
+        refused[0].message.contains("policies: duplicate key"),
         "{}",
         refused[0].message
     );

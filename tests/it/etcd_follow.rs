@@ -136,6 +136,37 @@ async fn follows_a_prefix_and_a_change_reaches_the_next_request_on_an_open_conne
     assert_eq!(pushed.status, StatusCode::CONFLICT);
 }
 
+/// The initial read comes in pages (`snapshot.etcd.page_size`), never one
+/// response; one key a page here, so the world takes a page per entry,
+/// and every entry of it is in force at the revision of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_initial_read_comes_in_pages() {
+    let (cluster, w, _etcd, revision) = a_world_in_etcd(1).await;
+    let snapshot = w.snapshot(1, RULES_A);
+    let keys = snapshot["policies"].as_array().map_or(0, Vec::len)
+        + snapshot["deployments"].as_array().map_or(0, Vec::len);
+    assert!(keys > 2, "the world needs several pages ({keys} keys)");
+    let p = serve(cluster.endpoints(), |o| o.etcd_page_size(1)).await;
+    let v = snapshot_reply(&p).await;
+    assert_eq!(v["snapshot"]["version"], revision, "{v}");
+    assert_eq!(
+        v["snapshot"]["deployments"],
+        snapshot["deployments"].as_array().map_or(0, Vec::len),
+        "{v}"
+    );
+    assert_eq!(
+        v["snapshot"]["policies"],
+        snapshot["policies"].as_array().map_or(0, Vec::len),
+        "{v}"
+    );
+    assert_eq!(v["errors"], json!([]), "{v}");
+    // Read whole: the filtering policy, from one page, applies to the
+    // deployment, from another.
+    denied_conn(&p, false).await;
+    let mut open = conn_to(&p, OPEN).await;
+    assert_eq!(open.get(&host(OPEN), "/").await.status, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_entry_is_refused_alone_and_recovers() {
     let (cluster, w, mut etcd, _) = a_world_in_etcd(1).await;
@@ -208,7 +239,14 @@ async fn an_invalid_entry_is_refused_alone_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_under_load_fails_no_request() {
     let (mut cluster, _world, _etcd, _) = a_world_in_etcd(3).await;
-    let p = Arc::new(serve(cluster.endpoints(), |o| o).await);
+    // The leader's endpoint first, so the proxy follows through the member
+    // that dies and has to move to another.
+    let leader = cluster.leader().await;
+    let mut endpoints = cluster.endpoints();
+    endpoints.swap(0, leader);
+    let p = Arc::new(serve(endpoints, |o| o).await);
+    let v = snapshot_reply(&p).await;
+    assert_eq!(v["etcd"]["endpoint"], cluster.endpoint(leader), "{v}");
 
     // Clients on keep-alive connections, all the way through.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -231,7 +269,6 @@ async fn the_leader_killed_under_load_fails_no_request() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let leader = cluster.leader().await;
     cluster.kill(leader).await;
     // A change after the kill still arrives, through the survivors (the
     // harness's put retries across the election).
@@ -239,6 +276,11 @@ async fn the_leader_killed_under_load_fails_no_request() {
     let key = keys::key(PREFIX, Kind::Policy, "office-ips");
     cluster.put(&key, office_ips(RULES_B).to_string()).await;
     until_decision(&mut conn, StatusCode::OK).await;
+    let dead = cluster.endpoint(leader);
+    until_snapshot(&p, "following through a surviving member", |v| {
+        v["etcd"]["connected"] == true && v["etcd"]["endpoint"] != dead.as_str()
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for task in load {

@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub poll_interval: &'static str,
     /// `admin.body_timeout`; the default when `None`.
     pub admin_body_timeout: Option<&'static str>,
+    /// `snapshot.etcd.page_size`; the default when `None`.
+    pub etcd_page_size: Option<u32>,
 }
 
 impl ServeOptions {
@@ -58,6 +60,7 @@ impl ServeOptions {
             max_bytes: None,
             poll_interval: "100ms",
             admin_body_timeout: None,
+            etcd_page_size: None,
         }
     }
 
@@ -94,6 +97,11 @@ impl ServeOptions {
         self
     }
 
+    pub fn etcd_page_size(mut self, n: u32) -> Self {
+        self.etcd_page_size = Some(n);
+        self
+    }
+
     /// The configuration these options describe, on the test baseline
     /// with an admin token.
     pub fn config(&self, files: &TempDir) -> ProxyConfig {
@@ -121,6 +129,9 @@ impl ServeOptions {
         }
         if let Some(d) = self.admin_body_timeout {
             config = config.set("admin.body_timeout", d);
+        }
+        if let Some(n) = self.etcd_page_size {
+            config = config.set("snapshot.etcd.page_size", i64::from(n));
         }
         config
     }

@@ -167,6 +167,47 @@ async fn the_initial_read_comes_in_pages() {
     assert_eq!(open.get(&host(OPEN), "/").await.status, StatusCode::OK);
 }
 
+/// A member that speaks only TLS, accepts only clients with a certificate
+/// its CA signed, and has authentication on: the proxy reaches it with
+/// `ca_file`, `cert_file`/`key_file` and `user`/`password_file`, reads
+/// the prefix and follows a change written after authentication was
+/// turned on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_member_over_tls_with_a_client_certificate_and_a_password() {
+    let cluster = EtcdCluster::start_tls(1).await;
+    let w = World::new().await;
+    let mut etcd = cluster.client().await;
+    put_world(&mut etcd, &w.snapshot(1, RULES_A)).await;
+    const PASSWORD: &str = "a test password";
+    cluster.enable_auth(PASSWORD).await;
+    let tls = cluster.tls().expect("started with TLS");
+    let dir = TempDir::new();
+    let password_file = dir.write("etcd.password", format!("{PASSWORD}\n"));
+    let path = |p: &std::path::Path| p.display().to_string();
+    let p = serve(cluster.endpoints(), |o| {
+        o.set("snapshot.etcd.ca_file", path(&tls.ca_file))
+            .set("snapshot.etcd.cert_file", path(&tls.cert_file))
+            .set("snapshot.etcd.key_file", path(&tls.key_file))
+            .set("snapshot.etcd.user", "root")
+            .set("snapshot.etcd.password_file", path(&password_file))
+    })
+    .await;
+    let v = snapshot_reply(&p).await;
+    assert_eq!(v["etcd"]["endpoint"], cluster.endpoint(0), "{v}");
+    assert!(cluster.endpoint(0).starts_with("https://"), "{v}");
+
+    let mut conn = denied_conn(&p, false).await;
+    let mut signed_in = cluster.client_as("root", PASSWORD).await;
+    put(
+        &mut signed_in,
+        Kind::Policy,
+        "office-ips",
+        &office_ips(RULES_B),
+    )
+    .await;
+    until_decision(&mut conn, StatusCode::OK).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_entry_is_refused_alone_and_recovers() {
     let (cluster, w, mut etcd, _) = a_world_in_etcd(1).await;

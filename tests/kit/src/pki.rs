@@ -49,6 +49,23 @@ impl TestCa {
         self.issuer.der().clone()
     }
 
+    /// The CA certificate as PEM, for a file a server or client reads.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A client certificate (ECDSA P-256, client-auth use) for
+    /// `common_name`, which servers that authenticate clients by
+    /// certificate read as the user.
+    pub fn client(&self, common_name: &str) -> Leaf {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params, &KeyPair::generate().expect("client key"))
+    }
+
     /// An ECDSA P-256 server certificate for `names` (DNS names, wildcards
     /// allowed).
     pub fn leaf(&self, names: &[&str]) -> Leaf {
@@ -70,6 +87,11 @@ impl TestCa {
         let names: Vec<String> = names.iter().map(ToString::to_string).collect();
         let mut params = CertificateParams::new(names).expect("valid names");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params, key)
+    }
+
+    /// `params` signed by this CA for `key`.
+    fn sign(&self, mut params: CertificateParams, key: &KeyPair) -> Leaf {
         params.use_authority_key_identifier_extension = true;
         let cert = params
             .signed_by(key, &self.issuer)

@@ -15,7 +15,9 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, CompactionOptions, ConnectOptions, GetOptions};
+use etcd_client::{
+    Certificate, Client, CompactionOptions, ConnectOptions, GetOptions, Identity, TlsOptions,
+};
 use tokio::process::{Child, Command};
 
 /// Environment variable naming the etcd binary to use.
@@ -39,14 +41,63 @@ pub struct EtcdCluster {
     initial_cluster: String,
     token: String,
     binary: PathBuf,
-    /// Holds each member's data directory (`m{i}`) and log (`m{i}.log`).
+    /// Holds each member's data directory (`m{i}`) and log (`m{i}.log`),
+    /// and with TLS the certificates (`tls/`).
     root: tempfile::TempDir,
+    tls: Option<EtcdTls>,
+}
+
+/// TLS on the members' client URLs (`https://`): a certificate for
+/// `127.0.0.1` signed by a test CA, and only clients with a certificate
+/// the same CA signed are accepted (`--client-cert-auth`). The files are
+/// what a proxy's `[snapshot.etcd]` names.
+pub struct EtcdTls {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// A CA, a server certificate and a client certificate for
+    /// `client_name`, written under `dir`.
+    fn write(dir: &Path, client_name: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("create the TLS dir");
+        let ca = crate::pki::TestCa::named("portcullis test etcd CA");
+        let server = ca.leaf(&["127.0.0.1"]);
+        let client = ca.client(client_name);
+        let file = |name: &str, contents: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).expect("write a TLS file");
+            path
+        };
+        Self {
+            ca_file: file("ca.pem", &ca.pem()),
+            cert_file: file("client.pem", &client.cert_pem),
+            key_file: file("client.key", &client.key_pem),
+            server_cert: file("server.pem", &server.cert_pem),
+            server_key: file("server.key", &server.key_pem),
+        }
+    }
+
+    fn client_options(&self) -> TlsOptions {
+        let read = |p: &Path| std::fs::read(p).expect("read a TLS file");
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca_file)))
+            .identity(Identity::from_pem(
+                read(&self.cert_file),
+                read(&self.key_file),
+            ))
+    }
 }
 
 struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Its client URL is `https://`.
+    tls: bool,
     process: Option<Child>,
 }
 
@@ -54,10 +105,21 @@ impl EtcdCluster {
     /// Starts `n` members (1 or 3) and waits until the cluster has a
     /// leader and accepts a write.
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, false).await
+    }
+
+    /// [`EtcdCluster::start`] with TLS on the client URLs and client
+    /// certificates required ([`EtcdTls`]; the harness's own client
+    /// presents the same one).
+    pub async fn start_tls(n: usize) -> Self {
+        Self::start_with(n, true).await
+    }
+
+    async fn start_with(n: usize, tls: bool) -> Self {
         assert!(n == 1 || n == 3, "EtcdCluster::start({n}): 1 or 3 members");
         let binary = etcd_binary();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Self::spawn_new(&binary, n);
+            let mut cluster = Self::spawn_new(&binary, n, tls);
             match cluster.wait_started().await {
                 Started::Ready => return cluster,
                 // A member could not bind a port picked for it: another
@@ -77,17 +139,22 @@ impl EtcdCluster {
     }
 
     /// A cluster of `n` fresh members on new ports, processes started.
-    fn spawn_new(binary: &Path, n: usize) -> Self {
+    fn spawn_new(binary: &Path, n: usize, tls: bool) -> Self {
         let root = tempfile::Builder::new()
             .prefix("portcullis-etcd-")
             .tempdir()
             .expect("create etcd temp dir");
+        // A certificate for no etcd user: with authentication on, a client
+        // must still sign in with a password (etcd would take a client
+        // certificate's name as the user otherwise).
+        let tls = tls.then(|| EtcdTls::write(&root.path().join("tls"), "portcullis-test-client"));
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
+                tls: tls.is_some(),
                 process: None,
             })
             .collect();
@@ -102,6 +169,7 @@ impl EtcdCluster {
             token: unique_token(),
             binary: binary.to_owned(),
             root,
+            tls,
         };
         for i in 0..n {
             cluster.spawn(i, "new");
@@ -114,15 +182,46 @@ impl EtcdCluster {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
-    /// `http://127.0.0.1:port` of member `i`.
+    /// `http://127.0.0.1:port` (`https://` with TLS) of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
         self.members[i].client_url()
+    }
+
+    /// The TLS files, for a cluster started with [`EtcdCluster::start_tls`].
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    /// A client of every member that signs in as `user` (once
+    /// [`EtcdCluster::enable_auth`] made passwords count).
+    pub async fn client_as(&self, user: &str, password: &str) -> Client {
+        self.connect_with(&self.endpoints(), Some((user, password)))
+            .await
+    }
+
+    /// Turns etcd's authentication on with a `root` user of `password`
+    /// (etcd's rule: root first, with the root role). From then on a
+    /// client must sign in, through [`EtcdCluster::client_as`];
+    /// [`EtcdCluster::client`] and `put` no longer can.
+    pub async fn enable_auth(&self, password: &str) {
+        let mut client = self.client().await;
+        bounded("user add", client.user_add("root", password, None))
+            .await
+            .expect("etcd user add root");
+        // The root role may exist already; granting it is what counts.
+        let _ = bounded("role add", client.role_add("root")).await;
+        bounded("grant", client.user_grant_role("root", "root"))
+            .await
+            .expect("etcd user grant-role root root");
+        bounded("auth enable", client.auth_enable())
+            .await
+            .expect("etcd auth enable");
     }
 
     /// A client balanced over every member (dead ones included: the
     /// client routes around them).
     pub async fn client(&self) -> Client {
-        connect(&self.endpoints()).await
+        self.connect(&self.endpoints()).await
     }
 
     /// SIGKILLs member `i` and waits until it is gone.
@@ -140,7 +239,7 @@ impl EtcdCluster {
         assert!(self.members[i].process.is_none(), "member {i} is running");
         self.spawn(i, "existing");
         let deadline = Instant::now() + ETCD_WAIT;
-        while status(&self.endpoint(i)).await.is_none() {
+        while self.status(&self.endpoint(i)).await.is_none() {
             self.check_alive(i);
             self.check_deadline(deadline, &format!("restarted member {i} did not answer"));
             tokio::time::sleep(POLL).await;
@@ -162,7 +261,7 @@ impl EtcdCluster {
             self.spawn(i, "existing");
         }
         let deadline = Instant::now() + ETCD_WAIT;
-        let client = connect(&self.endpoints()).await;
+        let client = self.connect(&self.endpoints()).await;
         loop {
             for i in 0..self.members.len() {
                 self.check_alive(i);
@@ -182,7 +281,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + ETCD_WAIT;
         loop {
             for i in self.live() {
-                if let Some((me, leader)) = status(&self.endpoint(i)).await
+                if let Some((me, leader)) = self.status(&self.endpoint(i)).await
                     && me == leader
                 {
                     return i;
@@ -279,7 +378,7 @@ impl EtcdCluster {
     {
         let live: Vec<String> = self.live().map(|i| self.endpoint(i)).collect();
         assert!(!live.is_empty(), "{what}: every etcd member is down");
-        let client = connect(&live).await;
+        let client = self.connect(&live).await;
         let deadline = Instant::now() + ETCD_WAIT;
         loop {
             let error = match tokio::time::timeout(REQUEST, call(client.kv_client())).await {
@@ -296,7 +395,7 @@ impl EtcdCluster {
     /// a member exits.
     async fn wait_started(&mut self) -> Started {
         let deadline = Instant::now() + ETCD_WAIT;
-        let client = connect(&self.endpoints()).await;
+        let client = self.connect(&self.endpoints()).await;
         loop {
             for i in 0..self.members.len() {
                 if self.exited(i) {
@@ -336,7 +435,18 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", state])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .args(["--log-level", "warn"])
+            .args(["--log-level", "warn"]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca_file)
+                .arg("--client-cert-auth");
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -351,6 +461,31 @@ impl EtcdCluster {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", self.binary.display()));
         self.members[i].process = Some(child);
+    }
+
+    /// A client of `endpoints`, with the cluster's TLS. Connecting is
+    /// lazy, so this does not wait for them to answer.
+    async fn connect(&self, endpoints: &[String]) -> Client {
+        self.connect_with(endpoints, None).await
+    }
+
+    async fn connect_with(&self, endpoints: &[String], user: Option<(&str, &str)>) -> Client {
+        let mut options = ConnectOptions::new().with_connect_timeout(REQUEST);
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.client_options());
+        }
+        if let Some((user, password)) = user {
+            options = options.with_user(user, password);
+        }
+        Client::connect(endpoints, Some(options))
+            .await
+            .expect("etcd client")
+    }
+
+    /// `(its member id, the leader's member id)` from the member at
+    /// `endpoint`, or `None` when it does not answer.
+    async fn status(&self, endpoint: &str) -> Option<(u64, u64)> {
+        status_of(self.connect(&[endpoint.to_owned()]).await).await
     }
 
     fn live(&self) -> impl Iterator<Item = usize> + '_ {
@@ -406,7 +541,8 @@ enum Started {
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -455,25 +591,25 @@ fn unique_token() -> String {
     format!("portcullis-test-{}-{n}-{nanos}", std::process::id())
 }
 
-/// A client of `endpoints`. Connecting is lazy, so this does not wait for
-/// them to answer.
-async fn connect(endpoints: &[String]) -> Client {
-    let options = ConnectOptions::new().with_connect_timeout(REQUEST);
-    Client::connect(endpoints, Some(options))
-        .await
-        .expect("etcd client")
-}
-
 /// `(its member id, the leader's member id)` from the member at
 /// `endpoint`, or `None` when it does not answer.
-async fn status(endpoint: &str) -> Option<(u64, u64)> {
-    let client = connect(&[endpoint.to_owned()]).await;
+async fn status_of(client: Client) -> Option<(u64, u64)> {
     let mut maintenance = client.maintenance_client();
     let status = tokio::time::timeout(REQUEST, maintenance.status())
         .await
         .ok()?
         .ok()?;
     Some((status.header()?.member_id(), status.leader()))
+}
+
+/// One etcd call, bounded by [`REQUEST`]: a timeout panics.
+async fn bounded<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, etcd_client::Error> {
+    tokio::time::timeout(REQUEST, call)
+        .await
+        .unwrap_or_else(|_| panic!("etcd {what}: timed out after {REQUEST:?}"))
 }
 
 fn revision(header: Option<&etcd_client::ResponseHeader>) -> i64 {

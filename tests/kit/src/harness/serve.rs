@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub admin_body_timeout: Option<&'static str>,
     /// `snapshot.etcd.page_size`; the default when `None`.
     pub etcd_page_size: Option<u32>,
+    /// More string settings, `(key, value)`, set last.
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl ServeOptions {
@@ -61,6 +63,7 @@ impl ServeOptions {
             poll_interval: "100ms",
             admin_body_timeout: None,
             etcd_page_size: None,
+            extra: Vec::new(),
         }
     }
 
@@ -102,6 +105,12 @@ impl ServeOptions {
         self
     }
 
+    /// Sets `key` (a string setting) to `value`.
+    pub fn set(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.extra.push((key, value.into()));
+        self
+    }
+
     /// The configuration these options describe, on the test baseline
     /// with an admin token.
     pub fn config(&self, files: &TempDir) -> ProxyConfig {
@@ -132,6 +141,9 @@ impl ServeOptions {
         }
         if let Some(n) = self.etcd_page_size {
             config = config.set("snapshot.etcd.page_size", i64::from(n));
+        }
+        for (key, value) in &self.extra {
+            config = config.set(key, value.clone());
         }
         config
     }

@@ -71,10 +71,13 @@ pub fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incoming>) ->
     // response head: that still writes the request's line.
     let mut record = Record::start(&proxy, &conn, &req, id);
     match route(&proxy, &conn, &req, &mut record) {
-        Routed::Answer(response) => Handled::Ready {
-            response: Some(served(response, id_value, record, guard)),
-            body: Some(req.into_body()),
-        },
+        Routed::Answer(response) => {
+            record.detach();
+            Handled::Ready {
+                response: Some(served(response, id_value, record, guard)),
+                body: Some(req.into_body()),
+            }
+        }
         Routed::Forward(snapshot, target) => Handled::Forwarding(Box::pin(async move {
             let response = forward(
                 &proxy,
@@ -360,9 +363,9 @@ struct Record {
     id: RequestId,
     conn: Arc<ConnInfo>,
     method: Method,
-    uri: Uri,
+    /// The host and path the line names.
+    target: LoggedTarget,
     version: Version,
-    host: Option<HeaderValue>,
     snapshot: Option<Arc<Loaded>>,
     decision: Option<Decision>,
     status: u16,
@@ -384,19 +387,32 @@ impl Record {
             conn: conn.clone(),
             method: req.method().clone(),
             // Clones of shared bytes (refcounts), and only when logging.
-            uri: if on {
-                req.uri().clone()
+            target: if on {
+                LoggedTarget::Shared {
+                    uri: req.uri().clone(),
+                    host: host_header(req).cloned(),
+                }
             } else {
-                Uri::default()
+                LoggedTarget::None
             },
             version: req.version(),
-            host: host_header(req).filter(|_| on).cloned(),
             snapshot: None,
             decision: None,
             status: 0,
             bytes: 0,
             complete: false,
             upstream_error: None,
+        }
+    }
+
+    /// Lets go of the request's bytes, copying what the line needs when it
+    /// fits (nearly always): for a request answered at once, whose head is
+    /// then no longer alive, so hyper can read the next request into the
+    /// buffer it has instead of allocating another (8 KiB) while this
+    /// answer is still in flight.
+    fn detach(&mut self) {
+        if let Some(copied) = self.target.copied() {
+            self.target = copied;
         }
     }
 
@@ -433,7 +449,7 @@ impl Drop for Record {
             .and_then(|d| d.matched)
             .and_then(|m| set?.policy(m.policy))
             .map_or("", |p| &*p.id);
-        let host = host_of(&self.uri, self.host.as_ref()).unwrap_or("");
+        let (host, path) = self.target.host_and_path();
         log.log(&Line {
             time: self.time,
             duration: self.started.elapsed(),
@@ -448,7 +464,7 @@ impl Drop for Record {
             deployment,
             product: d.and_then(|d| d.target).map_or("", |t| t.product.as_str()),
             method: self.method.as_str(),
-            path: self.uri.path(),
+            path,
             version: version_str(self.version),
             status: if self.complete {
                 self.status
@@ -461,6 +477,69 @@ impl Drop for Record {
             status_reason: self.status_reason(),
             policy,
         });
+    }
+}
+
+/// The host and path an access-log line names.
+enum LoggedTarget {
+    /// The access log is off.
+    None,
+    /// Clones of the request's own `Uri` and `Host`: reference counts on
+    /// hyper's read buffer, no copy.
+    Shared { uri: Uri, host: Option<HeaderValue> },
+    /// Copies, for a request answered at once (see [`Record::detach`]).
+    Copied(CopiedTarget),
+}
+
+/// Host and path copied into the record: `bytes[..host]` then
+/// `bytes[host..host + path]`, both UTF-8 (copied from `str`s).
+struct CopiedTarget {
+    host: u8,
+    path: u8,
+    bytes: [u8; COPIED_TARGET],
+}
+
+/// Room for the host and path copied: the same 128 bytes the shared
+/// clones take, so the record does not grow.
+const COPIED_TARGET: usize = 126;
+
+impl LoggedTarget {
+    fn host_and_path(&self) -> (&str, &str) {
+        match self {
+            Self::None => ("", ""),
+            Self::Shared { uri, host } => (host_of(uri, host.as_ref()).unwrap_or(""), uri.path()),
+            Self::Copied(c) => {
+                let host = usize::from(c.host);
+                let text = |range: std::ops::Range<usize>| {
+                    c.bytes
+                        .get(range)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .unwrap_or("")
+                };
+                (text(0..host), text(host..host + usize::from(c.path)))
+            }
+        }
+    }
+
+    /// The same host and path as copies, when they fit.
+    fn copied(&self) -> Option<Self> {
+        let (host, path) = self.host_and_path();
+        let (host_len, path_len) = (
+            u8::try_from(host.len()).ok()?,
+            u8::try_from(path.len()).ok()?,
+        );
+        let mut bytes = [0; COPIED_TARGET];
+        bytes
+            .get_mut(..host.len())?
+            .copy_from_slice(host.as_bytes());
+        bytes
+            .get_mut(host.len()..host.len() + path.len())?
+            .copy_from_slice(path.as_bytes());
+        Some(Self::Copied(CopiedTarget {
+            host: host_len,
+            path: path_len,
+            bytes,
+        }))
     }
 }
 
@@ -535,5 +614,43 @@ impl Body for Served {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(uri: &str, host: Option<&str>) -> LoggedTarget {
+        LoggedTarget::Shared {
+            uri: uri.parse().expect("a test URI"),
+            host: host.map(|h| HeaderValue::from_str(h).expect("a test host")),
+        }
+    }
+
+    #[test]
+    fn a_copied_target_names_what_the_shared_one_names() {
+        for (uri, host) in [
+            ("/index/_search?q=a", Some("abc.es.example.com")),
+            ("/", Some("abc.es.example.com:9243")),
+            ("/", None),
+            ("https://abc.es.example.com/x", Some("abc.es.example.com")),
+            ("*", Some("h")),
+        ] {
+            let shared = shared(uri, host);
+            let copied = shared.copied().expect("fits");
+            assert!(matches!(copied, LoggedTarget::Copied(_)));
+            assert_eq!(copied.host_and_path(), shared.host_and_path(), "{uri}");
+        }
+    }
+
+    #[test]
+    fn a_target_too_long_to_copy_stays_shared() {
+        let fits = format!("/{}", "a".repeat(COPIED_TARGET - 1 - "h".len()));
+        assert!(shared(&fits, Some("h")).copied().is_some());
+        let long = format!("{fits}a");
+        let target = shared(&long, Some("h"));
+        assert!(target.copied().is_none());
+        assert_eq!(target.host_and_path(), ("h", long.as_str()));
     }
 }

@@ -31,7 +31,6 @@ use tokio::time::Instant;
 use super::Proxy;
 use super::activity::{Activity, RequestGuard};
 use crate::access_log::{AccessLog, Line, Origin};
-use crate::backends::Backends;
 use crate::endpoint::ClientIdentity;
 use crate::forward::frame::PolledFrame;
 use crate::forward::headers::X_FOUND_CLUSTER;
@@ -208,17 +207,9 @@ fn route(proxy: &Proxy, conn: &ConnInfo, req: &Request<Incoming>, record: &mut R
         return Routed::Answer(refused.response());
     }
     match decision.target {
-        Some(target) if backends(&snapshot, target).is_some() => Routed::Forward(snapshot, target),
-        _ => Routed::Answer(Local::UnknownResource.response()),
+        Some(target) => Routed::Forward(snapshot, target),
+        None => Routed::Answer(Local::UnknownResource.response()),
     }
-}
-
-/// The nodes of `target`'s resource in `snapshot`.
-fn backends(snapshot: &Loaded, target: Target) -> Option<&Backends> {
-    snapshot
-        .set
-        .deployment(target.deployment)?
-        .backends(target.product)
 }
 
 /// Forwards a request [`route`] allowed, and answers for the backend.
@@ -231,8 +222,14 @@ async fn forward(
     record: &mut Record,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    // `route` found them in this very snapshot.
-    let Some(backends) = backends(snapshot, target) else {
+    // Looked up here, once: the future owns the snapshot they live in.
+    // A deployment without the product asked for is answered here too
+    // (rare: it costs this path's box, which a local answer avoids).
+    let Some(backends) = snapshot
+        .set
+        .deployment(target.deployment)
+        .and_then(|d| d.backends(target.product))
+    else {
         return Local::UnknownResource.response();
     };
     let fwd = Forwarded {

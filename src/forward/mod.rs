@@ -24,12 +24,15 @@ pub mod metrics;
 pub mod pool;
 pub mod upload;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 
 pub use body::ResponseBody;
 pub use headers::Forwarded;
@@ -79,6 +82,16 @@ impl ForwardError {
     }
 }
 
+/// A request offered to a connection that did not answer it. Returned and
+/// matched at once, never stored: boxing the request to even out the
+/// variants would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Awaited {
+    /// The connection gave the request back unsent.
+    Back(Request<UpstreamBody>),
+    Failed(ForwardError),
+}
+
 /// Sends allowed requests to backends.
 #[derive(Debug)]
 pub struct Forwarder {
@@ -117,51 +130,69 @@ impl Forwarder {
                 .and_then(|node| http::HeaderValue::try_from(node.to_string()).ok())
         });
         let (body, progress) = UpstreamBody::new(body);
-        let req = Request::from_parts(parts, body);
+        let mut req = Request::from_parts(parts, body);
 
-        let dispatched = self
-            .pool
-            .dispatch(nodes, backends.next_start(), req)
-            .await?;
-        let (response, lease) = dispatched.into_parts();
-        let response = self.await_response(response, &progress).await?;
-        // The request's Upgrade header was stripped (hop-by-hop), so a 101
-        // answers a question nobody asked; relaying it would hand the
-        // client a raw connection to the node. Dropping the lease closes
-        // that backend connection.
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ForwardError::UnexpectedUpgrade);
+        let mut route = self.pool.route(nodes, backends.next_start());
+        loop {
+            let mut candidate = route.next().await?;
+            // Pinned here, where the response is awaited, rather than boxed.
+            let sent = std::pin::pin!(candidate.lease.send(req));
+            let response = match self.await_response(sent, &progress).await {
+                Ok(response) => response,
+                // Not sent: offer it to the next connection.
+                Err(Awaited::Back(back)) => {
+                    req = back;
+                    route.gave_back(candidate);
+                    continue;
+                }
+                Err(Awaited::Failed(e)) => return Err(e),
+            };
+            // The request's Upgrade header was stripped (hop-by-hop), so a
+            // 101 answers a question nobody asked; relaying it would hand
+            // the client a raw connection to the node. Dropping the lease
+            // closes that backend connection.
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ForwardError::UnexpectedUpgrade);
+            }
+            let (mut parts, body) = response.into_parts();
+            headers::rewrite_response(&mut parts);
+            return Ok(Response::from_parts(
+                parts,
+                ResponseBody::upstream(body, candidate.lease),
+            ));
         }
-        let (mut parts, body) = response.into_parts();
-        headers::rewrite_response(&mut parts);
-        Ok(Response::from_parts(
-            parts,
-            ResponseBody::upstream(body, lease),
-        ))
     }
 
     /// Waits for the response head, giving up when the request body has
     /// made no progress for `response_timeout` (see the module docs).
     async fn await_response(
         &self,
-        mut response: pool::ResponseFuture,
+        mut response: Pin<
+            &mut impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>>,
+        >,
         progress: &Watch,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<Incoming>, Awaited> {
         let timeout = self.response_timeout;
         loop {
             tokio::select! {
-                r = &mut response => {
-                    return r.map_err(|e| if e.is_user() { ForwardError::RequestBody(e) } else { ForwardError::Backend(e) });
+                r = response.as_mut() => {
+                    return r.map_err(|mut e| match e.take_message() {
+                        Some(req) => Awaited::Back(req),
+                        None => {
+                            let e = e.into_error();
+                            Awaited::Failed(if e.is_user() { ForwardError::RequestBody(e) } else { ForwardError::Backend(e) })
+                        }
+                    });
                 }
                 () = tokio::time::sleep_until(progress.last() + timeout) => {
                     if progress.last().elapsed() < timeout {
                         continue; // the body moved while we slept
                     }
-                    return Err(if progress.waiting_on_client() {
+                    return Err(Awaited::Failed(if progress.waiting_on_client() {
                         ForwardError::RequestBodyTimeout(timeout)
                     } else {
                         ForwardError::ResponseTimeout(timeout)
-                    });
+                    }));
                 }
             }
         }

@@ -6,22 +6,20 @@
 //! the end ([`Lease::release`]); a connection whose response was abandoned
 //! half-way is closed instead, since its stream position is unknown.
 //!
-//! The pool never owns a request: [`Pool::send`] hands the request to a
-//! pooled connection with `try_send_request`, which gives it back untouched
-//! when the connection turned out to be closed or busy, so a stale
-//! keep-alive connection or a refused connect moves the request to the next
-//! connection or node without losing its body.
+//! The pool never owns a request: [`Lease::send`] hands the request to a
+//! connection [`Route::next`] found with `try_send_request`, which gives it
+//! back untouched when the connection turned out to be closed or busy, so a
+//! stale keep-alive connection or a refused connect moves the request to
+//! the next connection or node without losing its body.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{TrySendError, http1};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -83,6 +81,22 @@ impl Lease {
     pub fn addr(&self) -> SocketAddr {
         self.node.addr
     }
+
+    /// Offers `req` to this connection. hyper queues it at once when the
+    /// connection is ready for a request; when it is not (closed, or busy
+    /// finishing the previous response), or when it closes before writing
+    /// the request, the future gives the request back untouched
+    /// ([`TrySendError::take_message`]). Not boxed: the caller pins it
+    /// where it waits for the response, which saves an allocation per
+    /// request.
+    pub fn send(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>>
+    + Send
+    + use<> {
+        self.tx.try_send_request(req)
+    }
 }
 
 impl Pool {
@@ -112,54 +126,26 @@ impl Pool {
             .clone()
     }
 
-    /// Sends `req` to the first node, starting at `start`, that takes it:
-    /// a pooled connection if one is idle, else a new one. Ejected nodes are
-    /// skipped; a node that refuses the connection (or does not answer
-    /// within the connect timeout) passes the request on to the next node,
-    /// and counts towards its ejection. Resolves when the request has been
-    /// handed to a connection; the returned future yields the response.
-    pub async fn dispatch(
-        &self,
-        nodes: &[SocketAddr],
-        start: usize,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<Dispatched, ForwardError> {
-        let mut last = ForwardError::NoHealthyBackend;
-        for (addr, node) in self.walk(nodes, start) {
-            // Pooled connections first.
-            while let Some(mut tx) = node.take(self.settings.idle_timeout) {
-                match try_send(&mut tx, req) {
-                    TrySend::Sent(response) => return Ok(Dispatched { node, tx, response }),
-                    TrySend::Back(back) => req = back,
-                }
-            }
-            let connected = self.connect(addr).await;
-            self.record(&node, addr, connected.as_ref().err());
-            match connected {
-                Ok(mut tx) => match try_send(&mut tx, req) {
-                    TrySend::Sent(response) => return Ok(Dispatched { node, tx, response }),
-                    TrySend::Back(back) => {
-                        req = back;
-                        last = ForwardError::Handshake(addr);
-                    }
-                },
-                Err(e) => last = e,
-            }
+    /// The connections a request to `nodes` is offered to, starting at
+    /// `start`: see [`Route`].
+    pub fn route<'p>(&'p self, nodes: &'p [SocketAddr], start: usize) -> Route<'p> {
+        Route {
+            pool: self,
+            walk: self.walk(nodes, start),
+            current: None,
+            last: ForwardError::NoHealthyBackend,
         }
-        Err(last)
     }
 
     /// `nodes` from `start` round, ejected ones skipped (checked as the
     /// walk reaches each, so an ejection on the way counts).
-    fn walk<'a>(
-        &'a self,
-        nodes: &'a [SocketAddr],
-        start: usize,
-    ) -> impl Iterator<Item = (SocketAddr, Arc<Node>)> + 'a {
-        (0..nodes.len())
-            .filter_map(move |i| nodes.get((start + i) % nodes.len()).copied())
-            .map(|addr| (addr, self.node(addr)))
-            .filter(|(_, node)| !node.health.is_ejected())
+    fn walk<'p>(&'p self, nodes: &'p [SocketAddr], start: usize) -> Walk<'p> {
+        Walk {
+            pool: self,
+            nodes,
+            start,
+            next: 0,
+        }
     }
 
     /// A connect attempt's outcome, counted towards the node's ejection.
@@ -208,7 +194,8 @@ impl Pool {
         start: usize,
     ) -> Result<(SocketAddr, TcpStream), ForwardError> {
         let mut last = ForwardError::NoHealthyBackend;
-        for (addr, node) in self.walk(nodes, start) {
+        for node in self.walk(nodes, start) {
+            let addr = node.addr;
             let connected = self.tcp(addr).await;
             self.record(&node, addr, connected.as_ref().err());
             match connected {
@@ -276,100 +263,98 @@ impl Pool {
     }
 }
 
-/// A request on its way: the response future and the connection carrying
-/// it.
-pub struct Dispatched {
-    node: Arc<Node>,
-    tx: Sender,
-    pub response: ResponseFuture,
+/// The nodes of one request, in the order they are tried.
+struct Walk<'p> {
+    pool: &'p Pool,
+    nodes: &'p [SocketAddr],
+    start: usize,
+    /// How many of `nodes` were looked at.
+    next: usize,
 }
 
-impl Dispatched {
-    /// Splits into the response future and the lease to return once the
-    /// response body is consumed.
-    pub fn into_parts(self) -> (ResponseFuture, Lease) {
-        (
-            self.response,
-            Lease {
-                node: self.node,
-                tx: self.tx,
-            },
-        )
+impl Iterator for Walk<'_> {
+    type Item = Arc<Node>;
+
+    fn next(&mut self) -> Option<Arc<Node>> {
+        while self.next < self.nodes.len() {
+            let at = (self.start + self.next) % self.nodes.len();
+            self.next += 1;
+            let node = self.pool.node(*self.nodes.get(at)?);
+            if !node.health.is_ejected() {
+                return Some(node);
+            }
+        }
+        None
     }
 }
 
-/// The backend's response to a dispatched request. One allocation per
-/// request: hyper's send future, boxed once and polled where it is.
-pub struct ResponseFuture(ResponseState);
-
-enum ResponseState {
-    Pending(Pin<Box<SendFuture>>),
-    Failed(Option<hyper::Error>),
+/// The connections one request is offered to, in order: each node's idle
+/// connections (most recently used first), then a new connection to it,
+/// then the next node. A node that refuses the connection (or does not
+/// answer within the connect timeout) counts towards its ejection.
+///
+/// The caller offers the request with [`Lease::send`] and, when the
+/// connection gives it back, tells [`Route::gave_back`] and asks for the
+/// next one: the request is never lost on the way, body included.
+pub struct Route<'p> {
+    pool: &'p Pool,
+    walk: Walk<'p>,
+    /// The node whose idle connections are being offered.
+    current: Option<Arc<Node>>,
+    /// Why the last node failed: the error when every node has.
+    last: ForwardError,
 }
 
-type SendFuture = dyn Future<
-        Output = Result<
-            Response<Incoming>,
-            hyper::client::conn::TrySendError<Request<UpstreamBody>>,
-        >,
-    > + Send;
+/// A connection [`Route::next`] found.
+pub struct Candidate {
+    pub lease: Lease,
+    /// Connected for this request rather than taken from the pool.
+    fresh: bool,
+}
 
-impl Future for ResponseFuture {
-    type Output = Result<Response<Incoming>, hyper::Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
-            ResponseState::Pending(fut) => fut.as_mut().poll(cx).map_err(|e| e.into_error()),
-            ResponseState::Failed(e) => match e.take() {
-                Some(e) => Poll::Ready(Err(e)),
-                // Polled again after it failed: a caller bug, not the
-                // backend's; never reached by `Forwarder`.
-                None => Poll::Pending,
-            },
+impl Route<'_> {
+    /// The next connection to offer the request to, or why there is none.
+    pub async fn next(&mut self) -> Result<Candidate, ForwardError> {
+        loop {
+            let node = match self.current.take().or_else(|| self.walk.next()) {
+                Some(node) => node,
+                None => {
+                    return Err(std::mem::replace(
+                        &mut self.last,
+                        ForwardError::NoHealthyBackend,
+                    ));
+                }
+            };
+            if let Some(tx) = node.take(self.pool.settings.idle_timeout) {
+                self.current = Some(node.clone());
+                return Ok(Candidate {
+                    lease: Lease { node, tx },
+                    fresh: false,
+                });
+            }
+            // No idle connection left: a new one, and after it the next node.
+            let connected = self.pool.connect(node.addr).await;
+            self.pool.record(&node, node.addr, connected.as_ref().err());
+            match connected {
+                Ok(tx) => {
+                    return Ok(Candidate {
+                        lease: Lease { node, tx },
+                        fresh: true,
+                    });
+                }
+                Err(e) => self.last = e,
+            }
         }
     }
-}
 
-impl std::fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ResponseFuture")
-    }
-}
-
-/// The outcome of offering a request to a connection. Returned and
-/// matched at once, never stored: boxing the request to even out the
-/// variants would cost an allocation for nothing.
-#[allow(clippy::large_enum_variant)]
-enum TrySend {
-    /// Queued on the connection; the future yields the response.
-    Sent(ResponseFuture),
-    /// The connection could not take it (closed, or busy finishing the
-    /// previous response); here it is back, untouched.
-    Back(Request<UpstreamBody>),
-}
-
-/// Hands `req` to `tx` if it can take it now; gives it back otherwise.
-fn try_send(tx: &mut Sender, req: Request<UpstreamBody>) -> TrySend {
-    if tx.is_closed() {
-        return TrySend::Back(req);
-    }
-    // `try_send_request` queues the request only when the connection is
-    // ready for one (it decides before the returned future is polled); if
-    // it is not, or the connection dies before writing it, the error
-    // carries the request back. One poll, with a no-op waker, tells which.
-    let mut fut: Pin<Box<SendFuture>> = Box::pin(tx.try_send_request(req));
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(Err(mut e)) => match e.take_message() {
-            Some(req) => TrySend::Back(req),
-            None => TrySend::Sent(ResponseFuture(ResponseState::Failed(Some(e.into_error())))),
-        },
-        // Answered on the first poll: cannot happen in practice (the
-        // backend has not even seen the request), but keep the answer.
-        Poll::Ready(Ok(resp)) => TrySend::Sent(ResponseFuture(ResponseState::Pending(Box::pin(
-            std::future::ready(Ok(resp)),
-        )))),
-        Poll::Pending => TrySend::Sent(ResponseFuture(ResponseState::Pending(fut))),
+    /// `candidate` gave the request back without sending it. A pooled
+    /// connection was most likely closed by the backend while idle; a new
+    /// one that does so failed its HTTP handshake, which is the error if
+    /// no other node takes the request.
+    pub fn gave_back(&mut self, candidate: Candidate) {
+        if candidate.fresh {
+            self.last = ForwardError::Handshake(candidate.lease.node.addr);
+        }
     }
 }
 
@@ -426,5 +411,104 @@ impl Node {
                 since: Instant::now(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool {
+        Pool::new(PoolSettings {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_backend: 8,
+            ejection: Ejection {
+                after_failures: 100,
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(1),
+            },
+        })
+    }
+
+    /// A loopback address that accepts connections (into the backlog: the
+    /// handshake needs nothing from the peer).
+    async fn listening() -> (tokio::net::TcpListener, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr)
+    }
+
+    /// A loopback address nothing listens on.
+    async fn refusing() -> SocketAddr {
+        listening().await.1
+    }
+
+    fn where_from(c: &Candidate) -> (SocketAddr, bool) {
+        (c.lease.addr(), c.fresh)
+    }
+
+    #[tokio::test]
+    async fn a_route_offers_idle_connections_then_a_new_one_then_the_next_node() {
+        let pool = pool();
+        let (_a_listener, a) = listening().await;
+        let (_b_listener, b) = listening().await;
+        let nodes = [a, b];
+
+        // Leave one idle connection to `a` in the pool.
+        let first = pool.route(&nodes, 0).next().await.unwrap();
+        assert_eq!(where_from(&first), (a, true));
+        first.lease.release();
+        assert_eq!(pool.idle_connections(), 1);
+
+        let mut route = pool.route(&nodes, 0);
+        let offered = route.next().await.unwrap();
+        assert_eq!(where_from(&offered), (a, false), "the idle one first");
+        route.gave_back(offered);
+        let offered = route.next().await.unwrap();
+        assert_eq!(
+            where_from(&offered),
+            (a, true),
+            "then a new one to the same node"
+        );
+        route.gave_back(offered);
+        let offered = route.next().await.unwrap();
+        assert_eq!(where_from(&offered), (b, true), "then the next node");
+        route.gave_back(offered);
+        match route.next().await {
+            Err(ForwardError::Handshake(addr)) => assert_eq!(addr, b),
+            other => panic!(
+                "expected the last node's handshake error, got {:?}",
+                other.err()
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_route_passes_over_a_refusing_node_and_reports_the_last_failure() {
+        let pool = pool();
+        let dead = refusing().await;
+        let (_listener, alive) = listening().await;
+
+        let nodes = [dead, alive];
+        let mut route = pool.route(&nodes, 0);
+        let offered = route.next().await.unwrap();
+        assert_eq!(where_from(&offered), (alive, true));
+
+        let nodes = [alive, dead];
+        let mut route = pool.route(&nodes, 1);
+        assert_eq!(where_from(&route.next().await.unwrap()), (alive, true));
+
+        let nodes = [dead];
+        let mut route = pool.route(&nodes, 0);
+        match route.next().await {
+            Err(ForwardError::Connect(addr, _)) => assert_eq!(addr, dead),
+            other => panic!("expected the refused connect, got {:?}", other.err()),
+        }
+        let mut route = pool.route(&[], 0);
+        assert!(matches!(
+            route.next().await,
+            Err(ForwardError::NoHealthyBackend)
+        ));
     }
 }

@@ -53,17 +53,20 @@ pub struct Line<'a> {
     pub origin: Origin<'a>,
     pub host: &'a str,
     pub deployment: &'a str,
-    pub product: &'a str,
+    /// Names portcullis chose (`&'static`) and the method, which `http`
+    /// accepts only as a token: none has a byte to escape, so they are
+    /// written without looking for one ([`Fields::known`]).
+    pub product: &'static str,
     pub method: &'a str,
     pub path: &'a str,
     /// `HTTP/1.1` or `HTTP/2.0`.
-    pub version: &'a str,
+    pub version: &'static str,
     pub status: u16,
     /// Response body bytes sent to the client.
     pub bytes: u64,
-    pub decision: &'a str,
-    pub reason: &'a str,
-    pub status_reason: &'a str,
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub status_reason: &'static str,
     pub policy: &'a str,
 }
 
@@ -75,23 +78,18 @@ pub fn write(format: Format, line: &Line<'_>, out: &mut Vec<u8>) {
         o.extend_from_slice(l.request_id.as_bytes())
     });
     f.origin(&l.origin);
-    f.strs(&[
-        ("host", l.host),
-        ("deployment", l.deployment),
-        ("product", l.product),
-        ("method", l.method),
-        ("path", l.path),
-    ]);
+    f.strs(&[("host", l.host), ("deployment", l.deployment)]);
+    f.known("product", l.product);
+    f.known("method", l.method);
+    f.str("path", l.path);
     f.token("version", |o| o.extend_from_slice(l.version.as_bytes()));
     f.num("status", l.status);
     f.num("bytes", l.bytes);
     f.millis("duration_ms", l.duration);
-    f.strs(&[
-        ("decision", l.decision),
-        ("reason", l.reason),
-        ("status_reason", l.status_reason),
-        ("policy", l.policy),
-    ]);
+    f.known("decision", l.decision);
+    f.known("reason", l.reason);
+    f.known("status_reason", l.status_reason);
+    f.str("policy", l.policy);
     f.end();
 }
 
@@ -168,6 +166,14 @@ impl<'o> Fields<'o> {
     pub fn str(&mut self, key: &str, value: &str) {
         self.key(key);
         json_str(value, self.out);
+    }
+
+    /// A string with no byte to escape (see [`Line`]): quoted like
+    /// [`Fields::str`], without the search for one.
+    #[inline(always)]
+    pub fn known(&mut self, key: &str, value: &str) {
+        debug_assert!(!any_escaped(value.as_bytes()), "{key} = {value:?}");
+        self.quoted(key, |o| o.extend_from_slice(value.as_bytes()));
     }
 
     /// Several strings in a row.
@@ -318,21 +324,20 @@ fn escape_bits(w: u64) -> u64 {
     control | equal(b'"') | equal(b'\\') | equal(0x7f)
 }
 
-/// Whether any byte of `bytes` is one [`ESCAPE`] marks. The last word is
-/// padded with a byte that needs no escaping; the strings of a line are
-/// short, so a byte-at-a-time tail would cost more than the words.
+/// Whether any byte of `bytes` is one [`ESCAPE`] marks: a word of eight
+/// bytes at a time, the last word overlapping the one before it (a tail
+/// padded into a word took a `memcpy` call per string); a string shorter
+/// than a word, byte by byte.
 fn any_escaped(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    let mut found = 0;
-    for word in words.by_ref() {
-        let mut w = [0; 8];
-        w.copy_from_slice(word);
-        found |= escape_bits(u64::from_le_bytes(w));
+    let Some(last) = bytes.last_chunk::<8>() else {
+        return bytes.iter().any(|&b| ESCAPE[usize::from(b)]);
+    };
+    let mut found = escape_bits(u64::from_le_bytes(*last));
+    for word in bytes.chunks_exact(8) {
+        if let Some(w) = word.first_chunk::<8>() {
+            found |= escape_bits(u64::from_le_bytes(*w));
+        }
     }
-    let tail = words.remainder();
-    let mut last = [b'a'; 8];
-    last[..tail.len()].copy_from_slice(tail);
-    found |= escape_bits(u64::from_le_bytes(last));
     found != 0
 }
 

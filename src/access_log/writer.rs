@@ -5,10 +5,11 @@
 //! Costs per line on the request path: formatting into a thread-local
 //! scratch buffer, one uncontended mutex lock and a `memcpy`. The writer
 //! thread is woken only when a batch is full (`batch_bytes`) or when the
-//! first line after a quiet spell arrives; otherwise it sleeps until its
-//! `flush_interval` timer, so a busy proxy wakes it once per batch rather
-//! than once per line (the cost that dominated the old `tracing` path:
-//! a thread wake-up, and its context switches, for every request).
+//! first line after a quiet spell of a whole `flush_interval` arrives;
+//! otherwise it sleeps until its `flush_interval` timer, so a busy proxy
+//! wakes it once per batch rather than once per line (the cost that
+//! dominated the old `tracing` path: a thread wake-up, and its context
+//! switches, for every request).
 //!
 //! Memory is bounded: lines waiting to be written never exceed
 //! `max_buffered_bytes`; past that (a stalled stdout consumer) new lines are
@@ -73,6 +74,9 @@ struct State {
     idle: bool,
     closed: bool,
     finished: bool,
+    /// Times a line woke the writer thread (what the tests check).
+    #[cfg(test)]
+    wakes: u64,
 }
 
 thread_local! {
@@ -163,6 +167,10 @@ impl Shared {
         let wake = state.idle || state.filling.len() >= self.settings.batch_bytes;
         if wake {
             state.idle = false;
+            #[cfg(test)]
+            {
+                state.wakes += 1;
+            }
         }
         drop(state);
         if wake {
@@ -173,33 +181,35 @@ impl Shared {
     /// The writer thread: waits for a batch or the flush interval, swaps
     /// the buffer out, and writes it without holding the lock.
     fn run(&self, mut sink: Sink) {
+        let interval = self.settings.flush_interval;
         let mut spare: Vec<u8> = Vec::with_capacity(self.settings.batch_bytes);
         let mut state = self.lock();
         loop {
             if state.filling.is_empty() {
-                if state.closed {
-                    break;
+                // Nothing waiting. Wait one interval for a batch without
+                // asking to hear of the first line: a busy proxy fills the
+                // batch within it and wakes the thread once, when it is
+                // full, instead of twice (first line, then full batch; each
+                // wake-up two context switches on the worker's core). The
+                // lines that come meanwhile wait at most the interval.
+                state = self.wait_for_batch(state, Instant::now() + interval);
+                if state.filling.is_empty() {
+                    if state.closed {
+                        break;
+                    }
+                    // A whole interval without a line: sleep until the next
+                    // one, which then gets an interval of its own.
+                    state.idle = true;
+                    state = self
+                        .wake
+                        .wait_while(state, |s| s.filling.is_empty() && !s.closed)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    continue;
                 }
-                state.idle = true;
-                state = self
-                    .wake
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            // Something is waiting: give it until the batch fills or the
-            // flush interval passes, whichever is first.
-            let deadline = Instant::now() + self.settings.flush_interval;
-            while !state.closed && state.filling.len() < self.settings.batch_bytes {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = self
-                    .wake
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
+            } else {
+                // Lines came while the last batch was written: give them
+                // until the batch fills or the interval passes.
+                state = self.wait_for_batch(state, Instant::now() + interval);
             }
             std::mem::swap(&mut state.filling, &mut spare);
             state.writing = spare.len();
@@ -223,6 +233,26 @@ impl Shared {
         state.finished = true;
         drop(state);
         self.done.notify_all();
+    }
+
+    /// Waits until a batch is full, the writer is closed or `deadline`.
+    fn wait_for_batch<'s>(
+        &'s self,
+        mut state: MutexGuard<'s, State>,
+        deadline: Instant,
+    ) -> MutexGuard<'s, State> {
+        while !state.closed && state.filling.len() < self.settings.batch_bytes {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .wake
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        state
     }
 }
 
@@ -315,6 +345,23 @@ mod tests {
         }
     }
 
+    /// A writer into a fresh [`Memory`], with no interest in drops.
+    fn start(settings: WriterSettings) -> (Memory, Writer, WriterThread) {
+        let sink = Memory::default();
+        let (w, thread) =
+            Writer::start(Box::new(sink.clone()), settings, Box::new(Count::default())).unwrap();
+        (sink, w, thread)
+    }
+
+    /// Waits (10 s at most) until `done` holds.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn lines_are_written_in_order_in_few_large_writes() {
         let sink = Memory::default();
@@ -341,20 +388,45 @@ mod tests {
 
     #[test]
     fn a_quiet_proxy_still_gets_its_lines_out_within_the_flush_interval() {
-        let sink = Memory::default();
-        let (w, _thread) = Writer::start(
-            Box::new(sink.clone()),
-            settings(1 << 16, Duration::from_millis(20), 1 << 20),
-            Box::new(Count::default()),
-        )
-        .unwrap();
+        let (sink, w, _thread) = start(settings(1 << 16, Duration::from_millis(20), 1 << 20));
         w.append(line(7));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sink.bytes.lock().unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "line never written");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("line never written", || {
+            !sink.bytes.lock().unwrap().is_empty()
+        });
         assert_eq!(&*sink.bytes.lock().unwrap(), b"line 00007\n");
+    }
+
+    #[test]
+    fn a_busy_stream_wakes_the_writer_once_a_batch() {
+        let (sink, w, mut thread) = start(settings(1100, Duration::from_secs(60), 1 << 20));
+        // Five batches of 100 lines (11 bytes each), each written out
+        // before the next begins: the writer has nothing waiting between
+        // them, yet only the full batch wakes it, never its first line.
+        for batch in 0..5 {
+            for n in 0..100 {
+                w.append(line(batch * 100 + n));
+            }
+            let written = (batch + 1) * 1100;
+            wait_until("batch never written", || {
+                sink.bytes.lock().unwrap().len() >= written
+            });
+        }
+        assert_eq!(w.shared.lock().wakes, 5);
+        thread.close(Duration::from_secs(10));
+        assert_eq!(sink.bytes.lock().unwrap().len(), 5500);
+    }
+
+    #[test]
+    fn after_a_quiet_interval_the_first_line_wakes_the_writer() {
+        let (sink, w, _thread) = start(settings(1 << 16, Duration::from_millis(20), 1 << 20));
+        // Let the writer find a whole interval without a line and sleep.
+        wait_until("the writer never went idle", || w.shared.lock().idle);
+        w.append(line(3));
+        wait_until("line never written", || {
+            !sink.bytes.lock().unwrap().is_empty()
+        });
+        assert_eq!(&*sink.bytes.lock().unwrap(), b"line 00003\n");
+        assert_eq!(w.shared.lock().wakes, 1);
     }
 
     #[test]
@@ -389,13 +461,7 @@ mod tests {
 
     #[test]
     fn close_writes_what_is_waiting() {
-        let sink = Memory::default();
-        let (w, mut thread) = Writer::start(
-            Box::new(sink.clone()),
-            settings(1 << 20, Duration::from_secs(3600), 1 << 20),
-            Box::new(Count::default()),
-        )
-        .unwrap();
+        let (sink, w, mut thread) = start(settings(1 << 20, Duration::from_secs(3600), 1 << 20));
         w.append(line(1));
         w.append(line(2));
         thread.close(Duration::from_secs(10));

@@ -16,8 +16,11 @@ use serde_json::{Value, json};
 const CONNECTIONS: usize = 16;
 const FLIPS: u64 = 300;
 const EVERY: Duration = Duration::from_millis(5);
-/// The whole test, in a debug build on two cores.
-const BOUND: Duration = Duration::from_secs(30);
+/// The whole test, in a debug build on two cores: about 8 s alone. The
+/// proxy applies snapshots at idle priority (`src/background.rs`), so while
+/// other tests or builds keep both cores busy the storm's 300 reloads wait
+/// for spare CPU; 30 s was once exceeded that way with nothing wrong.
+const BOUND: Duration = Duration::from_secs(120);
 
 /// Version A allows the clients, B denies them; nothing else differs.
 fn snapshot(version: u64, es: SocketAddr, dead: SocketAddr, allow: bool) -> Value {

@@ -185,31 +185,26 @@ impl Shared {
         let mut spare: Vec<u8> = Vec::with_capacity(self.settings.batch_bytes);
         let mut state = self.lock();
         loop {
+            // Wait until a batch is full or an interval has passed. With
+            // nothing waiting, the thread does not ask to hear of the first
+            // line: a busy proxy fills the batch within the interval and
+            // wakes it once, when it is full, instead of twice (first line,
+            // then full batch; each wake-up two context switches on the
+            // worker's core). Lines wait at most the interval (plus the
+            // write under way when they came).
+            state = self.wait_for_batch(state, Instant::now() + interval);
             if state.filling.is_empty() {
-                // Nothing waiting. Wait one interval for a batch without
-                // asking to hear of the first line: a busy proxy fills the
-                // batch within it and wakes the thread once, when it is
-                // full, instead of twice (first line, then full batch; each
-                // wake-up two context switches on the worker's core). The
-                // lines that come meanwhile wait at most the interval.
-                state = self.wait_for_batch(state, Instant::now() + interval);
-                if state.filling.is_empty() {
-                    if state.closed {
-                        break;
-                    }
-                    // A whole interval without a line: sleep until the next
-                    // one, which then gets an interval of its own.
-                    state.idle = true;
-                    state = self
-                        .wake
-                        .wait_while(state, |s| s.filling.is_empty() && !s.closed)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    continue;
+                if state.closed {
+                    break;
                 }
-            } else {
-                // Lines came while the last batch was written: give them
-                // until the batch fills or the interval passes.
-                state = self.wait_for_batch(state, Instant::now() + interval);
+                // A whole interval without a line: sleep until the next
+                // one, which then gets an interval of its own.
+                state.idle = true;
+                state = self
+                    .wake
+                    .wait_while(state, |s| s.filling.is_empty() && !s.closed)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
             }
             std::mem::swap(&mut state.filling, &mut spare);
             state.writing = spare.len();

@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::client::conn::TrySendError;
 
 pub use body::ResponseBody;
 pub use headers::Forwarded;
@@ -167,9 +166,7 @@ impl Forwarder {
     /// made no progress for `response_timeout` (see the module docs).
     async fn await_response(
         &self,
-        mut response: Pin<
-            &mut impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>>,
-        >,
+        mut response: Pin<&mut impl Future<Output = pool::Sent>>,
         progress: &Watch,
     ) -> Result<Response<Incoming>, Awaited> {
         let timeout = self.response_timeout;

@@ -92,12 +92,14 @@ impl Lease {
     pub fn send(
         &mut self,
         req: Request<UpstreamBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>>
-    + Send
-    + use<> {
+    ) -> impl Future<Output = Sent> + Send + use<> {
         self.tx.try_send_request(req)
     }
 }
+
+/// What [`Lease::send`] yields: the response, or the error with the request
+/// when the connection gave it back unsent.
+pub type Sent = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
 
 impl Pool {
     pub fn new(settings: PoolSettings) -> Self {

@@ -2,7 +2,7 @@
 //! answering a rejected request allocates nothing but the response head.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::forward::{ForwardError, ResponseBody};
@@ -139,16 +139,23 @@ impl Local {
             ForwardError::RequestBody(_) => Self::BadRequest,
             ForwardError::Connect(..)
             | ForwardError::ConnectTimeout(_)
-            | ForwardError::Handshake(_)
             | ForwardError::Backend(_)
             | ForwardError::UnexpectedUpgrade => Self::BadGateway,
         }
     }
 
     pub fn response(self) -> Response<ResponseBody> {
+        self.response_in(HeaderMap::new())
+    }
+
+    /// The answer, its headers written into `headers` (emptied first):
+    /// the request's map, reused, saves allocating one.
+    pub fn response_in(self, mut headers: HeaderMap) -> Response<ResponseBody> {
+        headers.clear();
+        headers.insert(CONTENT_TYPE, JSON.clone());
         let mut r = Response::new(ResponseBody::local(Bytes::from_static(self.body())));
         *r.status_mut() = self.status();
-        r.headers_mut().insert(CONTENT_TYPE, JSON.clone());
+        *r.headers_mut() = headers;
         r
     }
 }
@@ -178,6 +185,13 @@ mod tests {
             assert_eq!(v["ok"], false);
             assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
             assert_eq!(l.response().headers()[CONTENT_TYPE], "application/json");
+            // A reused map keeps nothing of what it held.
+            let mut reused = HeaderMap::new();
+            reused.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+            let r = l.response_in(reused);
+            assert_eq!(r.headers().len(), 1);
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/json");
+            assert_eq!(r.status(), l.status());
         }
         let v: serde_json::Value = serde_json::from_slice(Local::Healthy.body()).unwrap();
         assert_eq!(v, serde_json::json!({"ok": true}));

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use portcullis::endpoint::PrivateEndpoint;
+use portcullis::forward::client::chunked::{Chunked, Decoded};
 use portcullis::passthrough::client_hello;
 use portcullis::proxy_protocol::{Command, Limits, Parsed, parse};
 use portcullis_test_kit::proxy::{Crc, FAMILY_UNIX, LOCAL, PROXY, V2};
@@ -400,16 +401,78 @@ fn client_hello(dir: &Path) {
     write(dir, "truncated", &split);
 }
 
+/// Chunked response bodies (the first byte seeds the target's read sizes),
+/// each checked to decode to the data its name promises, or to fail.
+fn chunked(dir: &Path) {
+    let seeds: &[(&str, &[u8], Option<&[u8]>)] = &[
+        ("simple", b"\x075\r\nhello\r\n0\r\n\r\n" as &[u8], Some(b"hello" as &[u8])),
+        ("two_chunks", b"\x01a\r\n0123456789\r\n5\r\nabcde\r\n0\r\n\r\n", Some(b"0123456789abcde")),
+        ("extensions", b"\x02A;name=value;q=\"a;b\"\r\n0123456789\r\n0;last\r\n\r\n", Some(b"0123456789")),
+        ("trailers", b"\x033\r\nabc\r\n0\r\nx-trailer: 1\r\ny: 2\r\n\r\nHTTP/1.1 200 OK\r\n", Some(b"abc")),
+        ("leading_zeros", b"\x04000003 \r\nabc\r\n00\r\n\r\n", Some(b"abc")),
+        ("bad_bare_lf", b"\x053\nabc\r\n0\r\n\r\n", None),
+        ("bad_overflow", b"\x0610000000000000000\r\n", None),
+        ("bad_no_crlf_after_data", b"\x073\r\nabcX\r\n0\r\n\r\n", None),
+    ];
+    for (name, bytes, want) in seeds {
+        let mut decoder = Chunked::new();
+        let mut buf = Default::default();
+        Extend::extend(&mut buf, bytes[1..].iter().copied());
+        let mut data = Vec::new();
+        let ended = loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Decoded::Data(d))) => data.extend_from_slice(&d),
+                Ok(Some(Decoded::End)) => break true,
+                Ok(None) | Err(_) => break false,
+            }
+        };
+        assert_eq!(ended.then_some(data.as_slice()), *want, "seed {name}");
+        write(dir, name, bytes);
+    }
+}
+
+/// Backend responses (the first byte picks GET, even, or HEAD, odd), each
+/// checked to parse the way its name says.
+fn backend_response(dir: &Path) {
+    use portcullis::forward::client::head::{BodyLength, parse_response};
+    let seeds: &[(&str, &[u8], Option<BodyLength>)] = &[
+        ("length", b"\x00HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}", Some(BodyLength::Exact(2))),
+        ("chunked", b"\x00HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nt: 1\r\n\r\n", Some(BodyLength::Chunked)),
+        ("until_close", b"\x00HTTP/1.0 200 OK\r\n\r\nall of it", Some(BodyLength::UntilClose)),
+        ("head", b"\x01HTTP/1.1 200 OK\r\ncontent-length: 600\r\n\r\n", Some(BodyLength::Empty)),
+        ("interim", b"\x00HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", Some(BodyLength::Empty)),
+        ("te_and_length", b"\x00HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", Some(BodyLength::Chunked)),
+        ("bad_two_lengths", b"\x00HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd", None),
+    ];
+    for (name, bytes, want) in seeds {
+        let method = if bytes[0] & 1 == 0 { http::Method::GET } else { http::Method::HEAD };
+        let mut buf = bytes::BytesMut::from(&bytes[1..]);
+        let parsed = parse_response(&mut buf, &method, &mut Default::default(), &mut Vec::new());
+        let got = parsed.ok().flatten().map(|head| head.length);
+        assert_eq!(got, *want, "seed {name}");
+        write(dir, name, bytes);
+    }
+}
+
 fn main() {
     let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = fuzz.parent().expect("fuzz/ has a parent");
-    for target in ["proxy_protocol", "snapshot", "route", "client_hello"] {
+    for target in [
+        "proxy_protocol",
+        "snapshot",
+        "route",
+        "client_hello",
+        "chunked",
+        "backend_response",
+    ] {
         let dir = fuzz.join("corpus").join(target);
         fs::create_dir_all(&dir).expect("create corpus dir");
         match target {
             "proxy_protocol" => proxy_protocol(&dir),
             "snapshot" => snapshot(&dir, root),
             "client_hello" => client_hello(&dir),
+            "chunked" => chunked(&dir),
+            "backend_response" => backend_response(&dir),
             _ => route(&dir),
         }
         println!("wrote {}", dir.display());

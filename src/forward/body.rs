@@ -1,25 +1,29 @@
 //! [`ResponseBody`]: what the client receives: a backend response body,
-//! which returns its connection to the pool after its last frame, or a
-//! small local body (403, 404, ...) from static bytes. It streams frame by
-//! frame (as the request body does, [`super::upload`]), so memory per
-//! request is bounded by hyper's frame buffers whatever the body size.
+//! read off its connection as the client's side asks for it, which returns
+//! the connection to the pool after its last byte, or a small local body
+//! (403, 404, ...) from static bytes. It streams piece by piece (as the
+//! request body does, [`super::upload`]), so memory per request is bounded
+//! by the connection's read buffer whatever the body size.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
+use super::client::{BackendError, Reading};
 use super::frame::PolledFrame;
 use super::pool::Lease;
 
 /// A response body for the client.
 #[derive(Debug)]
 pub enum ResponseBody {
-    /// From a backend; the lease goes back to the pool at the end.
+    /// From a backend, read off the leased connection; the lease goes
+    /// back to the pool at the end (or is dropped, closing the
+    /// connection, when the body failed or the connection cannot be
+    /// reused).
     Upstream {
-        inner: Incoming,
+        reading: Reading,
         lease: Option<Lease>,
     },
     /// Generated here.
@@ -31,20 +35,22 @@ impl ResponseBody {
         Self::Local(Some(bytes))
     }
 
-    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
+    pub fn upstream(reading: Reading, lease: Lease) -> Self {
         let mut body = Self::Upstream {
-            inner,
+            reading,
             lease: Some(lease),
         };
         body.release_if_done();
         body
     }
 
-    /// A backend body that has ended frees its connection for reuse.
+    /// A backend body that has ended frees its connection for reuse, when
+    /// the response left it fit to carry another request.
     fn release_if_done(&mut self) {
-        if let Self::Upstream { inner, lease } = self
-            && inner.is_end_stream()
-            && let Some(lease) = lease.take()
+        if let Self::Upstream { reading, lease } = self
+            && reading.is_end_stream()
+            && let Some(mut lease) = lease.take()
+            && reading.reusable(lease.conn())
         {
             lease.release();
         }
@@ -53,25 +59,23 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BackendError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame<BackendError> {
         match &mut *self {
             Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Self::Upstream { inner, lease } => {
-                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
-                match &frame {
+            Self::Upstream { reading, lease } => {
+                let Some(conn) = lease.as_mut().map(Lease::conn) else {
+                    return Poll::Ready(None);
+                };
+                let polled = ready!(reading.poll_data(conn, cx));
+                match &polled {
                     // An error leaves the connection in an unknown state:
                     // dropping the lease closes it.
                     Some(Err(_)) => drop(lease.take()),
-                    None => {
-                        if let Some(lease) = lease.take() {
-                            lease.release();
-                        }
-                    }
-                    Some(Ok(_)) => self.release_if_done(),
+                    None | Some(Ok(_)) => self.release_if_done(),
                 }
-                Poll::Ready(frame)
+                Poll::Ready(polled.map(|r| r.map(Frame::data)))
             }
         }
     }
@@ -79,7 +83,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Local(bytes) => bytes.is_none(),
-            Self::Upstream { inner, .. } => inner.is_end_stream(),
+            Self::Upstream { reading, .. } => reading.is_end_stream(),
         }
     }
 
@@ -88,7 +92,7 @@ impl Body for ResponseBody {
             Self::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Self::Upstream { inner, .. } => inner.size_hint(),
+            Self::Upstream { reading, .. } => reading.size_hint(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! nodes over a pooled HTTP/1.1 connection, and the response streams back.
 //!
 //! - [`headers`]: the pure header rewrite (SPEC §6).
+//! - [`client`]: the HTTP/1.1 client the request drives itself.
 //! - [`pool`]: keep-alive connections per node, round-robin with failover
 //!   to the next node when a connect fails.
 //! - [`upload`]: the streaming request body, and its progress.
@@ -17,6 +18,7 @@
 //! 502.
 
 pub mod body;
+pub mod client;
 pub mod frame;
 pub mod headers;
 pub mod health;
@@ -32,6 +34,8 @@ use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+
+use client::{BackendError, Reading, ResponseHead, SendError};
 
 pub use body::ResponseBody;
 pub use headers::Forwarded;
@@ -50,14 +54,12 @@ pub enum ForwardError {
     Connect(SocketAddr, #[source] io::Error),
     #[error("connecting to backend {0} timed out")]
     ConnectTimeout(SocketAddr),
-    #[error("HTTP handshake with backend {0} failed")]
-    Handshake(SocketAddr),
     #[error("the request body could not be read from the client")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the client sent no request body data for {0:?}")]
     RequestBodyTimeout(Duration),
     #[error("the backend failed before answering")]
-    Backend(#[source] hyper::Error),
+    Backend(#[source] BackendError),
     #[error("the backend did not answer within {0:?}")]
     ResponseTimeout(Duration),
     #[error("the backend switched protocols though no upgrade was asked for")]
@@ -71,7 +73,6 @@ impl ForwardError {
             Self::NoHealthyBackend => "no_healthy_backend",
             Self::Connect(..) => "connect",
             Self::ConnectTimeout(_) => "connect_timeout",
-            Self::Handshake(_) => "handshake",
             Self::RequestBody(_) => "request_body",
             Self::RequestBodyTimeout(_) => "request_body_timeout",
             Self::Backend(_) => "backend",
@@ -81,13 +82,10 @@ impl ForwardError {
     }
 }
 
-/// A request offered to a connection that did not answer it. Returned and
-/// matched at once, never stored: boxing the request to even out the
-/// variants would cost an allocation for nothing.
-#[allow(clippy::large_enum_variant)]
+/// Why a connection did not answer a request.
 enum Awaited {
-    /// The connection gave the request back unsent.
-    Back(Request<UpstreamBody>),
+    /// Nothing of the request was written: it can go elsewhere.
+    Back(ForwardError),
     Failed(ForwardError),
 }
 
@@ -134,14 +132,17 @@ impl Forwarder {
         let mut route = self.pool.route(nodes, backends.next_start());
         loop {
             let mut candidate = route.next().await?;
-            // Pinned here, where the response is awaited, rather than boxed.
-            let sent = std::pin::pin!(candidate.lease.send(req));
-            let response = match self.await_response(sent, &progress).await {
-                Ok(response) => response,
+            let awaited = {
+                // Pinned here, where the response is awaited, rather than
+                // boxed.
+                let sent = std::pin::pin!(candidate.lease.send(&mut req));
+                self.await_response(sent, &progress).await
+            };
+            let head = match awaited {
+                Ok(head) => head,
                 // Not sent: offer it to the next connection.
-                Err(Awaited::Back(back)) => {
-                    req = back;
-                    route.gave_back(candidate);
+                Err(Awaited::Back(why)) => {
+                    route.gave_back(candidate, why);
                     continue;
                 }
                 Err(Awaited::Failed(e)) => return Err(e),
@@ -150,15 +151,15 @@ impl Forwarder {
             // 101 answers a question nobody asked; relaying it would hand
             // the client a raw connection to the node. Dropping the lease
             // closes that backend connection.
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(ForwardError::UnexpectedUpgrade);
             }
-            let (mut parts, body) = response.into_parts();
-            headers::rewrite_response(&mut parts);
-            return Ok(Response::from_parts(
-                parts,
-                ResponseBody::upstream(body, candidate.lease),
-            ));
+            let reading = Reading::new(&head);
+            let mut response = Response::new(ResponseBody::upstream(reading, candidate.lease));
+            *response.status_mut() = head.status;
+            *response.headers_mut() = head.headers;
+            headers::rewrite_response(response.headers_mut());
+            return Ok(response);
         }
     }
 
@@ -166,19 +167,17 @@ impl Forwarder {
     /// made no progress for `response_timeout` (see the module docs).
     async fn await_response(
         &self,
-        mut response: Pin<&mut impl Future<Output = pool::Sent>>,
+        mut response: Pin<&mut impl Future<Output = Result<ResponseHead, SendError>>>,
         progress: &Watch,
-    ) -> Result<Response<Incoming>, Awaited> {
+    ) -> Result<ResponseHead, Awaited> {
         let timeout = self.response_timeout;
         loop {
             tokio::select! {
                 r = response.as_mut() => {
-                    return r.map_err(|mut e| match e.take_message() {
-                        Some(req) => Awaited::Back(req),
-                        None => {
-                            let e = e.into_error();
-                            Awaited::Failed(if e.is_user() { ForwardError::RequestBody(e) } else { ForwardError::Backend(e) })
-                        }
+                    return r.map_err(|e| match e {
+                        SendError::Unsent(e) => Awaited::Back(ForwardError::Backend(e)),
+                        SendError::Backend(e) => Awaited::Failed(ForwardError::Backend(e)),
+                        SendError::RequestBody(e) => Awaited::Failed(ForwardError::RequestBody(e)),
                     });
                 }
                 () = tokio::time::sleep_until(progress.last() + timeout) => {

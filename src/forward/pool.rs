@@ -6,25 +6,26 @@
 //! the end ([`Lease::release`]); a connection whose response was abandoned
 //! half-way is closed instead, since its stream position is unknown.
 //!
-//! The pool never owns a request: [`Lease::send`] hands the request to a
-//! connection [`Route::next`] found with `try_send_request`, which gives it
-//! back untouched when the connection turned out to be closed or busy, so a
-//! stale keep-alive connection or a refused connect moves the request to
-//! the next connection or node without losing its body.
+//! The pool never owns a request: [`Lease::send`] writes the request to a
+//! connection [`Route::next`] found, and leaves it with the caller when
+//! not a byte of it could be written, so a stale keep-alive connection or
+//! a refused connect moves the request to the next connection or node
+//! without losing its body. A connection the backend closed while idle is
+//! noticed before it is offered ([`Conn::is_closed`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http1};
+use http::Request;
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::ForwardError;
+use super::client::{Conn, ResponseHead, SendError};
 use super::health::{ActiveChecks, Ejection, Health};
 use super::upload::UpstreamBody;
 
@@ -36,8 +37,6 @@ pub struct PoolSettings {
     pub max_idle_per_backend: usize,
     pub ejection: Ejection,
 }
-
-type Sender = http1::SendRequest<UpstreamBody>;
 
 /// Node table keyed by address: foldhash, as the compiled snapshot's
 /// tables, since the key is not attacker-chosen.
@@ -61,7 +60,7 @@ pub struct Node {
 
 #[derive(Debug)]
 struct Idle {
-    tx: Sender,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -69,37 +68,36 @@ struct Idle {
 #[derive(Debug)]
 pub struct Lease {
     node: Arc<Node>,
-    tx: Sender,
+    /// Boxed once per connection: a lease moves with every response, and
+    /// the connection with its buffers is ~200 bytes.
+    conn: Box<Conn>,
 }
 
 impl Lease {
     /// Returns the connection to its node for the next request.
     pub fn release(self) {
-        self.node.put(self.tx);
+        self.node.put(self.conn);
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.node.addr
     }
 
-    /// Offers `req` to this connection. hyper queues it at once when the
-    /// connection is ready for a request; when it is not (closed, or busy
-    /// finishing the previous response), or when it closes before writing
-    /// the request, the future gives the request back untouched
-    /// ([`TrySendError::take_message`]). Not boxed: the caller pins it
-    /// where it waits for the response, which saves an allocation per
-    /// request.
-    pub fn send(
-        &mut self,
-        req: Request<UpstreamBody>,
-    ) -> impl Future<Output = Sent> + Send + use<> {
-        self.tx.try_send_request(req)
+    /// The connection, for reading the response body off it.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
+    /// Writes `req` to this connection and reads the response head (see
+    /// [`Conn::send`]). Not boxed: the caller pins it where it waits for
+    /// the response, which saves an allocation per request.
+    pub fn send<'a>(
+        &'a mut self,
+        req: &'a mut Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<ResponseHead, SendError>> + Send + 'a {
+        self.conn.send(req)
     }
 }
-
-/// What [`Lease::send`] yields: the response, or the error with the request
-/// when the connection gave it back unsent.
-pub type Sent = Result<Response<Incoming>, TrySendError<Request<UpstreamBody>>>;
 
 impl Pool {
     pub fn new(settings: PoolSettings) -> Self {
@@ -170,20 +168,11 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Sender, ForwardError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Box<Conn>, ForwardError> {
         let tcp = self.tcp(addr).await?;
         // Requests and responses are written whole; Nagle only adds latency.
         let _ = tcp.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|_| ForwardError::Handshake(addr))?;
-        tokio::spawn(async move {
-            // Ends when the backend or the pool closes the connection; a
-            // failure here is reported to the request that was using it.
-            let _ = conn.await;
-        });
-        Ok(tx)
+        Ok(Box::new(Conn::new(tcp)))
     }
 
     /// A plain TCP connection for TLS pass-through (the remote-cluster
@@ -214,7 +203,7 @@ impl Pool {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         nodes.retain(|_, node| {
             let mut idle = node.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.retain(|c| !c.tx.is_closed() && c.since.elapsed() < self.settings.idle_timeout);
+            idle.retain(|c| !c.conn.is_closed() && c.since.elapsed() < self.settings.idle_timeout);
             // Keep nodes someone is using (a lease or a pending request
             // holds another reference) or that still have connections.
             // Keep an ejected node too, although a dead one never has
@@ -295,9 +284,9 @@ impl Iterator for Walk<'_> {
 /// then the next node. A node that refuses the connection (or does not
 /// answer within the connect timeout) counts towards its ejection.
 ///
-/// The caller offers the request with [`Lease::send`] and, when the
-/// connection gives it back, tells [`Route::gave_back`] and asks for the
-/// next one: the request is never lost on the way, body included.
+/// The caller offers the request with [`Lease::send`] and, when it could
+/// not be written, tells [`Route::gave_back`] and asks for the next one:
+/// the request is never lost on the way, body included.
 pub struct Route<'p> {
     pool: &'p Pool,
     walk: Walk<'p>,
@@ -327,10 +316,10 @@ impl Route<'_> {
                     ));
                 }
             };
-            if let Some(tx) = node.take(self.pool.settings.idle_timeout) {
+            if let Some(conn) = node.take(self.pool.settings.idle_timeout) {
                 self.current = Some(node.clone());
                 return Ok(Candidate {
-                    lease: Lease { node, tx },
+                    lease: Lease { node, conn },
                     fresh: false,
                 });
             }
@@ -338,9 +327,9 @@ impl Route<'_> {
             let connected = self.pool.connect(node.addr).await;
             self.pool.record(&node, node.addr, connected.as_ref().err());
             match connected {
-                Ok(tx) => {
+                Ok(conn) => {
                     return Ok(Candidate {
-                        lease: Lease { node, tx },
+                        lease: Lease { node, conn },
                         fresh: true,
                     });
                 }
@@ -349,13 +338,12 @@ impl Route<'_> {
         }
     }
 
-    /// `candidate` gave the request back without sending it. A pooled
-    /// connection was most likely closed by the backend while idle; a new
-    /// one that does so failed its HTTP handshake, which is the error if
-    /// no other node takes the request.
-    pub fn gave_back(&mut self, candidate: Candidate) {
+    /// The request could not be written to `candidate` (`why`). A pooled
+    /// connection was most likely closed by the backend just then; a new
+    /// one that fails so is the error if no other node takes the request.
+    pub fn gave_back(&mut self, candidate: Candidate, why: ForwardError) {
         if candidate.fresh {
-            self.last = ForwardError::Handshake(candidate.lease.node.addr);
+            self.last = why;
         }
     }
 }
@@ -392,24 +380,21 @@ async fn probe(addr: SocketAddr, checks: &ActiveChecks) -> Result<(), &'static s
 impl Node {
     /// An idle connection younger than `max_age`, most recently used first
     /// (warm in the backend's caches, least likely to have been closed).
-    fn take(&self, max_age: Duration) -> Option<Sender> {
+    fn take(&self, max_age: Duration) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
-            if !c.tx.is_closed() && c.since.elapsed() < max_age {
-                return Some(c.tx);
+            if !c.conn.is_closed() && c.since.elapsed() < max_age {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put(&self, tx: Sender) {
-        if tx.is_closed() {
-            return;
-        }
+    fn put(&self, conn: Box<Conn>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {
             idle.push(Idle {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -446,6 +431,11 @@ mod tests {
         listening().await.1
     }
 
+    /// A failure to write a request to `addr` (any error that names it).
+    fn unsent(addr: SocketAddr) -> ForwardError {
+        ForwardError::Connect(addr, std::io::Error::other("reset"))
+    }
+
     fn where_from(c: &Candidate) -> (SocketAddr, bool) {
         (c.lease.addr(), c.fresh)
     }
@@ -466,21 +456,21 @@ mod tests {
         let mut route = pool.route(&nodes, 0);
         let offered = route.next().await.unwrap();
         assert_eq!(where_from(&offered), (a, false), "the idle one first");
-        route.gave_back(offered);
+        route.gave_back(offered, unsent(a));
         let offered = route.next().await.unwrap();
         assert_eq!(
             where_from(&offered),
             (a, true),
             "then a new one to the same node"
         );
-        route.gave_back(offered);
+        route.gave_back(offered, unsent(a));
         let offered = route.next().await.unwrap();
         assert_eq!(where_from(&offered), (b, true), "then the next node");
-        route.gave_back(offered);
+        route.gave_back(offered, unsent(b));
         match route.next().await {
-            Err(ForwardError::Handshake(addr)) => assert_eq!(addr, b),
+            Err(ForwardError::Connect(addr, _)) => assert_eq!(addr, b),
             other => panic!(
-                "expected the last node's handshake error, got {:?}",
+                "expected the last new connection's failure, got {:?}",
                 other.err()
             ),
         }

@@ -131,7 +131,7 @@ impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame<hyper::Error> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let Some(p) = &self.progress else {
             return polled;

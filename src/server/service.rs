@@ -32,6 +32,7 @@ use super::Proxy;
 use super::activity::{Activity, RequestGuard};
 use crate::access_log::{AccessLog, Line, Origin};
 use crate::endpoint::ClientIdentity;
+use crate::forward::client::BackendError;
 use crate::forward::frame::PolledFrame;
 use crate::forward::headers::X_FOUND_CLUSTER;
 use crate::forward::{Forwarded, ResponseBody};
@@ -70,11 +71,15 @@ pub fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incoming>) ->
     // response head: that still writes the request's line.
     let mut record = Record::start(&proxy, &conn, &req, id);
     match route(&proxy, &conn, &req, &mut record) {
-        Routed::Answer(response) => {
+        Routed::Answer(local) => {
             record.detach();
+            let (mut head, body) = req.into_parts();
+            // The request's header map, emptied, carries the answer's
+            // headers: no map to allocate for a 403.
+            let response = local.response_in(std::mem::take(&mut head.headers));
             Handled::Ready {
                 response: Some(served(response, id_value, record, guard)),
-                body: Some(req.into_body()),
+                body: Some(body),
             }
         }
         Routed::Forward(snapshot, target) => Handled::Forwarding(Box::pin(async move {
@@ -166,14 +171,14 @@ fn served(
 /// backends in `snapshot`. (The request stays with the caller: moving it
 /// in and out showed as copies in the instruction counts.)
 enum Routed {
-    Answer(Response<ResponseBody>),
+    Answer(Local),
     Forward(Arc<Loaded>, Target),
 }
 
 /// Checks, routes and decides (everything but forwarding).
 fn route(proxy: &Proxy, conn: &ConnInfo, req: &Request<Incoming>, record: &mut Record) -> Routed {
     if let Some(local) = check_request(proxy, req) {
-        return Routed::Answer(local.response());
+        return Routed::Answer(local);
     }
     let host = request_host(req);
     let found_cluster = req
@@ -185,12 +190,12 @@ fn route(proxy: &Proxy, conn: &ConnInfo, req: &Request<Incoming>, record: &mut R
         && found_cluster.is_none()
         && proxy.router.is_infrastructure_host(host)
     {
-        return Routed::Answer(health(proxy).response());
+        return Routed::Answer(health(proxy));
     }
 
     // One snapshot for the whole request.
     let Some(snapshot) = proxy.snapshot.current() else {
-        return Routed::Answer(Local::NotReady.response());
+        return Routed::Answer(Local::NotReady);
     };
     let input = RouteInput {
         host,
@@ -204,11 +209,11 @@ fn route(proxy: &Proxy, conn: &ConnInfo, req: &Request<Incoming>, record: &mut R
 
     if let Some(refused) = Local::for_decision(&decision) {
         // The request body is never read, so never sent anywhere.
-        return Routed::Answer(refused.response());
+        return Routed::Answer(refused);
     }
     match decision.target {
         Some(target) => Routed::Forward(snapshot, target),
-        None => Routed::Answer(Local::UnknownResource.response()),
+        None => Routed::Answer(Local::UnknownResource),
     }
 }
 
@@ -579,9 +584,9 @@ impl Drop for Served {
 
 impl Body for Served {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BackendError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame<BackendError> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {

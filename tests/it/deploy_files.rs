@@ -33,6 +33,7 @@ use http::{Method, StatusCode};
 use portcullis::Config;
 use portcullis::config::ConfigError;
 use portcullis::forward::ForwardError;
+use portcullis::forward::client::BackendError;
 use portcullis::policy::{PolicyOptions, Product, Reason, Verdict};
 use portcullis::proxy_protocol::{ParseError, ReadError};
 use portcullis::reload::{Origin, Reloader, SnapshotMetrics, Source, StateDir, Store};
@@ -1175,16 +1176,16 @@ fn handshake_kinds() -> Vec<&'static str> {
     .collect()
 }
 
-/// `ForwardError::kind` of the variants a test can build (`RequestBody`
-/// and `Backend` wrap a `hyper::Error`, which has no public constructor).
+/// `ForwardError::kind` of every variant.
 fn upstream_kinds() -> Vec<&'static str> {
     let addr = SocketAddr::from(([127, 0, 0, 1], 1));
     [
         ForwardError::NoHealthyBackend,
         ForwardError::Connect(addr, std::io::Error::other("")),
         ForwardError::ConnectTimeout(addr),
-        ForwardError::Handshake(addr),
+        ForwardError::RequestBody("".into()),
         ForwardError::RequestBodyTimeout(Duration::ZERO),
+        ForwardError::Backend(BackendError::Closed),
         ForwardError::ResponseTimeout(Duration::ZERO),
         ForwardError::UnexpectedUpgrade,
     ]

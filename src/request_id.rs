@@ -76,16 +76,20 @@ impl RequestId {
     /// forwarded request both carry it.
     ///
     /// Its bytes are cut from a small per-thread slab that holds the ids of
-    /// [`IDS_PER_SLAB`] requests, so a request allocates nothing for its id
-    /// (a slab costs two allocations: its bytes and, at the first cut, the
-    /// shared reference count). A slab is freed when the last id cut from
-    /// it is: a request that outlives its neighbours keeps at most one
-    /// slab's bytes alive.
+    /// [`IDS_PER_SLAB`] requests, so a request allocates nothing for its id.
+    /// When a slab is used up, it is reused if every id cut from it is
+    /// gone (the usual case: requests end in a few milliseconds), and
+    /// replaced otherwise (two allocations: its bytes and, at the first
+    /// cut, the shared reference count). A slab is freed when the last id
+    /// cut from it is: a request that outlives its neighbours keeps at
+    /// most one slab's bytes alive.
     pub fn header_value(&self) -> http::HeaderValue {
         let bytes = SLAB.with(|slab| match slab.try_borrow_mut() {
             Ok(mut slab) => {
                 if slab.capacity() - slab.len() < self.0.len() {
-                    *slab = bytes::BytesMut::with_capacity(self.0.len() * IDS_PER_SLAB);
+                    // `BytesMut::reserve` takes the slab's memory back when
+                    // no id cut from it is alive, else allocates anew.
+                    slab.reserve(self.0.len() * IDS_PER_SLAB);
                 }
                 slab.extend_from_slice(&self.0);
                 slab.split_to(self.0.len()).freeze()
@@ -98,11 +102,8 @@ impl RequestId {
     }
 }
 
-/// Request ids cut from one slab: 2 KiB, two allocations every 64
-/// requests (0.03 a request). A request that outlives its neighbours keeps
-/// at most these 2 KiB alive, next to hyper's and rustls's buffers of tens
-/// of KiB that any request in flight holds.
-const IDS_PER_SLAB: usize = 64;
+/// Request ids cut from one slab (512 bytes).
+const IDS_PER_SLAB: usize = 16;
 
 thread_local! {
     /// What is left of this thread's slab.
@@ -169,6 +170,32 @@ mod tests {
             assert_eq!(value.as_bytes(), id.as_str().as_bytes());
             assert_eq!(value.clone().to_str().unwrap(), id.as_str());
         }
+    }
+
+    #[test]
+    fn a_used_up_slab_is_reused_once_its_ids_are_gone_and_kept_while_one_lives() {
+        let ids = RequestIds::seeded(7, 9);
+        let first = ids.next().header_value();
+        let at = first.as_bytes().as_ptr();
+        drop(first);
+        for _ in 1..IDS_PER_SLAB {
+            drop(ids.next().header_value());
+        }
+        // Every id of the slab is gone: the next one is cut from it again.
+        let first_id = ids.next();
+        let again = first_id.header_value();
+        assert_eq!(again.as_bytes().as_ptr(), at);
+        // That id outlives the slab's turn: a new slab, and the living id
+        // keeps its bytes.
+        for _ in 1..IDS_PER_SLAB {
+            drop(ids.next().header_value());
+        }
+        let next = ids.next();
+        let fresh = next.header_value();
+        assert_ne!(fresh.as_bytes().as_ptr(), at);
+        assert_eq!(fresh.as_bytes(), next.as_str().as_bytes());
+        assert_eq!(again.as_bytes().as_ptr(), at);
+        assert_eq!(again.as_bytes(), first_id.as_str().as_bytes());
     }
 
     #[test]

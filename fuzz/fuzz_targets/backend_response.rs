@@ -9,7 +9,8 @@
 //!
 //! Checks, beyond "never panics":
 //! - When both read a complete response, they agree on its status, its
-//!   header fields and its body, byte for byte: the two clients cannot be
+//!   reason phrase (when not the canonical one), its header fields and
+//!   its body, byte for byte: the two clients cannot be
 //!   told apart by a backend that both accept.
 //! - portcullis never reads a complete response where hyper finds the
 //!   bytes malformed (a parse or framing error, as opposed to the stream
@@ -31,8 +32,9 @@ use tokio::io::AsyncWriteExt;
 /// How a client read the bytes.
 #[derive(Debug, PartialEq, Eq)]
 enum Read {
-    /// A whole response: status, header fields in order, body.
-    Complete(StatusCode, Vec<(String, Vec<u8>)>, Vec<u8>),
+    /// A whole response: status, a reason phrase of its own, header
+    /// fields in order, body.
+    Complete(StatusCode, Option<Vec<u8>>, Vec<(String, Vec<u8>)>, Vec<u8>),
     /// The bytes are not a valid response (head or body framing).
     Malformed,
     /// The stream ended before the response did.
@@ -91,7 +93,12 @@ fn ours(wire: &[u8], method: &Method) -> Read {
             }
         }
     };
-    Read::Complete(head.status, listed(&head.headers), body)
+    Read::Complete(
+        head.status,
+        head.reason.map(|r| r.to_vec()),
+        listed(&head.headers),
+        body,
+    )
 }
 
 /// Reads `wire` with hyper's HTTP/1.1 client over an in-memory stream
@@ -137,9 +144,14 @@ fn hyper_reads(wire: &[u8], method: &Method) -> Read {
                 Err(_) => return Read::Cut,
             };
             let (head, body) = response.into_parts();
+            let reason = head
+                .extensions
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| r.as_bytes().to_vec());
             match body.collect().await {
                 Ok(body) => Read::Complete(
                     head.status,
+                    reason,
                     listed(&head.headers),
                     body.to_bytes().to_vec(),
                 ),

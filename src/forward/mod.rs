@@ -158,6 +158,14 @@ impl Forwarder {
             let mut response = Response::new(ResponseBody::upstream(reading, candidate.lease));
             *response.status_mut() = head.status;
             *response.headers_mut() = head.headers;
+            // A backend's own reason phrase goes on to the client (hyper's
+            // server writes it from this extension); the rare case pays
+            // for the extensions map.
+            if let Some(reason) = head.reason
+                && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason)
+            {
+                response.extensions_mut().insert(reason);
+            }
             headers::rewrite_response(response.headers_mut());
             return Ok(response);
         }

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
@@ -51,6 +51,9 @@ pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
+    /// The reason phrase, when it is not the status's canonical one (it
+    /// is passed on to the client, as hyper's client and server did).
+    pub reason: Option<Bytes>,
     pub length: BodyLength,
     /// The connection may carry another request after this response's
     /// body.
@@ -174,10 +177,15 @@ pub fn parse_response(
             // RFC 9112 §6.1: with both, the connection must close after.
             && !(headers.contains_key(header::TRANSFER_ENCODING)
                 && headers.contains_key(header::CONTENT_LENGTH));
+        let reason = head
+            .get(parsed.reason.clone())
+            .filter(|r| Some(*r) != status.canonical_reason().map(str::as_bytes))
+            .map(|r| head.slice_ref(r));
         return Ok(Some(ResponseHead {
             status,
             version,
             headers: std::mem::take(headers),
+            reason,
             length,
             keep_alive,
         }));
@@ -190,6 +198,7 @@ struct Parsed {
     len: usize,
     status: StatusCode,
     version: Version,
+    reason: Range<usize>,
 }
 
 fn parse_one(buf: &[u8], fields: &mut Fields) -> Result<Option<Parsed>, HeadError> {
@@ -219,6 +228,7 @@ fn parse_one(buf: &[u8], fields: &mut Fields) -> Result<Option<Parsed>, HeadErro
         let start = (s.as_ptr() as usize).wrapping_sub(base);
         start..start.wrapping_add(s.len())
     };
+    let reason = offsets(response.reason.unwrap_or_default().as_bytes());
     fields.clear();
     fields.extend(
         response
@@ -230,6 +240,7 @@ fn parse_one(buf: &[u8], fields: &mut Fields) -> Result<Option<Parsed>, HeadErro
         len,
         status,
         version,
+        reason,
     }))
 }
 
@@ -349,6 +360,20 @@ mod tests {
         assert_eq!(h.headers["x-elastic-product"], "Elasticsearch");
         assert_eq!(h.headers.len(), 3);
         assert_eq!(&rest[..], b"{}next");
+    }
+
+    #[test]
+    fn only_a_reason_phrase_of_the_backends_own_is_kept() {
+        assert_eq!(head("HTTP/1.1 200 OK\r\n\r\n").reason, None);
+        assert_eq!(head("HTTP/1.1 404 Not Found\r\n\r\n").reason, None);
+        assert_eq!(
+            head("HTTP/1.1 200 Fine Thanks\r\n\r\n").reason.as_deref(),
+            Some(&b"Fine Thanks"[..])
+        );
+        assert_eq!(
+            head("HTTP/1.1 299 \r\n\r\n").reason.as_deref(),
+            Some(&b""[..])
+        );
     }
 
     #[test]

@@ -197,8 +197,10 @@ impl Conn {
                         Err(e) => BackendError::Read(e),
                     };
                     // Closed (or broken) before any of the request went
-                    // out, which the caller may then send elsewhere.
-                    return Err(if sent_any { SendError::Backend(failed) } else { SendError::Unsent(failed) });
+                    // out and before the body gave up a piece: the caller
+                    // may send it elsewhere, whole. (A piece taken but not
+                    // yet written would be missing there.)
+                    return Err(if head_held { SendError::Unsent(failed) } else { SendError::Backend(failed) });
                 }
                 n = wr.write_vectored(&slices), if !head_held && !out.is_empty(write) => {
                     match n {

@@ -75,12 +75,7 @@ fn strip(headers: &mut HeaderMap, doomed: fn(&str) -> bool) {
     // Collected only when present: the common values (`keep-alive`,
     // `close`) name no header of the message, and parse nothing.
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+        let named: Vec<HeaderName> = connection_tokens(headers)
             .filter(|token| headers.contains_key(*token))
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
@@ -92,6 +87,17 @@ fn strip(headers: &mut HeaderMap, doomed: fn(&str) -> bool) {
     while let Some(name) = headers.keys().find(|k| doomed(k.as_str())).cloned() {
         headers.remove(name);
     }
+}
+
+/// The tokens a message's `Connection` fields list (RFC 9110 §7.6.1), as
+/// written (compare them ignoring case).
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// What the request rewrite needs to know.

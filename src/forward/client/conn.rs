@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, Method, Request};
 use http_body::{Body, SizeHint};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::chunked::{Chunked, ChunkedError, Decoded};
@@ -181,7 +181,7 @@ impl Conn {
             tokio::select! {
                 // The backend spoke: an interim response is consumed and
                 // the upload goes on; a final one ends it.
-                n = reserve_and_read(&mut rd, read) => {
+                n = read_more(&mut rd, read) => {
                     let failed = match n {
                         Ok(0) => BackendError::Closed,
                         Ok(_) if sent_any => {
@@ -245,7 +245,7 @@ impl Conn {
             {
                 return Ok(head);
             }
-            match reserve_and_read(&mut self.tcp, &mut self.read).await {
+            match read_more(&mut self.tcp, &mut self.read).await {
                 Ok(0) => return Err(BackendError::Closed),
                 Ok(_) => {}
                 Err(e) => return Err(BackendError::Read(e)),
@@ -255,27 +255,36 @@ impl Conn {
 
     /// Reads more of the response into the buffer; `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        reserve(&mut self.read);
-        // Through `AsyncRead`, which notices a short read drained the
-        // socket and so saves the next read's `EAGAIN` system call.
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.read)
+        poll_read_more(&mut self.tcp, &mut self.read, cx)
     }
 }
 
-fn reserve(buf: &mut BytesMut) {
+/// Reads what `rd` has into `buf`, making room first; `Ok(0)` at the end
+/// of the stream. The one read of the backend's bytes, for the head and
+/// the body alike.
+fn poll_read_more<R>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
     if buf.capacity() - buf.len() < READ_CHUNK / 2 {
         // Reclaims the buffer's own memory when the bytes handed out of
         // it are gone, as they are once the client's side has copied them.
         buf.reserve(READ_CHUNK);
     }
+    // Through `AsyncRead`, which notices a short read drained the socket
+    // and so saves the next read's `EAGAIN` system call.
+    tokio_util::io::poll_read_buf(Pin::new(rd), cx, buf)
 }
 
-async fn reserve_and_read<R>(rd: &mut R, buf: &mut BytesMut) -> io::Result<usize>
+async fn read_more<R>(rd: &mut R, buf: &mut BytesMut) -> io::Result<usize>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
-    reserve(buf);
-    rd.read_buf(buf).await
+    std::future::poll_fn(|cx| poll_read_more(rd, buf, cx)).await
 }
 
 /// What an upload has left to write: the front of the connection's write

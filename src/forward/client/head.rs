@@ -11,6 +11,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
+use crate::forward::headers::connection_tokens;
+
 /// The most header fields a backend's response head may have (hyper's
 /// client had the same limit).
 pub const MAX_HEADERS: usize = 100;
@@ -310,14 +312,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
 /// Whether the backend keeps the connection open after this response
 /// (RFC 9112 §9.3).
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
     match version {
         Version::HTTP_10 => has("keep-alive"),
         _ => !has("close"),

@@ -37,6 +37,16 @@
 # the report prints them against the responses, so a log that silently
 # writes nothing (or drops lines) shows.
 #
+# The log's cost, side by side. Runs of a proxy with its log on and off, one
+# after the other, differ by ±2 µs per request on a shared host (the host's
+# speed drifts between them), more than a good access log costs. So with
+# --logs both each proxy also runs twice at once: log on and log off, both
+# on core 0, each loaded by its own load generator (half the connections
+# each) for the same seconds, --log-pairs times. Whatever slows the host
+# slows both alike, and the difference of their CPU per request is the
+# log's cost (the report gives the median and the range over the pairs; two
+# processes with the log off measured this way differ by ≤ 0.3 µs).
+#
 # Results: a markdown table on stdout and in target/compare/results.md; all
 # numbers in target/compare/results.json. The script starts and stops
 # processes; `portcullis-loadgen report` (benches/loadgen/report/) checks
@@ -57,11 +67,13 @@
 # keep-alive rate), --denied-share PCT (clients from a denied range, default 10),
 # --logs both|on|off (access logs; default both, see above),
 # --portcullis-log-format json|text (default json),
+# --log-pairs N (side-by-side log on/off runs per proxy, default 3; 0: none),
 # --proxies "nginx haproxy portcullis", --reload-scale small|medium|large,
 # --no-reload, --no-install, --no-build (use the release binaries as they
 # are), --report-only (rebuild the tables from the last run's raw files),
 # --port-base P (backend P, nginx P+1, HAProxy
-# P+2, portcullis P+3, its admin API P+4, HAProxy's syslog sink P+5 (UDP);
+# P+2, portcullis P+3, its admin API P+4, HAProxy's syslog sink P+5 (UDP),
+# the side-by-side log-off twin P+6 and a portcullis twin's admin API P+7;
 # default 24400).
 # Environment: PORTCULLIS_BIN, the portcullis binary to measure (default
 # target/release/portcullis; e.g. one built with another allocator).
@@ -87,6 +99,7 @@ REPORT_ONLY=0
 PORT_BASE=24400
 LOGS=both
 PORTCULLIS_LOG_FORMAT=json
+LOG_PAIRS=3
 
 while (($#)); do
     case "$1" in
@@ -102,6 +115,7 @@ while (($#)); do
         --proxies) PROXIES="$2"; shift 2 ;;
         --logs) LOGS="$2"; shift 2 ;;
         --portcullis-log-format) PORTCULLIS_LOG_FORMAT="$2"; shift 2 ;;
+        --log-pairs) LOG_PAIRS="$2"; shift 2 ;;
         --reload-scale) RELOAD_SCALE="$2"; shift 2 ;;
         --no-reload) RELOAD=0; shift ;;
         --no-install) INSTALL=0; shift ;;
@@ -118,6 +132,8 @@ case "$LOGS" in
     off) MODES=off ;;
     *) echo "compare.sh: --logs is both, on or off" >&2; exit 2 ;;
 esac
+[[ "$LOG_PAIRS" =~ ^[0-9]+$ ]] || { echo "compare.sh: --log-pairs is a number" >&2; exit 2; }
+[ "$LOGS" = both ] || LOG_PAIRS=0
 case "$PORTCULLIS_LOG_FORMAT" in
     json|text) ;;
     *) echo "compare.sh: --portcullis-log-format is json or text" >&2; exit 2 ;;
@@ -135,6 +151,10 @@ PORTCULLIS_BIN="${PORTCULLIS_BIN:-$BIN/portcullis}"
 BACKEND_PORT=$PORT_BASE
 ADMIN_PORT=$((PORT_BASE + 4))
 SYSLOG_PORT=$((PORT_BASE + 5))
+# The log-off twin of a side-by-side run (any proxy), and its admin API
+# (portcullis).
+TWIN_PORT=$((PORT_BASE + 6))
+TWIN_ADMIN_PORT=$((PORT_BASE + 7))
 declare -A PORT=([nginx]=$((PORT_BASE + 1)) [haproxy]=$((PORT_BASE + 2)) [portcullis]=$((PORT_BASE + 3)))
 HOST=bench.es.bench.test
 DEPLOYMENT=c0ffee00000000000000000000000001
@@ -394,6 +414,16 @@ backend es
 EOF
     done
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/admin.token"
+    # The log-off twins of the side-by-side runs: the same configurations
+    # on their own ports (and nginx with its own pid file and error log).
+    mkdir -p "$WORK/nginx-twin"
+    sed "s|$WORK/nginx/nginx.pid|$WORK/nginx-twin/nginx.pid|; s|$WORK/nginx/error.log|$WORK/nginx-twin/error.log|; s|127.0.0.1:${PORT[nginx]} |127.0.0.1:$TWIN_PORT |" \
+        "$WORK/nginx/nginx-off.conf" >"$WORK/nginx-twin/nginx.conf"
+    sed "s|127.0.0.1:${PORT[haproxy]} |127.0.0.1:$TWIN_PORT |" "$WORK/haproxy-off.cfg" >"$WORK/haproxy-twin.cfg"
+    local twin
+    for twin in "$WORK/nginx-twin/nginx.conf" "$WORK/haproxy-twin.cfg"; do
+        grep -q "127.0.0.1:$TWIN_PORT " "$twin" || die "$twin did not get its port"
+    done
 }
 
 # portcullis_config SNAPSHOT-FILE: portcullis-on.toml (the shipped logging
@@ -423,6 +453,8 @@ EOF
             printf '\n[log]\naccess = false\n' >>"$WORK/portcullis-$mode.toml"
         fi
     done
+    sed "s|127.0.0.1:${PORT[portcullis]}\"|127.0.0.1:$TWIN_PORT\"|; s|127.0.0.1:$ADMIN_PORT\"|127.0.0.1:$TWIN_ADMIN_PORT\"|" \
+        "$WORK/portcullis-off.toml" >"$WORK/portcullis-twin.toml"
 }
 
 # ---------------------------------------------------------------- servers
@@ -451,20 +483,26 @@ start_syslog_sink() {
     die "the syslog sink did not start: $(tail -3 "$WORK/haproxy/socat.log")"
 }
 
-# start_proxy NAME MODE (on|off: access log): sets PROXY_PID and PIDS (all
-# its processes).
+# start_proxy NAME MODE (on|off: access log; twin: log off, on the twin's
+# ports): sets PROXY_PID and PIDS (all its processes).
 start_proxy() {
-    local name="$1" mode="$2"
-    case "$name" in
-        nginx)
+    local name="$1" mode="$2" port admin="$ADMIN_PORT"
+    port=${PORT[$name]}
+    if [ "$mode" = twin ]; then port=$TWIN_PORT admin=$TWIN_ADMIN_PORT; fi
+    case "$name:$mode" in
+        nginx:twin)
+            taskset -c 0 nginx -p "$WORK/nginx-twin" -c "$WORK/nginx-twin/nginx.conf" -g 'daemon off;' \
+                >>"$WORK/nginx/stdout.log" 2>&1 &
+            ;;
+        nginx:*)
             taskset -c 0 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx-$mode.conf" -g 'daemon off;' \
                 >>"$WORK/nginx/stdout.log" 2>&1 &
             ;;
-        haproxy)
+        haproxy:*)
             if [ "$mode" = on ]; then start_syslog_sink; fi
             taskset -c 0 haproxy -db -f "$WORK/haproxy-$mode.cfg" >>"$WORK/haproxy/stdout.log" 2>&1 &
             ;;
-        portcullis)
+        portcullis:*)
             # O_APPEND (>>), so the file can be emptied between phases.
             env -u RUST_LOG TOKIO_WORKER_THREADS=1 taskset -c 0 "$PORTCULLIS_BIN" \
                 --log-format "$PORTCULLIS_LOG_FORMAT" run --config "$WORK/portcullis-$mode.toml" \
@@ -478,13 +516,13 @@ start_proxy() {
     if [ "$name" = portcullis ]; then
         local ok=0
         for _ in $(seq $((wait_s * 10))); do
-            if curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/readyz"; then ok=1; break; fi
+            if curl -sf -o /dev/null "http://127.0.0.1:$admin/readyz"; then ok=1; break; fi
             kill -0 "$PROXY_PID" 2>/dev/null || break
             sleep 0.1
         done
         ((ok)) || die "portcullis not ready: $(tail -5 "$WORK/portcullis/stdout-$mode.log")"
     else
-        wait_port "${PORT[$name]}" "$wait_s" || die "$name did not start: $(tail -5 "$WORK/$name/stdout.log")"
+        wait_port "$port" "$wait_s" || die "$name did not start: $(tail -5 "$WORK/$name/stdout.log")"
     fi
     sleep 0.3
     PIDS=("$PROXY_PID")
@@ -555,14 +593,15 @@ log_take() {
 }
 
 # --------------------------------------------------------------------- load
-# loadgen NAME ARGS...: JSON on stdout.
+# loadgen NAME ARGS...: JSON on stdout. Loads PORT[NAME] (TARGET_PORT if
+# set) and measures the processes in PIDS.
 loadgen() {
     local name="$1"
     shift
     local measure=() sources=() p
     for p in "${PIDS[@]}"; do measure+=(--measure-pid "$p"); done
     for p in "${ALLOWED_SOURCES[@]}"; do sources+=(--source "$p"); done
-    taskset -c 1 "$BIN/portcullis-loadgen" --target "127.0.0.1:${PORT[$name]}" --host "$HOST" \
+    taskset -c 1 "$BIN/portcullis-loadgen" --target "127.0.0.1:${TARGET_PORT:-${PORT[$name]}}" --host "$HOST" \
         --ca "$WORK/cert.pem" --tls-version 1.3 --kx x25519 \
         "${sources[@]}" \
         --denied-source "$DENIED_SOURCE" --denied-share "$DENIED_SHARE" \
@@ -581,15 +620,22 @@ core0() { awk '/^cpu0 / { print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9 }' /p
 phase() {
     local name="$1" kind="$2" mode="$3" r="$4"
     shift 4
-    local base="$RAW/$name-$kind-$mode-$r" before after b0 t0 b1 t1 lines=() summary line
+    local base="$RAW/$name-$kind-$mode-$r" before
     before=$(core0)
     loadgen "$name" "$@" >"$base.tmp" 2>"$base.stderr" || true
-    after=$(core0)
+    record "$name" "$kind" "$mode" "$base" "$before" "$(core0)"
+}
+
+# record NAME PHASE MODE BASE CORE0-BEFORE CORE0-AFTER [ARGS...]: checks and
+# saves the run in BASE.tmp as BASE.json (ARGS go to `report run`).
+record() {
+    local name="$1" kind="$2" mode="$3" base="$4" b0 t0 b1 t1 lines=() summary line
+    read -r b0 t0 <<<"$5"
+    read -r b1 t1 <<<"$6"
+    shift 6
     if [ "$mode" = on ]; then lines=(--access-log-lines "$(log_take "$name" "$base.log-sample")"); fi
-    read -r b0 t0 <<<"$before"
-    read -r b1 t1 <<<"$after"
     if ! summary=$("$BIN/portcullis-loadgen" report run "$base.tmp" --out "$base.json" --proxy "$name" \
-        --phase "$kind" --access-log "$mode" "${lines[@]}" \
+        --phase "$kind" --access-log "$mode" "${lines[@]}" "$@" \
         --core0-busy "$(awk -v b="$((b1 - b0))" -v t="$((t1 - t0))" 'BEGIN { printf "%.3f", (t > 0 ? b / t : 0) }')"); then
         die "$name $kind: load generator failed: $(tail -3 "$base.stderr")"
     fi
@@ -627,6 +673,41 @@ measure_proxy() {
             stop_proxy "$name" "$PROXY_PID"
         done
     done
+}
+
+# measure_log_pairs NAME: the proxy with its log on and its twin with the
+# log off run at once, both on core 0, each under its own load generator
+# with half the keep-alive connections, LOG_PAIRS times (see the header).
+measure_log_pairs() {
+    local name="$1" r on_pid off_pid before after half=$(((CONNS + 1) / 2))
+    local -a on_pids off_pids
+    log "== $name, access log on and off side by side ($LOG_PAIRS runs)"
+    start_proxy "$name" on
+    on_pid=$PROXY_PID
+    on_pids=("${PIDS[@]}")
+    start_proxy "$name" twin
+    off_pid=$PROXY_PID
+    off_pids=("${PIDS[@]}")
+    PIDS=("${on_pids[@]}")
+    warm_up "$name" on
+    PIDS=("${off_pids[@]}")
+    TARGET_PORT=$TWIN_PORT warm_up "$name" off
+    for r in $(seq "$LOG_PAIRS"); do
+        local on_base="$RAW/$name-logpair-on-$r" off_base="$RAW/$name-logpair-off-$r" a b
+        before=$(core0)
+        (PIDS=("${on_pids[@]}"); loadgen "$name" --connections "$half" --duration "${DURATION}s" \
+            >"$on_base.tmp" 2>"$on_base.stderr") &
+        a=$!
+        (PIDS=("${off_pids[@]}"); TARGET_PORT=$TWIN_PORT loadgen "$name" --connections "$half" \
+            --duration "${DURATION}s" >"$off_base.tmp" 2>"$off_base.stderr") &
+        b=$!
+        wait "$a" "$b" || true
+        after=$(core0)
+        record "$name" logpair on "$on_base" "$before" "$after" --pair "$r"
+        record "$name" logpair off "$off_base" "$before" "$after" --pair "$r"
+    done
+    stop_proxy "$name" "$on_pid"
+    stop "$off_pid"
 }
 
 # All proxies run at once (an idle proxy costs nothing) and the open-loop
@@ -710,7 +791,7 @@ results() {
     fi
     "$BIN/portcullis-loadgen" report results --raw "$RAW" --out "$OUT" --proxies "$PROXIES" \
         --modes "$MODES" --main-mode "$MAIN_MODE" --duration "$DURATION" --repeat "$REPEAT" \
-        --open-repeat "$OPEN_REPEAT" --connections "$CONNS" --newconn-connections "$NEWCONN_CONNS" \
+        --open-repeat "$OPEN_REPEAT" --log-pairs "${LOG_PAIRS:-0}" --connections "$CONNS" --newconn-connections "$NEWCONN_CONNS" \
         --idle-connections "$IDLE_CONNS" --rate "$RATE" --denied-share "$DENIED_SHARE" \
         --portcullis-log-format "$PORTCULLIS_LOG_FORMAT" --date "$(date -u +%FT%TZ)" \
         --nginx-version "$(nginx -v 2>&1 | sed 's/.*nginx\///')" \
@@ -724,7 +805,7 @@ results() {
 # Variables the report needs, saved so --report-only can rebuild it.
 save_state() {
     declare -p DURATION REPEAT OPEN_REPEAT CONNS NEWCONN_CONNS IDLE_CONNS RATE DENIED_SHARE PROXIES RELOAD \
-        RELOAD_SCALE LOGS MODES MAIN_MODE PORTCULLIS_LOG_FORMAT >"$RAW/state.env"
+        RELOAD_SCALE LOGS MODES MAIN_MODE PORTCULLIS_LOG_FORMAT LOG_PAIRS >"$RAW/state.env"
     if [ -n "${RELOADS_ALL:-}" ]; then
         declare -p RELOADS_ALL RELOADS_OK RELOAD_PUT_S >>"$RAW/state.env"
     fi
@@ -738,7 +819,7 @@ main() {
         return
     fi
     install_tools
-    for p in $BACKEND_PORT $ADMIN_PORT "${PORT[@]}"; do
+    for p in $BACKEND_PORT $ADMIN_PORT "${PORT[@]}" $TWIN_PORT $TWIN_ADMIN_PORT; do
         port_free "$p" || die "port $p is in use"
     done
     ! grep -q "$(printf ':%04X ' "$SYSLOG_PORT")" /proc/net/udp || die "UDP port $SYSLOG_PORT is in use"
@@ -756,6 +837,9 @@ main() {
 
     local n
     for n in $PROXIES; do measure_proxy "$n"; done
+    if ((LOG_PAIRS)); then
+        for n in $PROXIES; do measure_log_pairs "$n"; done
+    fi
     if [ "$RATE" = auto ]; then
         local rate slowest
         rate=$("$BIN/portcullis-loadgen" report rate --raw "$RAW" --proxies "$PROXIES" --access-log "$MAIN_MODE") ||

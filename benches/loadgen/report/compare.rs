@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Share of core 0's time that was busy during the run (0–1)
     #[arg(long)]
     core0_busy: f64,
+    /// Which side-by-side pair the run belongs to (phase logpair: a log-on
+    /// run and a log-off run over the same seconds)
+    #[arg(long)]
+    pair: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +100,9 @@ pub struct ResultsArgs {
     /// Open-loop runs per proxy (latency: their median)
     #[arg(long)]
     open_repeat: u64,
+    /// Side-by-side log on/off runs per proxy
+    #[arg(long, default_value_t = 0)]
+    log_pairs: u64,
     /// Connections of the keep-alive and open-loop phases
     #[arg(long)]
     connections: u64,
@@ -154,6 +161,7 @@ pub fn execute(command: Command) -> Result<(), String> {
                 &a.access_log,
                 a.access_log_lines,
                 a.core0_busy,
+                a.pair,
             )
             .map_err(|e| format!("{}: {e}", a.input.display()))?;
             write(&a.out, &json_text(&run)?)?;
@@ -188,6 +196,7 @@ pub fn execute(command: Command) -> Result<(), String> {
                 duration_s: a.duration,
                 repeat: a.repeat,
                 open_repeat: a.open_repeat,
+                log_pairs: a.log_pairs,
                 keepalive_connections: a.connections,
                 newconn_connections: a.newconn_connections,
                 idle_connections: a.idle_connections,
@@ -228,6 +237,7 @@ pub fn annotate(
     access_log: &str,
     lines: Option<u64>,
     core0_busy: f64,
+    pair: Option<u64>,
 ) -> Result<Value, String> {
     let Some(fields) = run.as_object_mut().filter(|o| o.contains_key("rps")) else {
         return Err("not a load generator report (no \"rps\")".into());
@@ -236,6 +246,9 @@ pub fn annotate(
     fields.insert("access_log".into(), json!(access_log));
     fields.insert("access_log_lines".into(), json!(lines));
     fields.insert("core0_busy".into(), results::number(core0_busy));
+    if let Some(pair) = pair {
+        fields.insert("pair".into(), json!(pair));
+    }
     Ok(run)
 }
 

@@ -115,6 +115,52 @@ impl Table<'_> {
     }
 }
 
+impl Table<'_> {
+    /// The access log's cost measured side by side (log on and off at
+    /// once, on one core): median and range per proxy, portcullis's median
+    /// against its target. No rows when no proxy ran such pairs.
+    fn side_by_side_rows(&mut self) {
+        let key = "access_log_cost_side_by_side";
+        if self.proxies.iter().all(|p| at(self.r, &[p, key]).is_null()) {
+            return;
+        }
+        let pairs = text(at(self.r, &["settings", "log_pairs"]));
+        for (figure, label) in [
+            (
+                "cpu_us_per_request",
+                "**access log cost, on and off side by side**, CPU µs per keep-alive request",
+            ),
+            ("user_us_per_request", "… of which user space"),
+        ] {
+            let cell = |p: &Value| {
+                let f = at(p, &[key, figure]);
+                match at(f, &["median"]) {
+                    Value::Null => "–".to_owned(),
+                    median => format!(
+                        "{} ({} to {})",
+                        num(median),
+                        num(at(f, &["min"])),
+                        num(at(f, &["max"]))
+                    ),
+                }
+            };
+            let target = (figure == "cpu_us_per_request").then(|| {
+                let ours = f64_at(self.r, &["portcullis", key, figure, "median"]);
+                match ours {
+                    Some(x) if x <= 0.5 => "≤ 0.5 µs: met".to_owned(),
+                    Some(_) => "≤ 0.5 µs: missed".to_owned(),
+                    None => "–".to_owned(),
+                }
+            });
+            self.row(
+                &format!("{label}: median (range) of {pairs} pairs"),
+                Cell::Text(&cell),
+                target,
+            );
+        }
+    }
+}
+
 /// The rows of a closed-loop phase (keep-alive or new connections): per
 /// access-log mode its rate and CPU cost (portcullis against the best of
 /// the others, bold and against its target in the main mode), then the
@@ -281,6 +327,7 @@ pub fn markdown(r: &Value, proxies: &[String]) -> String {
             cost: "keepalive_cpu_us_per_request",
         },
     );
+    t.side_by_side_rows();
     t.phase_rows(
         main,
         &PhaseRows {
@@ -345,6 +392,7 @@ pub fn markdown(r: &Value, proxies: &[String]) -> String {
             ("keep-alive", "keepalive"),
             ("new TLS connection", "newconn"),
             ("open loop", "open"),
+            ("side-by-side (log on)", "logpair"),
         ] {
             let path = ["access_log_lines", phase];
             if proxies.iter().all(|p| at(at(r, &[p]), &path).is_null()) {
@@ -423,26 +471,39 @@ fn reload_section(o: &mut String, r: &Value, reload: &Value, mml: &str) {
 }
 
 /// Per run (idle ones aside), the share of core 0 that was busy with
-/// something other than the proxy.
+/// something other than the proxy (for a side-by-side pair, other than
+/// the two processes of the pair).
 fn other_load(r: &Value, proxies: &[String]) -> Vec<String> {
-    let other = |run: &Value| {
+    let share = |run: &Value| f64_at(run, &["server", "cpu_share"]).unwrap_or(0.0);
+    let other = |run: &Value, proxies: f64| {
         let busy = f64_at(run, &["core0_busy"]).unwrap_or(0.0);
-        let proxy = f64_at(run, &["server", "cpu_share"]).unwrap_or(0.0);
-        format!("{}", ((busy - proxy) * 100.0).round() / 100.0)
+        format!("{}", ((busy - proxies) * 100.0).round() / 100.0)
     };
     let mut out = Vec::new();
     for p in proxies {
         let groups = at(r, &[p, "runs"]).as_array().into_iter().flatten();
-        for run in groups.filter_map(Value::as_array).flatten() {
-            if at(run, &["phase"]) == "idle" {
-                continue;
+        for group in groups.filter_map(Value::as_array) {
+            for run in group {
+                let phase = at(run, &["phase"]);
+                let what = match phase.as_str() {
+                    Some("idle") => continue,
+                    Some("logpair") if at(run, &["access_log"]) != "on" => continue,
+                    Some("logpair") => {
+                        let twin = group.iter().find(|t| {
+                            at(t, &["access_log"]) == "off"
+                                && at(t, &["pair"]) == at(run, &["pair"])
+                        });
+                        let both = share(run) + twin.map_or(0.0, share);
+                        format!("pair {} {}", text(at(run, &["pair"])), other(run, both))
+                    }
+                    _ => format!(
+                        "log {} {}",
+                        text(at(run, &["access_log"])),
+                        other(run, share(run))
+                    ),
+                };
+                out.push(format!("{p} {} {what}", text(phase)));
             }
-            out.push(format!(
-                "{p} {} log {} {}",
-                text(at(run, &["phase"])),
-                text(at(run, &["access_log"])),
-                other(run)
-            ));
         }
     }
     for key in ["quiet", "reloading"] {
@@ -450,7 +511,7 @@ fn other_load(r: &Value, proxies: &[String]) -> Vec<String> {
             out.push(format!(
                 "portcullis {} {}",
                 text(at(run, &["phase"])),
-                other(run)
+                other(run, share(run))
             ));
         }
     }

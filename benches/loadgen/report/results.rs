@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 /// The phases measured for every proxy; the reload phases are portcullis's
 /// alone and reported apart.
-pub const PROXY_PHASES: [&str; 4] = ["idle", "keepalive", "newconn", "open"];
+pub const PROXY_PHASES: [&str; 5] = ["idle", "keepalive", "newconn", "open", "logpair"];
 
 /// The value at `path` in `v`, `Null` where any step is missing.
 pub fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -127,6 +127,45 @@ fn logged(runs: &[Value], phase_: &str) -> Value {
     })
 }
 
+/// The access log's cost from the side-by-side runs (phase `logpair`): per
+/// pair, the CPU per request of the process with the log on minus that of
+/// its twin with the log off, measured over the same seconds on the same
+/// core; their median, range and each. `Null` without a whole pair.
+fn paired_cost(runs: &[Value]) -> Value {
+    let side = |mode: &str| -> std::collections::BTreeMap<u64, &Value> {
+        runs_of(runs, "logpair", mode)
+            .into_iter()
+            .filter_map(|r| Some((at(r, &["pair"]).as_u64()?, r)))
+            .collect()
+    };
+    let off = side("off");
+    let pairs: Vec<(&Value, &Value)> = side("on")
+        .into_iter()
+        .filter_map(|(n, on)| Some((on, *off.get(&n)?)))
+        .collect();
+    if pairs.is_empty() {
+        return Value::Null;
+    }
+    let spread = |path: &[&str]| {
+        let each: Vec<Value> = pairs
+            .iter()
+            .filter_map(|(on, off)| Some(number(round1(f64_at(on, path)? - f64_at(off, path)?))))
+            .collect();
+        let all: Vec<&Value> = each.iter().collect();
+        json!({
+            "median": best(&all, &[], How::Median),
+            "min": best(&all, &[], How::Min),
+            "max": best(&all, &[], How::Max),
+            "each": each,
+        })
+    };
+    json!({
+        "pairs": pairs.len(),
+        "cpu_us_per_request": spread(&["server", "cpu_us_per_request"]),
+        "user_us_per_request": spread(&["server", "user_us_per_request"]),
+    })
+}
+
 /// One proxy's figures from all its runs of [`PROXY_PHASES`], sorted by
 /// file name (the order `runs` keeps).
 pub fn proxy_results(runs: &[Value]) -> Value {
@@ -196,6 +235,7 @@ pub fn proxy_results(runs: &[Value]) -> Value {
             "keepalive": logged(runs, "keepalive"),
             "newconn": logged(runs, "newconn"),
             "open": logged(runs, "open"),
+            "logpair": logged(runs, "logpair"),
         },
         "errors": sum(&all, &["errors"]),
         "status": {
@@ -205,6 +245,7 @@ pub fn proxy_results(runs: &[Value]) -> Value {
         },
         "runs": grouped,
         "access_log_cost": access_log_cost,
+        "access_log_cost_side_by_side": paired_cost(runs),
     })
 }
 
@@ -229,6 +270,8 @@ pub struct Settings {
     pub duration_s: f64,
     pub repeat: u64,
     pub open_repeat: u64,
+    /// Side-by-side log on/off runs per proxy.
+    pub log_pairs: u64,
     pub keepalive_connections: u64,
     pub newconn_connections: u64,
     pub idle_connections: u64,
@@ -283,6 +326,7 @@ pub fn results(
             "duration_s": number(settings.duration_s),
             "repeat": settings.repeat,
             "open_repeat": settings.open_repeat,
+            "log_pairs": settings.log_pairs,
             "keepalive_connections": settings.keepalive_connections,
             "newconn_connections": settings.newconn_connections,
             "idle_connections": settings.idle_connections,

@@ -31,7 +31,7 @@ fn run(phase: &str, log: &str, rps: f64, cpu_us: f64, p99: u64) -> Value {
         "idle": null,
     });
     let lines = (log == "on").then_some(requests);
-    annotate(raw, phase, log, lines, 0.99).unwrap()
+    annotate(raw, phase, log, lines, 0.99, None).unwrap()
 }
 
 fn idle(rss_per_connection: f64) -> Value {
@@ -81,6 +81,7 @@ fn settings() -> Settings {
         duration_s: 10.0,
         repeat: 2,
         open_repeat: 2,
+        log_pairs: 3,
         keepalive_connections: 64,
         newconn_connections: 32,
         idle_connections: 1000,
@@ -267,8 +268,8 @@ fn a_log_that_dropped_lines_is_flagged() {
 
 #[test]
 fn a_failed_run_is_refused() {
-    assert!(annotate(json!({"error": "x"}), "open", "on", None, 0.5).is_err());
-    assert!(annotate(json!([1]), "open", "on", None, 0.5).is_err());
+    assert!(annotate(json!({"error": "x"}), "open", "on", None, 0.5, None).is_err());
+    assert!(annotate(json!([1]), "open", "on", None, 0.5, None).is_err());
 }
 
 #[test]
@@ -276,4 +277,58 @@ fn the_open_loop_rate_is_a_quarter_of_the_slowest_in_steps_of_500() {
     assert_eq!(open_rate(&[47164.3, 42047.0]), Some((10_500, 42047.0)));
     assert_eq!(open_rate(&[1200.0]), Some((500, 1200.0)));
     assert_eq!(open_rate(&[]), None);
+}
+
+/// A side-by-side pair: the log-on and log-off runs over the same seconds,
+/// both on core 0 (each about half of it).
+fn pair(n: u64, cpu_on: f64, cpu_off: f64) -> [Value; 2] {
+    [("on", cpu_on), ("off", cpu_off)].map(|(log, cpu)| {
+        let mut r = run("logpair", log, 20000.0, cpu, 900);
+        r["pair"] = json!(n);
+        r["server"]["cpu_share"] = json!(0.49);
+        r
+    })
+}
+
+#[test]
+fn side_by_side_pairs_give_the_median_and_range_of_their_differences() {
+    let mut ours = portcullis();
+    // Pair 3 has no log-off run: it is left out.
+    ours.extend(pair(1, 20.0, 18.1));
+    ours.extend(pair(2, 24.0, 22.4));
+    ours.extend(pair(4, 19.5, 17.0));
+    ours.push(pair(3, 30.0, 0.0)[0].clone());
+    let r = proxy_results(&ours);
+    let cost = &r["access_log_cost_side_by_side"];
+    assert_eq!(cost["pairs"], 3);
+    assert_eq!(cost["cpu_us_per_request"]["median"], json!(1.9));
+    assert_eq!(cost["cpu_us_per_request"]["min"], json!(1.6));
+    assert_eq!(cost["cpu_us_per_request"]["max"], json!(2.5));
+    assert_eq!(cost["cpu_us_per_request"]["each"], json!([1.9, 1.6, 2.5]));
+    // The side-by-side runs count for no other figure.
+    assert_eq!(r["keepalive"]["on"]["cpu_us_per_request"], json!(19.0));
+    assert_eq!(r["access_log_lines"]["logpair"]["runs"], 4);
+    assert_eq!(
+        proxy_results(&portcullis())["access_log_cost_side_by_side"],
+        Value::Null
+    );
+
+    let runs = [("nginx".into(), nginx()), ("portcullis".into(), ours)];
+    let t = markdown(
+        &results(&machine(), &settings(), &runs, None),
+        &settings().proxies,
+    );
+    for want in [
+        "| **access log cost, on and off side by side**, CPU µs per keep-alive request: median (range) of 3 pairs | – | 1.9 (1.6 to 2.5) | ≤ 0.5 µs: missed |",
+        "| … of which user space: median (range) of 3 pairs | – | 0.9 (0.8 to 1.3) | |",
+    ] {
+        assert!(t.lines().any(|l| l == want), "no row\n{want}\nin\n{t}");
+    }
+    // Other load in a pair is what is left after both processes.
+    let noise = t.lines().last().unwrap();
+    assert!(
+        noise.contains(", portcullis logpair pair 1 0.01, "),
+        "{noise}"
+    );
+    assert!(!noise.contains("logpair log off"), "{noise}");
 }

@@ -30,6 +30,7 @@ fn line() -> Line<'static> {
                 .map(PrivateEndpoint::AwsVpce),
             sni: "my-deployment-d53192.es.us-east-1.aws.example.com",
         },
+        formatted_origin: None,
         host: "my-deployment-d53192.es.us-east-1.aws.example.com",
         deployment: "d53192a1f0e54c0bb2c1b0c6a6f6e2f1",
         product: "es",
@@ -73,6 +74,16 @@ fn main() {
         AccessLog::start(Format::Json, settings, Box::new(std::io::sink()), &registry)
             .expect("access log");
     g.bench_function("log_json_to_writer", |b| b.iter(|| log.log(black_box(&l))));
+    // As the server writes a request's line: the connection's origin
+    // formatted once, when it was accepted.
+    let origin = log.format_origin(&l.origin);
+    let per_connection = Line {
+        formatted_origin: Some(&origin),
+        ..l
+    };
+    g.bench_function("log_json_to_writer_origin_formatted", |b| {
+        b.iter(|| log.log(black_box(&per_connection)))
+    });
     g.finish();
 
     // The line's timestamp (the second cached per thread, only the

@@ -42,6 +42,33 @@ pub struct Origin<'a> {
     pub sni: &'a str,
 }
 
+/// [`Origin`]'s fields as a line writes them, formatted once per
+/// connection: every line of a keep-alive connection names the same
+/// client, load balancer, endpoint and server name, so each copies them
+/// instead of writing two addresses and escaping the name again (about a
+/// fifth of a line's instructions).
+#[derive(Debug, Clone)]
+pub struct FormattedOrigin {
+    format: Format,
+    fields: Box<[u8]>,
+}
+
+impl FormattedOrigin {
+    pub fn new(format: Format, origin: &Origin<'_>) -> Self {
+        let mut fields = Vec::new();
+        Fields {
+            format,
+            out: &mut fields,
+            target: "",
+        }
+        .origin(origin);
+        Self {
+            format,
+            fields: fields.into_boxed_slice(),
+        }
+    }
+}
+
 /// Everything one access-log line says, borrowed from the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Line<'a> {
@@ -51,6 +78,9 @@ pub struct Line<'a> {
     pub duration: Duration,
     pub request_id: &'a str,
     pub origin: Origin<'a>,
+    /// `origin` formatted beforehand, used when it was made in the line's
+    /// format.
+    pub formatted_origin: Option<&'a FormattedOrigin>,
     pub host: &'a str,
     pub deployment: &'a str,
     /// Names portcullis chose (`&'static`) and the method, which `http`
@@ -77,7 +107,10 @@ pub fn write(format: Format, line: &Line<'_>, out: &mut Vec<u8>) {
     f.token("request_id", |o| {
         o.extend_from_slice(l.request_id.as_bytes())
     });
-    f.origin(&l.origin);
+    match l.formatted_origin {
+        Some(o) if o.format == format => f.out.extend_from_slice(&o.fields),
+        _ => f.origin(&l.origin),
+    }
     f.strs(&[("host", l.host), ("deployment", l.deployment)]);
     f.known("product", l.product);
     f.known("method", l.method);
@@ -510,6 +543,7 @@ mod tests {
                 )),
                 sni: "ip-only.es.example.com",
             },
+            formatted_origin: None,
             host: "ip-only.es.example.com",
             deployment: "1b2c3d4e5f6a40718293a4b5c6d7e8f9",
             product: "es",
@@ -589,6 +623,36 @@ mod tests {
              bytes=140 duration_ms=120.228 decision=\"denied\" reason=\"unmatched\" \
              status_reason=\"BLOCKED_BY_TRAFFIC_FILTER\" policy=\"\"\n"
         );
+    }
+
+    #[test]
+    fn an_origin_formatted_beforehand_gives_the_same_line() {
+        let names = ["ip-only.es.example.com", "a\"b\\c\u{1}", ""];
+        for sni in names {
+            let l = Line {
+                origin: Origin {
+                    sni,
+                    ..sample().origin
+                },
+                ..sample()
+            };
+            for format in [Format::Json, Format::Text] {
+                let origin = FormattedOrigin::new(format, &l.origin);
+                let with = Line {
+                    formatted_origin: Some(&origin),
+                    ..l
+                };
+                assert_eq!(line(format, &with), line(format, &l), "{format:?} {sni:?}");
+            }
+        }
+        // Made for the other format, it is not used: the line is still
+        // all of one format.
+        let json = FormattedOrigin::new(Format::Json, &sample().origin);
+        let l = Line {
+            formatted_origin: Some(&json),
+            ..sample()
+        };
+        assert_eq!(line(Format::Text, &l), line(Format::Text, &sample()));
     }
 
     #[test]

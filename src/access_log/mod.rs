@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use prometheus::Registry;
 
-pub use format::{Format, Line, Origin};
+pub use format::{Format, FormattedOrigin, Line, Origin};
 pub use writer::{Sink, WriterSettings, WriterThread};
 
 use writer::Writer;
@@ -86,6 +86,11 @@ impl AccessLog {
     pub fn log(&self, line: &Line<'_>) {
         let format = self.format;
         self.writer.append(|out| format::write(format, line, out));
+    }
+
+    /// `origin` formatted for this log's lines (see [`FormattedOrigin`]).
+    pub fn format_origin(&self, origin: &Origin<'_>) -> FormattedOrigin {
+        FormattedOrigin::new(self.format, origin)
     }
 
     /// The configured line format, for other kinds of lines.

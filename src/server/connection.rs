@@ -104,13 +104,18 @@ fn serving<'a>(
 ) -> Pin<Box<dyn Future<Output = Result<(), ConnectionEnd>> + Send + 'a>> {
     let h2 = tls::alpn_is_h2(&stream);
     let activity = Arc::new(Activity::new(!h2));
-    let info = Arc::new(ConnInfo {
+    let mut info = ConnInfo {
         forwarded_for: client_header_value(client.source),
         client,
         peer,
         sni: tls::sni_of(&stream).map(Into::into),
         activity: activity.clone(),
-    });
+        log_origin: None,
+    };
+    if let Some(log) = &proxy.access_log {
+        info.log_origin = Some(log.format_origin(&info.origin()));
+    }
+    let info = Arc::new(info);
     let io = ActivityIo::new(stream, activity.clone());
     let svc = {
         let proxy = proxy.clone();

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use super::Proxy;
 use super::activity::{Activity, RequestGuard};
-use crate::access_log::{AccessLog, Line, Origin};
+use crate::access_log::{AccessLog, FormattedOrigin, Line, Origin};
 use crate::endpoint::ClientIdentity;
 use crate::forward::client::BackendError;
 use crate::forward::frame::PolledFrame;
@@ -51,6 +51,20 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub sni: Option<Box<str>>,
     pub activity: Arc<Activity>,
+    /// Who connected, formatted for the access log (`None` when it is off).
+    pub log_origin: Option<FormattedOrigin>,
+}
+
+impl ConnInfo {
+    /// Who connected, as the access log names them.
+    pub fn origin(&self) -> Origin<'_> {
+        Origin {
+            client_ip: self.client.source,
+            peer: self.peer,
+            endpoint: self.client.endpoint,
+            sni: self.sni.as_deref().unwrap_or(""),
+        }
+    }
 }
 
 /// The status logged for a request whose client went away before its
@@ -359,9 +373,7 @@ fn host_of<'a>(uri: &'a Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
 /// request goes; its line is written when it is dropped.
 struct Record {
     /// `None` when the access log is off: nothing else here is read then.
-    log: Option<AccessLog>,
-    started: Instant,
-    time: SystemTime,
+    log: Option<Logging>,
     id: RequestId,
     conn: Arc<ConnInfo>,
     method: Method,
@@ -377,14 +389,24 @@ struct Record {
     upstream_error: Option<&'static str>,
 }
 
+/// The log a request's line goes to and when the request started: the
+/// clocks are read only for the line, nothing else needs them.
+struct Logging {
+    log: AccessLog,
+    started: Instant,
+    time: SystemTime,
+}
+
 impl Record {
     fn start(proxy: &Proxy, conn: &Arc<ConnInfo>, req: &Request<Incoming>, id: RequestId) -> Self {
-        let log = proxy.access_log.clone();
-        let on = log.is_some();
-        Self {
+        let log = proxy.access_log.clone().map(|log| Logging {
             log,
             started: Instant::now(),
             time: SystemTime::now(),
+        });
+        let on = log.is_some();
+        Self {
+            log,
             id,
             conn: conn.clone(),
             method: req.method().clone(),
@@ -438,7 +460,7 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let Some(log) = &self.log else {
+        let Some(Logging { log, started, time }) = &self.log else {
             return;
         };
         let d = self.decision;
@@ -453,15 +475,11 @@ impl Drop for Record {
             .map_or("", |p| &*p.id);
         let (host, path) = self.target.host_and_path();
         log.log(&Line {
-            time: self.time,
-            duration: self.started.elapsed(),
+            time: *time,
+            duration: started.elapsed(),
             request_id: self.id.as_str(),
-            origin: Origin {
-                client_ip: self.conn.client.source,
-                peer: self.conn.peer,
-                endpoint: self.conn.client.endpoint,
-                sni: self.conn.sni.as_deref().unwrap_or(""),
-            },
+            origin: self.conn.origin(),
+            formatted_origin: self.conn.log_origin.as_ref(),
             host,
             deployment,
             product: d.and_then(|d| d.target).map_or("", |t| t.product.as_str()),

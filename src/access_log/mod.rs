@@ -13,6 +13,7 @@
 //! interleave), and a `RUST_LOG` filter that turns the `portcullis::access`
 //! target off still turns the access log off.
 
+pub mod clock;
 pub mod format;
 mod metrics;
 pub mod writer;

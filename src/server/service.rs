@@ -19,7 +19,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -30,7 +29,7 @@ use tokio::time::Instant;
 
 use super::Proxy;
 use super::activity::{Activity, RequestGuard};
-use crate::access_log::{AccessLog, FormattedOrigin, Line, Origin};
+use crate::access_log::{AccessLog, FormattedOrigin, Line, Origin, clock};
 use crate::endpoint::ClientIdentity;
 use crate::forward::client::BackendError;
 use crate::forward::frame::PolledFrame;
@@ -390,11 +389,11 @@ struct Record {
 }
 
 /// The log a request's line goes to and when the request started: the
-/// clocks are read only for the line, nothing else needs them.
+/// clock is read only for the line, nothing else needs it (its wall-clock
+/// time comes from [`clock::wall_time`], without a second read).
 struct Logging {
     log: AccessLog,
     started: Instant,
-    time: SystemTime,
 }
 
 impl Record {
@@ -402,7 +401,6 @@ impl Record {
         let log = proxy.access_log.clone().map(|log| Logging {
             log,
             started: Instant::now(),
-            time: SystemTime::now(),
         });
         let on = log.is_some();
         Self {
@@ -460,7 +458,7 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let Some(Logging { log, started, time }) = &self.log else {
+        let Some(Logging { log, started }) = &self.log else {
             return;
         };
         let d = self.decision;
@@ -475,7 +473,7 @@ impl Drop for Record {
             .map_or("", |p| &*p.id);
         let (host, path) = self.target.host_and_path();
         log.log(&Line {
-            time: *time,
+            time: clock::wall_time(started.into_std()),
             duration: started.elapsed(),
             request_id: self.id.as_str(),
             origin: self.conn.origin(),

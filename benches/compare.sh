@@ -47,6 +47,13 @@
 # log's cost (the report gives the median and the range over the pairs; two
 # processes with the log off measured this way differ by ≤ 0.3 µs).
 #
+# The keep-alive target, side by side. For the same reason portcullis also
+# runs at once with each other proxy, --versus-pairs times: both with
+# their logs as in the main mode, both on core 0, each under its own load
+# generator with half the connections. The report gives portcullis's CPU
+# per request over the other's, pair by pair (median and range): a ratio
+# the host's drift cannot move, though measured with the core shared.
+#
 # Results: a markdown table on stdout and in target/compare/results.md; all
 # numbers in target/compare/results.json. The script starts and stops
 # processes; `portcullis-loadgen report` (benches/loadgen/report/) checks
@@ -68,6 +75,8 @@
 # --logs both|on|off (access logs; default both, see above),
 # --portcullis-log-format json|text (default json),
 # --log-pairs N (side-by-side log on/off runs per proxy, default 3; 0: none),
+# --versus-pairs N (side-by-side runs of portcullis with each other proxy,
+# default 3; 0: none),
 # --proxies "nginx haproxy portcullis", --reload-scale small|medium|large,
 # --no-reload, --no-install, --no-build (use the release binaries as they
 # are), --report-only (rebuild the tables from the last run's raw files),
@@ -100,6 +109,7 @@ PORT_BASE=24400
 LOGS=both
 PORTCULLIS_LOG_FORMAT=json
 LOG_PAIRS=3
+VERSUS_PAIRS=3
 
 while (($#)); do
     case "$1" in
@@ -116,6 +126,7 @@ while (($#)); do
         --logs) LOGS="$2"; shift 2 ;;
         --portcullis-log-format) PORTCULLIS_LOG_FORMAT="$2"; shift 2 ;;
         --log-pairs) LOG_PAIRS="$2"; shift 2 ;;
+        --versus-pairs) VERSUS_PAIRS="$2"; shift 2 ;;
         --reload-scale) RELOAD_SCALE="$2"; shift 2 ;;
         --no-reload) RELOAD=0; shift ;;
         --no-install) INSTALL=0; shift ;;
@@ -133,6 +144,7 @@ case "$LOGS" in
     *) echo "compare.sh: --logs is both, on or off" >&2; exit 2 ;;
 esac
 [[ "$LOG_PAIRS" =~ ^[0-9]+$ ]] || { echo "compare.sh: --log-pairs is a number" >&2; exit 2; }
+[[ "$VERSUS_PAIRS" =~ ^[0-9]+$ ]] || { echo "compare.sh: --versus-pairs is a number" >&2; exit 2; }
 [ "$LOGS" = both ] || LOG_PAIRS=0
 case "$PORTCULLIS_LOG_FORMAT" in
     json|text) ;;
@@ -710,6 +722,41 @@ measure_log_pairs() {
     stop "$off_pid"
 }
 
+# measure_versus OTHER: portcullis and OTHER at once, both on core 0 with
+# their logs as in MAIN_MODE, each under its own load generator with half
+# the keep-alive connections, VERSUS_PAIRS times (see the header).
+measure_versus() {
+    local other="$1" r p_pid o_pid before after half=$(((CONNS + 1) / 2))
+    local -a p_pids o_pids
+    log "== portcullis and $other side by side, access logs $MAIN_MODE ($VERSUS_PAIRS runs)"
+    start_proxy portcullis "$MAIN_MODE"
+    p_pid=$PROXY_PID
+    p_pids=("${PIDS[@]}")
+    start_proxy "$other" "$MAIN_MODE"
+    o_pid=$PROXY_PID
+    o_pids=("${PIDS[@]}")
+    PIDS=("${p_pids[@]}")
+    warm_up portcullis "$MAIN_MODE"
+    PIDS=("${o_pids[@]}")
+    warm_up "$other" "$MAIN_MODE"
+    for r in $(seq "$VERSUS_PAIRS"); do
+        local p_base="$RAW/portcullis-versus-$other-$MAIN_MODE-$r" o_base="$RAW/$other-versus-$MAIN_MODE-$r" a b
+        before=$(core0)
+        (PIDS=("${p_pids[@]}"); loadgen portcullis --connections "$half" --duration "${DURATION}s" \
+            >"$p_base.tmp" 2>"$p_base.stderr") &
+        a=$!
+        (PIDS=("${o_pids[@]}"); loadgen "$other" --connections "$half" --duration "${DURATION}s" \
+            >"$o_base.tmp" 2>"$o_base.stderr") &
+        b=$!
+        wait "$a" "$b" || true
+        after=$(core0)
+        record portcullis versus "$MAIN_MODE" "$p_base" "$before" "$after" --pair "$r" --against "$other"
+        record "$other" versus "$MAIN_MODE" "$o_base" "$before" "$after" --pair "$r" --against portcullis
+    done
+    stop_proxy portcullis "$p_pid"
+    stop_proxy "$other" "$o_pid"
+}
+
 # All proxies run at once (an idle proxy costs nothing) and the open-loop
 # runs take turns, so a burst of load from elsewhere on the machine hits
 # every proxy alike rather than one of them. Access logs as in MAIN_MODE.
@@ -791,7 +838,7 @@ results() {
     fi
     "$BIN/portcullis-loadgen" report results --raw "$RAW" --out "$OUT" --proxies "$PROXIES" \
         --modes "$MODES" --main-mode "$MAIN_MODE" --duration "$DURATION" --repeat "$REPEAT" \
-        --open-repeat "$OPEN_REPEAT" --log-pairs "${LOG_PAIRS:-0}" --connections "$CONNS" --newconn-connections "$NEWCONN_CONNS" \
+        --open-repeat "$OPEN_REPEAT" --log-pairs "${LOG_PAIRS:-0}" --versus-pairs "${VERSUS_PAIRS:-0}" --connections "$CONNS" --newconn-connections "$NEWCONN_CONNS" \
         --idle-connections "$IDLE_CONNS" --rate "$RATE" --denied-share "$DENIED_SHARE" \
         --portcullis-log-format "$PORTCULLIS_LOG_FORMAT" --date "$(date -u +%FT%TZ)" \
         --nginx-version "$(nginx -v 2>&1 | sed 's/.*nginx\///')" \
@@ -805,7 +852,7 @@ results() {
 # Variables the report needs, saved so --report-only can rebuild it.
 save_state() {
     declare -p DURATION REPEAT OPEN_REPEAT CONNS NEWCONN_CONNS IDLE_CONNS RATE DENIED_SHARE PROXIES RELOAD \
-        RELOAD_SCALE LOGS MODES MAIN_MODE PORTCULLIS_LOG_FORMAT LOG_PAIRS >"$RAW/state.env"
+        RELOAD_SCALE LOGS MODES MAIN_MODE PORTCULLIS_LOG_FORMAT LOG_PAIRS VERSUS_PAIRS >"$RAW/state.env"
     if [ -n "${RELOADS_ALL:-}" ]; then
         declare -p RELOADS_ALL RELOADS_OK RELOAD_PUT_S >>"$RAW/state.env"
     fi
@@ -839,6 +886,11 @@ main() {
     for n in $PROXIES; do measure_proxy "$n"; done
     if ((LOG_PAIRS)); then
         for n in $PROXIES; do measure_log_pairs "$n"; done
+    fi
+    if ((VERSUS_PAIRS)) && [[ " $PROXIES " == *" portcullis "* ]]; then
+        for n in $PROXIES; do
+            if [ "$n" != portcullis ]; then measure_versus "$n"; fi
+        done
     fi
     if [ "$RATE" = auto ]; then
         local rate slowest

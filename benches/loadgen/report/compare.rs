@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// run and a log-off run over the same seconds)
     #[arg(long)]
     pair: Option<u64>,
+    /// The proxy measured at the same time (phase versus)
+    #[arg(long)]
+    against: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -103,6 +106,9 @@ pub struct ResultsArgs {
     /// Side-by-side log on/off runs per proxy
     #[arg(long, default_value_t = 0)]
     log_pairs: u64,
+    /// Side-by-side runs of portcullis with each other proxy
+    #[arg(long, default_value_t = 0)]
+    versus_pairs: u64,
     /// Connections of the keep-alive and open-loop phases
     #[arg(long)]
     connections: u64,
@@ -161,7 +167,10 @@ pub fn execute(command: Command) -> Result<(), String> {
                 &a.access_log,
                 a.access_log_lines,
                 a.core0_busy,
-                a.pair,
+                Pairing {
+                    pair: a.pair,
+                    against: a.against.clone(),
+                },
             )
             .map_err(|e| format!("{}: {e}", a.input.display()))?;
             write(&a.out, &json_text(&run)?)?;
@@ -197,6 +206,7 @@ pub fn execute(command: Command) -> Result<(), String> {
                 repeat: a.repeat,
                 open_repeat: a.open_repeat,
                 log_pairs: a.log_pairs,
+                versus_pairs: a.versus_pairs,
                 keepalive_connections: a.connections,
                 newconn_connections: a.newconn_connections,
                 idle_connections: a.idle_connections,
@@ -229,6 +239,14 @@ pub fn execute(command: Command) -> Result<(), String> {
     }
 }
 
+/// Which side-by-side run a run was: its pair and the proxy measured at
+/// the same time (none for a run alone on its core).
+#[derive(Debug, Clone, Default)]
+pub struct Pairing {
+    pub pair: Option<u64>,
+    pub against: Option<String>,
+}
+
 /// The run with the script's measurements added; an error if it is not
 /// the load generator's JSON (a run that failed before reporting).
 pub fn annotate(
@@ -237,7 +255,7 @@ pub fn annotate(
     access_log: &str,
     lines: Option<u64>,
     core0_busy: f64,
-    pair: Option<u64>,
+    pairing: Pairing,
 ) -> Result<Value, String> {
     let Some(fields) = run.as_object_mut().filter(|o| o.contains_key("rps")) else {
         return Err("not a load generator report (no \"rps\")".into());
@@ -246,8 +264,11 @@ pub fn annotate(
     fields.insert("access_log".into(), json!(access_log));
     fields.insert("access_log_lines".into(), json!(lines));
     fields.insert("core0_busy".into(), results::number(core0_busy));
-    if let Some(pair) = pair {
+    if let Some(pair) = pairing.pair {
         fields.insert("pair".into(), json!(pair));
+    }
+    if let Some(against) = pairing.against {
+        fields.insert("against".into(), json!(against));
     }
     Ok(run)
 }

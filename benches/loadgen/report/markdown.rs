@@ -64,6 +64,11 @@ fn log_cell(v: &Value) -> String {
     )
 }
 
+/// A proxy's name as the table shows it.
+fn display_name(proxy: &str) -> &str {
+    if proxy == "haproxy" { "HAProxy" } else { proxy }
+}
+
 /// One cell per proxy: a number from its figures, or text made from them.
 enum Cell<'a> {
     Num(&'a [&'a str]),
@@ -116,6 +121,72 @@ impl Table<'_> {
 }
 
 impl Table<'_> {
+    /// portcullis and each other proxy measured at once, on one core: the
+    /// others' CPU per keep-alive request, portcullis's against each, and
+    /// the ratios against the target (the worse of the medians counts: the
+    /// target is against the better proxy).
+    fn versus_row(&mut self, mm: &str) {
+        let versus = at(self.r, &["versus"]);
+        let others: Vec<&String> = self
+            .proxies
+            .iter()
+            .filter(|p| !at(versus, &[p]).is_null())
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        let median = |v: &Value| match at(v, &["median"]) {
+            Value::Null => "–".to_owned(),
+            m => num(m),
+        };
+        let ours = others
+            .iter()
+            .map(|o| median(at(versus, &[o, "portcullis_cpu_us_per_request"])))
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let mut ratios = Vec::new();
+        let mut worst: Option<f64> = None;
+        for o in &others {
+            let r = at(versus, &[o, "ratio"]);
+            ratios.push(format!(
+                "{}× ({} to {}) of {}",
+                text(at(r, &["median"])),
+                text(at(r, &["min"])),
+                text(at(r, &["max"])),
+                display_name(o)
+            ));
+            if let Some(m) = f64_at(r, &["median"]) {
+                worst = Some(worst.map_or(m, |w: f64| w.max(m)));
+            }
+        }
+        let verdict = match worst {
+            Some(w) if w <= 0.90 => "met",
+            Some(_) => "missed",
+            None => "–",
+        };
+        let label = format!(
+            "**CPU µs per keep-alive request, side by side with portcullis** (both access logs {mm}, the same seconds on one core; portcullis's against each in turn): median of {} pairs",
+            text(at(self.r, &["settings", "versus_pairs"]))
+        );
+        let cells: Vec<String> = self
+            .proxies
+            .iter()
+            .map(|p| {
+                if p == "portcullis" {
+                    ours.clone()
+                } else {
+                    median(at(versus, &[p, "cpu_us_per_request"]))
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            self.out,
+            "| {label} | {} | {} (≤ 0.90×: {verdict}) |",
+            cells.join(" | "),
+            ratios.join(", ")
+        );
+    }
+
     /// The access log's cost measured side by side (log on and off at
     /// once, on one core): median and range per proxy, portcullis's median
     /// against its target. No rows when no proxy ran such pairs.
@@ -296,10 +367,7 @@ pub fn markdown(r: &Value, proxies: &[String]) -> String {
         s(&["settings", "access_log", "haproxy"]),
         s(&["settings", "access_log", "portcullis"]),
     );
-    let names: Vec<&str> = proxies
-        .iter()
-        .map(|p| if p == "haproxy" { "HAProxy" } else { p })
-        .collect();
+    let names: Vec<&str> = proxies.iter().map(|p| display_name(p)).collect();
     let _ = writeln!(
         o,
         "| metric | {} | portcullis vs target |",
@@ -328,6 +396,7 @@ pub fn markdown(r: &Value, proxies: &[String]) -> String {
         },
     );
     t.side_by_side_rows();
+    t.versus_row(&mm);
     t.phase_rows(
         main,
         &PhaseRows {
@@ -393,6 +462,7 @@ pub fn markdown(r: &Value, proxies: &[String]) -> String {
             ("new TLS connection", "newconn"),
             ("open loop", "open"),
             ("side-by-side (log on)", "logpair"),
+            ("side by side with portcullis", "versus"),
         ] {
             let path = ["access_log_lines", phase];
             if proxies.iter().all(|p| at(at(r, &[p]), &path).is_null()) {
@@ -495,6 +565,21 @@ fn other_load(r: &Value, proxies: &[String]) -> Vec<String> {
                         });
                         let both = share(run) + twin.map_or(0.0, share);
                         format!("pair {} {}", text(at(run, &["pair"])), other(run, both))
+                    }
+                    // A pair with another proxy: told once, on portcullis's side.
+                    Some("versus") if p != "portcullis" => continue,
+                    Some("versus") => {
+                        let against = at(run, &["against"]).as_str().unwrap_or("");
+                        let groups = at(r, &[against, "runs"]).as_array().into_iter().flatten();
+                        let partner = groups.filter_map(Value::as_array).flatten().find(|t| {
+                            at(t, &["phase"]) == "versus" && at(t, &["pair"]) == at(run, &["pair"])
+                        });
+                        let both = share(run) + partner.map_or(0.0, share);
+                        format!(
+                            "{against} pair {} {}",
+                            text(at(run, &["pair"])),
+                            other(run, both)
+                        )
                     }
                     _ => format!(
                         "log {} {}",

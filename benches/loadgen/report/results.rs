@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 /// The phases measured for every proxy; the reload phases are portcullis's
 /// alone and reported apart.
-pub const PROXY_PHASES: [&str; 5] = ["idle", "keepalive", "newconn", "open", "logpair"];
+pub const PROXY_PHASES: [&str; 6] = ["idle", "keepalive", "newconn", "open", "logpair", "versus"];
 
 /// The value at `path` in `v`, `Null` where any step is missing.
 pub fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
@@ -146,24 +146,88 @@ fn paired_cost(runs: &[Value]) -> Value {
     if pairs.is_empty() {
         return Value::Null;
     }
-    let spread = |path: &[&str]| {
-        let each: Vec<Value> = pairs
-            .iter()
-            .filter_map(|(on, off)| Some(number(round1(f64_at(on, path)? - f64_at(off, path)?))))
-            .collect();
-        let all: Vec<&Value> = each.iter().collect();
-        json!({
-            "median": best(&all, &[], How::Median),
-            "min": best(&all, &[], How::Min),
-            "max": best(&all, &[], How::Max),
-            "each": each,
-        })
+    let differences = |path: &[&str]| {
+        spread(
+            pairs
+                .iter()
+                .filter_map(|(on, off)| {
+                    Some(number(round1(f64_at(on, path)? - f64_at(off, path)?)))
+                })
+                .collect(),
+        )
     };
     json!({
         "pairs": pairs.len(),
-        "cpu_us_per_request": spread(&["server", "cpu_us_per_request"]),
-        "user_us_per_request": spread(&["server", "user_us_per_request"]),
+        "cpu_us_per_request": differences(&["server", "cpu_us_per_request"]),
+        "user_us_per_request": differences(&["server", "user_us_per_request"]),
     })
+}
+
+/// The median, least and greatest of `each` (and `each`), `Null` parts
+/// when it is empty.
+fn spread(each: Vec<Value>) -> Value {
+    let all: Vec<&Value> = each.iter().collect();
+    json!({
+        "median": best(&all, &[], How::Median),
+        "min": best(&all, &[], How::Min),
+        "max": best(&all, &[], How::Max),
+        "each": each,
+    })
+}
+
+/// portcullis side by side with each other proxy (phase `versus`): per
+/// pair, portcullis's CPU per keep-alive request over the other's, both
+/// measured over the same seconds on the same core.
+fn versus(runs: &[(String, Vec<Value>)]) -> Value {
+    let of = |proxy: &str| -> Vec<&Value> {
+        runs.iter()
+            .filter(|(p, _)| p == proxy)
+            .flat_map(|(_, r)| r.iter())
+            .filter(|r| phase(r) == "versus")
+            .collect()
+    };
+    let ours = of("portcullis");
+    let mut out = Map::new();
+    for (other, _) in runs.iter().filter(|(p, _)| p != "portcullis") {
+        let theirs = of(other);
+        let cpu = |r: &Value| f64_at(r, &["server", "cpu_us_per_request"]);
+        let pairs: Vec<(f64, f64)> = ours
+            .iter()
+            .filter(|r| at(r, &["against"]) == other.as_str())
+            .filter_map(|p| {
+                let o = theirs
+                    .iter()
+                    .find(|o| at(o, &["pair"]) == at(p, &["pair"]))?;
+                Some((cpu(p)?, cpu(o)?))
+            })
+            .filter(|&(_, o)| o > 0.0)
+            .collect();
+        if pairs.is_empty() {
+            continue;
+        }
+        let ratios = pairs
+            .iter()
+            .map(|(p, o)| number((p / o * 100.0).round() / 100.0))
+            .collect();
+        let column = |i: usize| {
+            spread(
+                pairs
+                    .iter()
+                    .map(|p| number(if i == 0 { p.0 } else { p.1 }))
+                    .collect(),
+            )
+        };
+        out.insert(
+            other.clone(),
+            json!({
+                "pairs": pairs.len(),
+                "ratio": spread(ratios),
+                "portcullis_cpu_us_per_request": column(0),
+                "cpu_us_per_request": column(1),
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 /// One proxy's figures from all its runs of [`PROXY_PHASES`], sorted by
@@ -236,6 +300,7 @@ pub fn proxy_results(runs: &[Value]) -> Value {
             "newconn": logged(runs, "newconn"),
             "open": logged(runs, "open"),
             "logpair": logged(runs, "logpair"),
+            "versus": logged(runs, "versus"),
         },
         "errors": sum(&all, &["errors"]),
         "status": {
@@ -272,6 +337,8 @@ pub struct Settings {
     pub open_repeat: u64,
     /// Side-by-side log on/off runs per proxy.
     pub log_pairs: u64,
+    /// Side-by-side runs of portcullis with each other proxy.
+    pub versus_pairs: u64,
     pub keepalive_connections: u64,
     pub newconn_connections: u64,
     pub idle_connections: u64,
@@ -327,6 +394,7 @@ pub fn results(
             "repeat": settings.repeat,
             "open_repeat": settings.open_repeat,
             "log_pairs": settings.log_pairs,
+            "versus_pairs": settings.versus_pairs,
             "keepalive_connections": settings.keepalive_connections,
             "newconn_connections": settings.newconn_connections,
             "idle_connections": settings.idle_connections,
@@ -350,6 +418,7 @@ pub fn results(
     for (proxy, runs) in runs {
         out.insert(proxy.clone(), proxy_results(runs));
     }
+    out.insert("versus".into(), versus(runs));
     if let Some(r) = reload {
         out.insert(
             "reload".into(),

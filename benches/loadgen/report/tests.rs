@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::compare::{annotate, log_warning, summary};
+use super::compare::{Pairing, annotate, log_warning, summary};
 use super::markdown::markdown;
 use super::results::{Machine, Reload, Settings, open_rate, proxy_results, results};
 
@@ -31,7 +31,7 @@ fn run(phase: &str, log: &str, rps: f64, cpu_us: f64, p99: u64) -> Value {
         "idle": null,
     });
     let lines = (log == "on").then_some(requests);
-    annotate(raw, phase, log, lines, 0.99, None).unwrap()
+    annotate(raw, phase, log, lines, 0.99, Pairing::default()).unwrap()
 }
 
 fn idle(rss_per_connection: f64) -> Value {
@@ -82,6 +82,7 @@ fn settings() -> Settings {
         repeat: 2,
         open_repeat: 2,
         log_pairs: 3,
+        versus_pairs: 2,
         keepalive_connections: 64,
         newconn_connections: 32,
         idle_connections: 1000,
@@ -268,8 +269,18 @@ fn a_log_that_dropped_lines_is_flagged() {
 
 #[test]
 fn a_failed_run_is_refused() {
-    assert!(annotate(json!({"error": "x"}), "open", "on", None, 0.5, None).is_err());
-    assert!(annotate(json!([1]), "open", "on", None, 0.5, None).is_err());
+    assert!(
+        annotate(
+            json!({"error": "x"}),
+            "open",
+            "on",
+            None,
+            0.5,
+            Pairing::default()
+        )
+        .is_err()
+    );
+    assert!(annotate(json!([1]), "open", "on", None, 0.5, Pairing::default()).is_err());
 }
 
 #[test]
@@ -331,4 +342,52 @@ fn side_by_side_pairs_give_the_median_and_range_of_their_differences() {
         "{noise}"
     );
     assert!(!noise.contains("logpair log off"), "{noise}");
+}
+
+/// Proxy `proxy`'s side of pair `n` with `against`, at `cpu` µs a request.
+fn versus(proxy_against: (&str, &str), n: u64, cpu: f64) -> Value {
+    let mut r = run("versus", "on", 20000.0, cpu, 900);
+    r["pair"] = json!(n);
+    r["against"] = json!(proxy_against.1);
+    r["server"]["cpu_share"] = json!(if proxy_against.0 == "portcullis" {
+        0.45
+    } else {
+        0.5
+    });
+    r
+}
+
+#[test]
+fn side_by_side_with_another_proxy_gives_portcullis_over_it_pair_by_pair() {
+    let mut ours = portcullis();
+    let mut theirs = nginx();
+    for (n, p, o) in [(1, 16.0, 20.0), (2, 18.0, 20.0), (3, 15.0, 20.0)] {
+        ours.push(versus(("portcullis", "nginx"), n, p));
+        theirs.push(versus(("nginx", "portcullis"), n, o));
+    }
+    let runs = [("nginx".into(), theirs), ("portcullis".into(), ours)];
+    let r = results(&machine(), &settings(), &runs, None);
+    let v = &r["versus"]["nginx"];
+    assert_eq!(v["pairs"], 3);
+    assert_eq!(v["ratio"]["each"], json!([0.8, 0.9, 0.75]));
+    assert_eq!(v["ratio"]["median"], json!(0.8));
+    assert_eq!(v["cpu_us_per_request"]["median"], json!(20));
+    assert_eq!(v["portcullis_cpu_us_per_request"]["median"], json!(16));
+    // Side-by-side runs count for no figure of a proxy alone.
+    assert_eq!(
+        r["nginx"]["keepalive"]["on"]["cpu_us_per_request"],
+        json!(20.0)
+    );
+
+    let t = markdown(&r, &settings().proxies);
+    let want = "| **CPU µs per keep-alive request, side by side with portcullis** (both access logs on, the same seconds on one core; portcullis's against each in turn): median of 2 pairs | 20.0 | 16.0 | 0.8× (0.75 to 0.9) of nginx (≤ 0.90×: met) |";
+    assert!(t.lines().any(|l| l == want), "no row\n{want}\nin\n{t}");
+    let noise = t.lines().last().unwrap();
+    assert!(
+        noise.contains(", portcullis versus nginx pair 2 0.04, "),
+        "{noise}"
+    );
+    assert!(!noise.contains("nginx versus"), "{noise}");
+    // Without such runs, no row.
+    assert!(!table().contains("side by side with portcullis"));
 }

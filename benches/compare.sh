@@ -687,36 +687,45 @@ measure_proxy() {
     done
 }
 
+# load_at_once NAME-A PORT-A BASE-A NAME-B PORT-B BASE-B: two keep-alive
+# loads for DURATION, each with half the connections, at the same time: A's
+# measuring the processes in PIDS_A, B's those in PIDS_B, their JSON in
+# BASE.tmp. Sets CORE0_BEFORE and CORE0_AFTER around them, for `record`.
+load_at_once() {
+    local half=$(((CONNS + 1) / 2)) a b
+    CORE0_BEFORE=$(core0)
+    (PIDS=("${PIDS_A[@]}"); TARGET_PORT=$2 loadgen "$1" --connections "$half" \
+        --duration "${DURATION}s" >"$3.tmp" 2>"$3.stderr") &
+    a=$!
+    (PIDS=("${PIDS_B[@]}"); TARGET_PORT=$5 loadgen "$4" --connections "$half" \
+        --duration "${DURATION}s" >"$6.tmp" 2>"$6.stderr") &
+    b=$!
+    wait "$a" "$b" || true
+    CORE0_AFTER=$(core0)
+}
+
 # measure_log_pairs NAME: the proxy with its log on and its twin with the
 # log off run at once, both on core 0, each under its own load generator
 # with half the keep-alive connections, LOG_PAIRS times (see the header).
 measure_log_pairs() {
-    local name="$1" r on_pid off_pid before after half=$(((CONNS + 1) / 2))
-    local -a on_pids off_pids
+    local name="$1" r on_pid off_pid
+    local -a PIDS_A PIDS_B
     log "== $name, access log on and off side by side ($LOG_PAIRS runs)"
     start_proxy "$name" on
     on_pid=$PROXY_PID
-    on_pids=("${PIDS[@]}")
+    PIDS_A=("${PIDS[@]}")
     start_proxy "$name" twin
     off_pid=$PROXY_PID
-    off_pids=("${PIDS[@]}")
-    PIDS=("${on_pids[@]}")
+    PIDS_B=("${PIDS[@]}")
+    PIDS=("${PIDS_A[@]}")
     warm_up "$name" on
-    PIDS=("${off_pids[@]}")
+    PIDS=("${PIDS_B[@]}")
     TARGET_PORT=$TWIN_PORT warm_up "$name" off
     for r in $(seq "$LOG_PAIRS"); do
-        local on_base="$RAW/$name-logpair-on-$r" off_base="$RAW/$name-logpair-off-$r" a b
-        before=$(core0)
-        (PIDS=("${on_pids[@]}"); loadgen "$name" --connections "$half" --duration "${DURATION}s" \
-            >"$on_base.tmp" 2>"$on_base.stderr") &
-        a=$!
-        (PIDS=("${off_pids[@]}"); TARGET_PORT=$TWIN_PORT loadgen "$name" --connections "$half" \
-            --duration "${DURATION}s" >"$off_base.tmp" 2>"$off_base.stderr") &
-        b=$!
-        wait "$a" "$b" || true
-        after=$(core0)
-        record "$name" logpair on "$on_base" "$before" "$after" --pair "$r"
-        record "$name" logpair off "$off_base" "$before" "$after" --pair "$r"
+        local on_base="$RAW/$name-logpair-on-$r" off_base="$RAW/$name-logpair-off-$r"
+        load_at_once "$name" "${PORT[$name]}" "$on_base" "$name" "$TWIN_PORT" "$off_base"
+        record "$name" logpair on "$on_base" "$CORE0_BEFORE" "$CORE0_AFTER" --pair "$r"
+        record "$name" logpair off "$off_base" "$CORE0_BEFORE" "$CORE0_AFTER" --pair "$r"
     done
     stop_proxy "$name" "$on_pid"
     stop "$off_pid"
@@ -726,32 +735,24 @@ measure_log_pairs() {
 # their logs as in MAIN_MODE, each under its own load generator with half
 # the keep-alive connections, VERSUS_PAIRS times (see the header).
 measure_versus() {
-    local other="$1" r p_pid o_pid before after half=$(((CONNS + 1) / 2))
-    local -a p_pids o_pids
+    local other="$1" r p_pid o_pid
+    local -a PIDS_A PIDS_B
     log "== portcullis and $other side by side, access logs $MAIN_MODE ($VERSUS_PAIRS runs)"
     start_proxy portcullis "$MAIN_MODE"
     p_pid=$PROXY_PID
-    p_pids=("${PIDS[@]}")
+    PIDS_A=("${PIDS[@]}")
     start_proxy "$other" "$MAIN_MODE"
     o_pid=$PROXY_PID
-    o_pids=("${PIDS[@]}")
-    PIDS=("${p_pids[@]}")
+    PIDS_B=("${PIDS[@]}")
+    PIDS=("${PIDS_A[@]}")
     warm_up portcullis "$MAIN_MODE"
-    PIDS=("${o_pids[@]}")
+    PIDS=("${PIDS_B[@]}")
     warm_up "$other" "$MAIN_MODE"
     for r in $(seq "$VERSUS_PAIRS"); do
-        local p_base="$RAW/portcullis-versus-$other-$MAIN_MODE-$r" o_base="$RAW/$other-versus-$MAIN_MODE-$r" a b
-        before=$(core0)
-        (PIDS=("${p_pids[@]}"); loadgen portcullis --connections "$half" --duration "${DURATION}s" \
-            >"$p_base.tmp" 2>"$p_base.stderr") &
-        a=$!
-        (PIDS=("${o_pids[@]}"); loadgen "$other" --connections "$half" --duration "${DURATION}s" \
-            >"$o_base.tmp" 2>"$o_base.stderr") &
-        b=$!
-        wait "$a" "$b" || true
-        after=$(core0)
-        record portcullis versus "$MAIN_MODE" "$p_base" "$before" "$after" --pair "$r" --against "$other"
-        record "$other" versus "$MAIN_MODE" "$o_base" "$before" "$after" --pair "$r" --against portcullis
+        local p_base="$RAW/portcullis-versus-$other-$MAIN_MODE-$r" o_base="$RAW/$other-versus-$MAIN_MODE-$r"
+        load_at_once portcullis "${PORT[portcullis]}" "$p_base" "$other" "${PORT[$other]}" "$o_base"
+        record portcullis versus "$MAIN_MODE" "$p_base" "$CORE0_BEFORE" "$CORE0_AFTER" --pair "$r" --against "$other"
+        record "$other" versus "$MAIN_MODE" "$o_base" "$CORE0_BEFORE" "$CORE0_AFTER" --pair "$r" --against portcullis
     done
     stop_proxy portcullis "$p_pid"
     stop_proxy "$other" "$o_pid"

@@ -209,21 +209,15 @@ fn versus(runs: &[(String, Vec<Value>)]) -> Value {
             .iter()
             .map(|(p, o)| number((p / o * 100.0).round() / 100.0))
             .collect();
-        let column = |i: usize| {
-            spread(
-                pairs
-                    .iter()
-                    .map(|p| number(if i == 0 { p.0 } else { p.1 }))
-                    .collect(),
-            )
-        };
+        let ours_cpu = pairs.iter().map(|&(p, _)| number(p)).collect();
+        let theirs_cpu = pairs.iter().map(|&(_, o)| number(o)).collect();
         out.insert(
             other.clone(),
             json!({
                 "pairs": pairs.len(),
                 "ratio": spread(ratios),
-                "portcullis_cpu_us_per_request": column(0),
-                "cpu_us_per_request": column(1),
+                "portcullis_cpu_us_per_request": spread(ours_cpu),
+                "cpu_us_per_request": spread(theirs_cpu),
             }),
         );
     }

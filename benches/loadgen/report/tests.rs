@@ -290,15 +290,19 @@ fn the_open_loop_rate_is_a_quarter_of_the_slowest_in_steps_of_500() {
     assert_eq!(open_rate(&[]), None);
 }
 
+/// One side of side-by-side pair `n`: a run of `phase` at `cpu` µs a
+/// request that had `share` of core 0.
+fn side(phase: &str, log: &str, n: u64, cpu: f64, share: f64) -> Value {
+    let mut r = run(phase, log, 20000.0, cpu, 900);
+    r["pair"] = json!(n);
+    r["server"]["cpu_share"] = json!(share);
+    r
+}
+
 /// A side-by-side pair: the log-on and log-off runs over the same seconds,
 /// both on core 0 (each about half of it).
 fn pair(n: u64, cpu_on: f64, cpu_off: f64) -> [Value; 2] {
-    [("on", cpu_on), ("off", cpu_off)].map(|(log, cpu)| {
-        let mut r = run("logpair", log, 20000.0, cpu, 900);
-        r["pair"] = json!(n);
-        r["server"]["cpu_share"] = json!(0.49);
-        r
-    })
+    [("on", cpu_on), ("off", cpu_off)].map(|(log, cpu)| side("logpair", log, n, cpu, 0.49))
 }
 
 #[test]
@@ -346,14 +350,13 @@ fn side_by_side_pairs_give_the_median_and_range_of_their_differences() {
 
 /// Proxy `proxy`'s side of pair `n` with `against`, at `cpu` µs a request.
 fn versus(proxy_against: (&str, &str), n: u64, cpu: f64) -> Value {
-    let mut r = run("versus", "on", 20000.0, cpu, 900);
-    r["pair"] = json!(n);
-    r["against"] = json!(proxy_against.1);
-    r["server"]["cpu_share"] = json!(if proxy_against.0 == "portcullis" {
+    let share = if proxy_against.0 == "portcullis" {
         0.45
     } else {
         0.5
-    });
+    };
+    let mut r = side("versus", "on", n, cpu, share);
+    r["against"] = json!(proxy_against.1);
     r
 }
 
